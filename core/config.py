@@ -33,6 +33,7 @@ class Settings(BaseSettings):
 
     # Work distribution and reliability.
     chunk_size: int = Field(default=250, ge=1, description="images per Celery task")
+    chunk_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="bytes per task")
     visibility_timeout: int = Field(
         default=30, ge=5, description="seconds before an unacknowledged chunk is redelivered"
     )

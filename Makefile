@@ -1,0 +1,48 @@
+# digitq — two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: run test model bench bench-model lint format clean install
+
+run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
+	$(PY) -m core.stack
+
+test: $(STAMP) models/LATEST  ## every test
+	$(PY) -m pytest
+
+model: $(STAMP)  ## train the default model (models/<version>, models/LATEST)
+	$(PY) -m ml train
+
+models/LATEST:
+	$(MAKE) model
+
+bench: $(STAMP) models/LATEST  ## end-to-end throughput vs in-process
+	$(PY) bench/bench_e2e.py
+
+bench-model: $(STAMP) models/LATEST  ## per-image vs batched inference
+	$(PY) bench/bench_model.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+install: $(STAMP)
+
+# Reinstall when pyproject.toml or the constraints change.
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "digitq needs Python >= 3.11"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,38 @@
+"""Dependencies injected into the routes: settings, stores, the queue, and the API-key check."""
+
+import hmac
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Header
+
+from api.problems import ProblemError
+from core.blobs import BlobStore
+from core.config import Settings, get_settings
+from core.connections import get_blob_store, get_job_store
+from core.jobs import JobStore
+from core.queue import get_celery
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+BlobStoreDep = Annotated[BlobStore, Depends(get_blob_store)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+
+
+def require_api_key(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """When API_KEYS is set, every job route needs `Authorization: Bearer <key>` or `X-API-Key`."""
+    keys = settings.api_key_set
+    if not keys:
+        return
+    given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+    if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise ProblemError(
+            401,
+            "Unauthorized",
+            "send a valid API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

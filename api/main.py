@@ -1,0 +1,37 @@
+"""The FastAPI application: `uvicorn api.main:app`."""
+
+from fastapi import Depends, FastAPI
+
+from api import problems
+from api.deps import require_api_key
+from api.routes import health, jobs
+from core.config import get_settings
+
+DESCRIPTION = """
+Recognise handwritten digits in images, one at a time or tens of thousands in a zip.
+
+1. `POST /jobs` with one or more multipart parts named `files` (images or zips) → `202` and a job.
+2. Poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `cancelled`.
+3. Read `GET /jobs/{id}/results` (paged JSON) or `?format=csv`.
+
+Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details.
+When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+"""
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="digitq",
+        version="0.1.0",
+        description=DESCRIPTION,
+        max_body_size=settings.max_upload_bytes,
+    )
+    app.state.max_upload_bytes = settings.max_upload_bytes
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
+    return app
+
+
+app = create_app()

@@ -1,0 +1,50 @@
+"""Errors as RFC 9457 problem details, so every 4xx says what to fix."""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+TITLES = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 413: "Upload too large"}
+
+
+def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
+
+
+class ProblemError(Exception):
+    def __init__(self, status: int, title: str, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.title, self.detail, self.headers = status, title, detail, headers
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+    return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg"))
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+        response = problem(exc.status, exc.title, exc.detail)
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_describe(e) for e in exc.errors()]
+        return problem(422, "Invalid request", "; ".join(errors), errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        title = TITLES.get(exc.status_code, "Error")
+        detail = str(exc.detail)
+        if exc.status_code == 413:
+            detail = f"{detail}; the limit is {request.app.state.max_upload_bytes} bytes per request"
+        response = problem(exc.status_code, title, detail)
+        response.headers.update(exc.headers or {})
+        return response

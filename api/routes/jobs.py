@@ -1,0 +1,180 @@
+"""Submit a job, follow it, read its results, cancel it."""
+
+import csv
+import io
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi.responses import StreamingResponse
+
+from api.deps import BlobStoreDep, CeleryDep, JobStoreDep, SettingsDep
+from api.problems import ProblemError
+from api.schemas import ItemOut, ItemStatus, JobOut, Problem, ResultsPage
+from core.blobs import upload_key
+from core.jobs import Job, JobStore, new_job_id
+from core.queue import PROCESS_CHUNK
+from core.uploads import ACCEPTED, Item, UploadError, chunks, part_items
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+PROBLEMS = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
+    for code, text in {
+        400: "Nothing to do: no files, an empty file, an unreadable zip, or a zip with no images",
+        401: "Missing or wrong API key (only when API_KEYS is set)",
+        404: "No such job (or it expired)",
+        413: "The upload, an image, or the number of images is over the limit",
+        415: "A part that is neither an image nor a zip",
+        422: "A malformed parameter",
+    }.items()
+}
+CSV_PAGE = 1000
+
+
+def _job_or_404(store: JobStore, job_id: str) -> Job:
+    job = store.get(job_id)
+    if job is None:
+        raise ProblemError(404, "Not found", f"there is no job {job_id!r} (jobs expire after a week)")
+    return job
+
+
+def _list_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
+    items: list[Item] = []
+    for part, upload in enumerate(files):
+        try:
+            _, found = part_items(upload.file, upload.filename or f"file-{part + 1}", part, max_image_bytes)
+        except UploadError as exc:
+            raise ProblemError(exc.status, "Unusable upload", str(exc)) from exc
+        items += found
+    return items
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={k: PROBLEMS[k] for k in (400, 401, 413, 415, 422)},
+    summary="Submit images or zip archives",
+)
+def submit_job(
+    response: Response,
+    settings: SettingsDep,
+    store: JobStoreDep,
+    blobs: BlobStoreDep,
+    celery: CeleryDep,
+    files: Annotated[
+        list[UploadFile] | None,
+        File(description=f"One or more parts named 'files': {ACCEPTED}. Folders inside zips are fine."),
+    ] = None,
+) -> JobOut:
+    """Queue every image of the upload; answers at once with the job to poll.
+
+    `curl -F files=@digits.zip -F files=@seven.png http://127.0.0.1:8000/jobs`
+    """
+    if not files:
+        raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
+    items = _list_items(files, settings.max_image_bytes)
+    if not items:
+        raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
+    if len(items) > settings.max_items_per_job:
+        detail = f"{len(items)} images; a job takes at most {settings.max_items_per_job}: split the upload"
+        raise ProblemError(413, "Too many images", detail)
+
+    job_id = new_job_id()
+    for part, upload in enumerate(files):
+        upload.file.seek(0)
+        blobs.put(upload_key(job_id, part), upload.file)
+    store.create(job_id, [item.name for item in items])
+    for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
+        celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return JobOut.of(_job_or_404(store, job_id))
+
+
+@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+def get_job(job_id: str, store: JobStoreDep) -> JobOut:
+    """The job's status, progress counts, times and model version."""
+    return JobOut.of(_job_or_404(store, job_id))
+
+
+@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+def cancel_job(job_id: str, store: JobStoreDep) -> JobOut:
+    """Stop a queued or running job; results already written stay readable."""
+    _job_or_404(store, job_id)
+    store.cancel(job_id)  # a job that already finished keeps its status
+    return JobOut.of(_job_or_404(store, job_id))
+
+
+class ResultFormat(StrEnum):
+    json = "json"
+    csv = "csv"
+
+
+def _items(store: JobStore, job_id: str, offset: int, limit: int) -> list[ItemOut]:
+    names = store.names(job_id, offset, limit)
+    indices = list(range(offset, offset + len(names)))
+    out = []
+    for index, name, result in zip(indices, names, store.results(job_id, indices), strict=True):
+        if result is None:
+            out.append(ItemOut(index=index, name=name, status=ItemStatus.pending))
+            continue
+        status = ItemStatus.failed if result.error else ItemStatus.done
+        out.append(
+            ItemOut(
+                index=index,
+                name=name,
+                status=status,
+                digit=result.digit,
+                confidence=result.confidence,
+                low_confidence=result.low_confidence,
+                error=result.error,
+            )
+        )
+    return out
+
+
+def _csv_rows(store: JobStore, job: Job) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["index", "name", "status", "digit", "confidence", "low_confidence", "error"])
+    for offset in range(0, job.total, CSV_PAGE):
+        for item in _items(store, job.id, offset, CSV_PAGE):
+            confidence = "" if item.confidence is None else f"{item.confidence:.4f}"
+            digit = "" if item.digit is None else item.digit
+            writer.writerow(
+                [item.index, item.name, item.status.value, digit, confidence,
+                 str(item.low_confidence).lower(), item.error or ""]
+            )  # fmt: skip
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+
+
+@router.get(
+    "/{job_id}/results",
+    response_model=ResultsPage,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "A page of results, or all as CSV"},
+        **{k: PROBLEMS[k] for k in (401, 404, 422)},
+    },
+)
+def get_results(
+    job_id: str,
+    store: JobStoreDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    format: ResultFormat = ResultFormat.json,
+) -> ResultsPage | StreamingResponse:
+    """One item per input image, in input order. `?format=csv` streams every item as CSV."""
+    job = _job_or_404(store, job_id)
+    if format is ResultFormat.csv:
+        headers = {"Content-Disposition": f'attachment; filename="digitq-{job_id}.csv"'}
+        return StreamingResponse(_csv_rows(store, job), media_type="text/csv", headers=headers)
+    items = _items(store, job_id, offset, limit)
+    end = offset + len(items)
+    next_url = f"/jobs/{job_id}/results?offset={end}&limit={limit}" if end < job.total else None
+    return ResultsPage(
+        job_id=job_id, status=job.status, offset=offset, limit=limit, total=job.total,
+        items=items, next=next_url,
+    )  # fmt: skip

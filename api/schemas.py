@@ -1,0 +1,108 @@
+"""The API's JSON shapes (separate from how jobs are stored)."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+from core.jobs import Job, JobStatus
+
+
+def _time(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
+
+
+class Counts(BaseModel):
+    total: int = Field(description="images in the job")
+    done: int = Field(description="images finished, with a digit or with an error")
+    failed: int = Field(description="images finished with an error (a subset of done)")
+
+
+class JobLinks(BaseModel):
+    self: str
+    results: str
+    csv: str
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    counts: Counts
+    model_version: str | None = Field(description="the model that produced the results")
+    error: str | None = Field(description="why the job failed, when it did")
+    links: JobLinks
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "id": "3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b",
+                    "status": "running",
+                    "created_at": "2026-11-22T10:00:00Z",
+                    "started_at": "2026-11-22T10:00:01Z",
+                    "finished_at": None,
+                    "counts": {"total": 10000, "done": 4250, "failed": 3},
+                    "model_version": "2026.11.22-hogsvm-1a2b3c",
+                    "error": None,
+                    "links": {
+                        "self": "/jobs/3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b",
+                        "results": "/jobs/3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b/results",
+                        "csv": "/jobs/3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b/results?format=csv",
+                    },
+                }
+            ]
+        }
+    }
+
+    @classmethod
+    def of(cls, job: Job) -> "JobOut":
+        base = f"/jobs/{job.id}"
+        return cls(
+            id=job.id,
+            status=job.status,
+            created_at=_time(job.created_at),  # type: ignore[arg-type]
+            started_at=_time(job.started_at),
+            finished_at=_time(job.finished_at),
+            counts=Counts(total=job.total, done=job.done, failed=job.failed),
+            model_version=job.model_version,
+            error=job.error,
+            links=JobLinks(self=base, results=f"{base}/results", csv=f"{base}/results?format=csv"),
+        )
+
+
+class ItemStatus(StrEnum):
+    pending = "pending"
+    done = "done"
+    failed = "failed"
+
+
+class ItemOut(BaseModel):
+    index: int = Field(description="position in the upload, from 0")
+    name: str = Field(description="file name, or path inside the zip")
+    status: ItemStatus
+    digit: int | None = Field(None, ge=0, le=9)
+    confidence: float | None = Field(None, ge=0, le=1, description="calibrated probability")
+    low_confidence: bool = Field(False, description="confidence below the model's threshold")
+    error: str | None = Field(None, description="why this image could not be read")
+
+
+class ResultsPage(BaseModel):
+    job_id: str
+    status: JobStatus
+    offset: int
+    limit: int
+    total: int
+    items: list[ItemOut]
+    next: str | None = Field(description="URL of the next page, if any")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str

@@ -1,0 +1,92 @@
+"""Where uploads live between the API and the workers.
+
+The API and the workers may run on different machines, so an upload is stored under a key
+that every worker can read: a directory in the embedded default, an S3 bucket when BLOB_URL
+is `s3://bucket/prefix`. Workers read a part through a local path; for S3 it is downloaded
+once per worker machine and reused by every chunk of the job.
+"""
+
+import shutil
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import urlparse
+
+from core.config import Settings
+
+
+def upload_key(job_id: str, part: int) -> str:
+    """Where part `part` (0-based) of a job's upload is stored."""
+    return f"{job_id}/part-{part}"
+
+
+class BlobStore(Protocol):
+    def put(self, key: str, data: BinaryIO) -> None: ...
+    def local_path(self, key: str) -> Path: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / key  # keys are built by digitq, never from user input
+
+    def put(self, key: str, data: BinaryIO) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        with tmp.open("wb") as out:
+            shutil.copyfileobj(data, out, 1 << 20)
+        tmp.replace(path)
+
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.exists():
+            raise FileNotFoundError(f"upload {key} is missing from {self.root}")
+        return path
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+
+class S3BlobStore:
+    def __init__(self, bucket: str, prefix: str, cache_dir: Path) -> None:
+        import boto3  # only when S3 is configured
+
+        self.s3 = boto3.client("s3")  # endpoint from AWS_ENDPOINT_URL, credentials from env
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.cache = LocalBlobStore(cache_dir)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put(self, key: str, data: BinaryIO) -> None:
+        self.s3.upload_fileobj(data, self.bucket, self._key(key))
+
+    def local_path(self, key: str) -> Path:
+        path = self.cache._path(key)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{id(self)}.part")
+            self.s3.download_file(self.bucket, self._key(key), str(tmp))
+            tmp.replace(path)
+        return path
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.cache.delete_prefix(prefix)
+        listing = self.s3.get_paginator("list_objects_v2")
+        for page in listing.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if objects:
+                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
+
+
+def make_blob_store(settings: Settings) -> BlobStore:
+    if settings.blob_url:
+        url = urlparse(settings.blob_url)
+        if url.scheme != "s3" or not url.netloc:
+            raise ValueError(f"BLOB_URL must look like s3://bucket/prefix, got {settings.blob_url!r}")
+        return S3BlobStore(url.netloc, url.path, settings.data_dir / "blob-cache")
+    return LocalBlobStore(settings.data_dir / "uploads")

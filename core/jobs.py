@@ -1,0 +1,204 @@
+"""Job state in Redis: one hash per job, the item names in input order, one result per item.
+
+Results are written per item with HSETNX inside a Lua script that also bumps the counters and
+closes the job when the last item lands. A chunk delivered twice therefore never duplicates or
+loses an item, and the counters always equal the number of stored results.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+PREFIX = "digitq:job:"
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: JobStatus
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    total: int
+    done: int
+    failed: int
+    model_version: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    index: int
+    digit: int | None = None
+    confidence: float | None = None
+    low_confidence: bool = False
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            [self.digit, self.confidence, self.low_confidence, self.error], separators=(",", ":")
+        )
+
+    @classmethod
+    def from_json(cls, index: int, raw: bytes | str) -> "ItemResult":
+        digit, confidence, low_confidence, error = json.loads(raw)
+        return cls(index, digit, confidence, low_confidence, error)
+
+
+# KEYS: job hash, results hash. ARGV: now, then (index, result json, failed 0/1) triples.
+_RECORD = """
+local job, results = KEYS[1], KEYS[2]
+if redis.call('EXISTS', job) == 0 then return -1 end
+local added = 0
+for i = 2, #ARGV, 3 do
+  if redis.call('HSETNX', results, ARGV[i], ARGV[i + 1]) == 1 then
+    added = added + 1
+    redis.call('HINCRBY', job, 'done', 1)
+    if ARGV[i + 2] == '1' then redis.call('HINCRBY', job, 'failed', 1) end
+  end
+end
+local status = redis.call('HGET', job, 'status')
+local done = tonumber(redis.call('HGET', job, 'done'))
+local total = tonumber(redis.call('HGET', job, 'total'))
+if done >= total and (status == 'queued' or status == 'running') then
+  local final = 'succeeded'
+  if redis.call('HEXISTS', job, 'error') == 1 then final = 'failed' end
+  redis.call('HSET', job, 'status', final, 'finished_at', ARGV[1])
+end
+return added
+"""
+
+# KEYS: job hash. ARGV: now, model version. queued -> running, once.
+_START = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[1], 'model_version', ARGV[2]) end
+return 1
+"""
+
+# KEYS: job hash. ARGV: now, new status, error message.
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[1])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+return 1
+"""
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _opt_float(value: bytes | None) -> float | None:
+    return float(value) if value else None
+
+
+def _opt_str(value: bytes | None) -> str | None:
+    return value.decode() if value else None
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._record = client.register_script(_RECORD)
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+
+    @staticmethod
+    def _keys(job_id: str) -> tuple[str, str, str]:
+        base = PREFIX + job_id
+        return base, base + ":names", base + ":results"
+
+    def create(self, job_id: str, names: Sequence[str]) -> None:
+        job, names_key, results = self._keys(job_id)
+        pipe = self.redis.pipeline()
+        fields = {"status": JobStatus.queued.value, "created_at": time.time(), "total": len(names)}
+        pipe.hset(job, mapping={**fields, "done": 0, "failed": 0})
+        for start in range(0, len(names), 10_000):
+            pipe.rpush(names_key, *names[start : start + 10_000])
+        for key in (job, names_key, results):
+            pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def get(self, job_id: str) -> Job | None:
+        raw = self.redis.hgetall(self._keys(job_id)[0])
+        if not raw:
+            return None
+        h = {k.decode(): v for k, v in raw.items()}
+        return Job(
+            id=job_id,
+            status=JobStatus(h["status"].decode()),
+            created_at=float(h["created_at"]),
+            started_at=_opt_float(h.get("started_at")),
+            finished_at=_opt_float(h.get("finished_at")),
+            total=int(h["total"]),
+            done=int(h["done"]),
+            failed=int(h["failed"]),
+            model_version=_opt_str(h.get("model_version")),
+            error=_opt_str(h.get("error")),
+        )
+
+    def status(self, job_id: str) -> JobStatus | None:
+        raw = self.redis.hget(self._keys(job_id)[0], "status")
+        return JobStatus(raw.decode()) if raw else None
+
+    def names(self, job_id: str, offset: int, limit: int) -> list[str]:
+        raw = self.redis.lrange(self._keys(job_id)[1], offset, offset + limit - 1)
+        return [n.decode() for n in raw]
+
+    def results(self, job_id: str, indices: Sequence[int]) -> list[ItemResult | None]:
+        if not indices:
+            return []
+        raw = self.redis.hmget(self._keys(job_id)[2], [str(i) for i in indices])
+        return [ItemResult.from_json(i, r) if r else None for i, r in zip(indices, raw, strict=True)]
+
+    def missing(self, job_id: str, indices: Sequence[int]) -> list[int]:
+        """The indices that have no result yet (a redelivered chunk skips the rest)."""
+        return [i for i, r in zip(indices, self.results(job_id, indices), strict=True) if r is None]
+
+    def mark_running(self, job_id: str, model_version: str | None) -> None:
+        self._start(keys=[self._keys(job_id)[0]], args=[time.time(), model_version or ""])
+
+    def pin_model_version(self, job_id: str, model_version: str) -> str:
+        """The version the job's results come from: the first one to claim it wins."""
+        job = self._keys(job_id)[0]
+        self.redis.hsetnx(job, "model_version", model_version)
+        return self.redis.hget(job, "model_version").decode()
+
+    def record(self, job_id: str, results: Iterable[ItemResult]) -> int:
+        """Store results that are not stored yet; returns how many were new."""
+        job, _, results_key = self._keys(job_id)
+        args: list[Any] = [time.time()]
+        for r in results:
+            args += [r.index, r.to_json(), int(r.error is not None)]
+        return int(self._record(keys=[job, results_key], args=args))
+
+    def cancel(self, job_id: str) -> bool:
+        return (
+            self._finish(keys=[self._keys(job_id)[0]], args=[time.time(), JobStatus.cancelled.value, ""]) == 1
+        )
+
+    def fail(self, job_id: str, error: str) -> None:
+        """Remember a job-level error; the job ends as failed once its items are accounted for."""
+        self.redis.hset(self._keys(job_id)[0], "error", error)

@@ -1,0 +1,53 @@
+"""The Celery application shared by the API (which only sends tasks, by name) and the workers.
+
+Reliability settings, and why:
+- task_acks_late + task_reject_on_worker_lost: a chunk is acknowledged only after its results
+  are written; if the pool process dies mid-chunk, the message goes back to the queue at once.
+- visibility_timeout (Redis transport): when a whole worker dies (SIGKILL, lost machine) its
+  unacknowledged chunks are redelivered after this many seconds instead of kombu's default
+  hour. Chunks are small (CHUNK_SIZE images, a few MB) so one takes well under a second or two,
+  far below the timeout: a healthy chunk is never redelivered while it runs. If it ever were,
+  results are written per item with HSETNX, so a second delivery cannot duplicate anything.
+- unacked_restore_interval/throttle: sweep for expired unacked messages every few seconds.
+- worker_prefetch_multiplier=1: a worker holds one chunk per pool process, so the chunks of a
+  big zip spread over every worker instead of piling up in the first one's prefetch buffer.
+"""
+
+from functools import lru_cache
+
+from celery import Celery
+
+from core.config import Settings, get_settings
+
+PROCESS_CHUNK = "digitq.process_chunk"
+QUEUE = "digitq"
+
+
+def make_celery(settings: Settings) -> Celery:
+    if not settings.redis_url:
+        raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
+    app = Celery("digitq", broker=settings.redis_url)
+    restore_every = max(1, min(5, settings.visibility_timeout // 3))
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,  # Flower's live view
+        task_send_sent_event=True,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": restore_every,
+            "unacked_restore_throttle": 1,
+        },
+    )
+    return app
+
+
+@lru_cache
+def get_celery() -> Celery:
+    return make_celery(get_settings())

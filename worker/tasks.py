@@ -1,0 +1,62 @@
+"""The one task: classify a chunk of a job's images and store a result per item."""
+
+import logging
+from collections.abc import Sequence
+
+from celery import Task
+
+from core.config import get_settings
+from core.connections import get_blob_store, get_job_store
+from core.jobs import TERMINAL, ItemResult
+from core.queue import PROCESS_CHUNK
+from core.uploads import TaskItem
+from worker import models
+from worker.app import app
+from worker.reading import PartReader
+
+log = logging.getLogger(__name__)
+INTERNAL_ERROR = "internal error while processing this item; the operators have been told"
+
+
+def classify(job_id: str, items: Sequence[TaskItem], model_version: str) -> list[ItemResult]:
+    settings = get_settings()
+    model = models.get(model_version)
+    results: dict[int, ItemResult] = {}
+    readable: list[tuple[int, bytes]] = []
+    with PartReader(get_blob_store(), job_id, settings.max_image_bytes) as reader:
+        for index, part, member, error in items:
+            if error:
+                results[index] = ItemResult(index, error=error)
+                continue
+            try:
+                readable.append((index, reader.read(part, member)))
+            except ValueError as exc:
+                results[index] = ItemResult(index, error=str(exc))
+    predictions = model.predict_images([data for _, data in readable])
+    for (index, _), p in zip(readable, predictions, strict=True):
+        results[index] = ItemResult(index, p.digit, p.confidence, p.low_confidence, p.error)
+    return [results[item[0]] for item in items]
+
+
+@app.task(name=PROCESS_CHUNK, bind=True, max_retries=3)
+def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> int:
+    store = get_job_store()
+    status = store.status(job_id)
+    if status is None or status in TERMINAL:
+        return 0  # expired, cancelled or already closed: nothing to do
+    todo = set(store.missing(job_id, [i[0] for i in items]))
+    items = [i for i in items if i[0] in todo]
+    if not items:
+        return 0  # a redelivered chunk whose results were all written
+    version = store.pin_model_version(job_id, models.current().version)
+    store.mark_running(job_id, version)
+    try:
+        results = classify(job_id, items, version)
+    except Exception as exc:
+        if self.request.retries < self.max_retries:
+            log.warning("chunk of job %s failed, retrying: %r", job_id, exc)
+            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        log.exception("chunk of job %s failed for good", job_id)
+        store.fail(job_id, "some items could not be processed because of an internal error")
+        results = [ItemResult(i[0], error=INTERNAL_ERROR) for i in items]
+    return store.record(job_id, results)

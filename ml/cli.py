@@ -31,9 +31,7 @@ def cmd_train(args) -> int:
 
 def register_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="held-out + upload-like metrics, confusion plots")
-    p.add_argument(
-        "--model", type=Path, default=DEFAULT_MODELS_DIR, help="models dir or version dir"
-    )
+    p.add_argument("--model", type=Path, default=DEFAULT_MODELS_DIR, help="models dir or version dir")
     p.add_argument("--out", type=Path, default=None, help="report dir (default <model>/evaluation)")
     p.set_defaults(handler=cmd_evaluate)
 
@@ -51,9 +49,7 @@ def cmd_evaluate(args) -> int:
             f"low-confidence {m.get('low_confidence_rate', 0):.3f}"
         )
         for k, c in m["per_class"].items():
-            print(
-                f"  {k}: precision {c['precision']:.3f} recall {c['recall']:.3f} f1 {c['f1']:.3f}"
-            )
+            print(f"  {k}: precision {c['precision']:.3f} recall {c['recall']:.3f} f1 {c['f1']:.3f}")
     print(json.dumps({"holdout_confusion_matrix": report["sets"]["holdout"]["confusion_matrix"]}))
     print(f"report: {json_path}")
     for plot in plots:

@@ -103,9 +103,7 @@ def render_upload(img: np.ndarray, rng: np.random.Generator) -> bytes:
     off-centre, slightly uneven lighting and noise, JPEG-compressed (sometimes PNG)."""
     side = int(rng.integers(80, 260))
     digit_side = int(side * rng.uniform(0.35, 0.7))
-    ink = Image.fromarray(img.astype(np.uint8)).resize(
-        (digit_side, digit_side), Image.Resampling.BICUBIC
-    )
+    ink = Image.fromarray(img.astype(np.uint8)).resize((digit_side, digit_side), Image.Resampling.BICUBIC)
     canvas = np.zeros((side, side), dtype=np.float64)
     top = int(rng.integers(0, side - digit_side + 1))
     left = int(rng.integers(0, side - digit_side + 1))

@@ -39,9 +39,7 @@ def deskew_batch(images: np.ndarray) -> np.ndarray:
     skew = np.clip(skew, -MAX_SKEW, MAX_SKEW)
     # Output pixel (r, c) samples input at (r + cy - h/2, c + skew*(r - h/2) + cx - w/2).
     src_r = rows[None] + (cy - h / 2.0)[:, None, None]
-    src_c = (
-        cols[None] + skew[:, None, None] * (rows[None] - h / 2.0) + (cx - w / 2.0)[:, None, None]
-    )
+    src_c = cols[None] + skew[:, None, None] * (rows[None] - h / 2.0) + (cx - w / 2.0)[:, None, None]
     out = _bilinear(x, src_r, src_c)
     return np.where(total[:, None, None] > 0, out, x)
 

@@ -49,12 +49,9 @@ def _hog_one_size(
     cell_c = np.arange(n_cols * cell) // cell
     # One flat index per (image, cell row, cell col, bin); bincount does the histogramming.
     index = (
-        (np.arange(n)[:, None, None] * n_rows + cell_r[None, :, None]) * n_cols
-        + cell_c[None, None, :]
+        (np.arange(n)[:, None, None] * n_rows + cell_r[None, :, None]) * n_cols + cell_c[None, None, :]
     ) * orientations + b
-    hist = np.bincount(
-        index.ravel(), weights=mag.ravel(), minlength=n * n_rows * n_cols * orientations
-    )
+    hist = np.bincount(index.ravel(), weights=mag.ravel(), minlength=n * n_rows * n_cols * orientations)
     hist = hist.reshape(n, n_rows, n_cols, orientations) / (cell * cell)
     nb_r, nb_c = n_rows - block + 1, n_cols - block + 1
     blocks = np.empty((n, nb_r, nb_c, block, block, orientations))
@@ -117,9 +114,7 @@ class FastClassifier:
         self.sv = np.ascontiguousarray(svc.support_vectors_, dtype=np.float64)
         self.sv_sq = np.einsum("ij,ij->i", self.sv, self.sv)
         self.intercept = np.asarray(svc.intercept_, dtype=np.float64)
-        self.pair_coef, self.pair_i, self.pair_j = _pair_coefficients(
-            svc.dual_coef_, svc.n_support_
-        )
+        self.pair_coef, self.pair_i, self.pair_j = _pair_coefficients(svc.dual_coef_, svc.n_support_)
 
     def decision_ovo(self, features: np.ndarray) -> np.ndarray:
         """libsvm's one-vs-one decision values (N, n_pairs); positive favours the first class."""

@@ -49,10 +49,7 @@ class DigitModel:
         """Classify already-preprocessed (N, 28, 28) digits (0..255 ink on 0) as one batch."""
         proba = self.predict_proba_arrays(images)
         best = proba.argmax(axis=1)
-        return [
-            self._prediction(int(self.classes[k]), float(p[k]))
-            for k, p in zip(best, proba, strict=True)
-        ]
+        return [self._prediction(int(self.classes[k]), float(p[k])) for k, p in zip(best, proba, strict=True)]
 
     def predict_images(self, blobs: Sequence[bytes]) -> list[Prediction]:
         """Decode, preprocess and classify raw image files; bad items get an error, never raise."""

@@ -41,9 +41,7 @@ DEFAULT_PARAMS: dict = {
 
 def build_features(params: dict) -> Pipeline:
     """The feature half of the model (stateless transformers)."""
-    return Pipeline(
-        [("deskew", Deskew(enabled=params["deskew"])), ("hog", HogFeatures(**params["hog"]))]
-    )
+    return Pipeline([("deskew", Deskew(enabled=params["deskew"])), ("hog", HogFeatures(**params["hog"]))])
 
 
 def transform_chunked(features: Pipeline, X: np.ndarray, desc: str, chunk: int = 500):

@@ -1,0 +1,207 @@
+"""Preprocessing: every input shape/mode/polarity ends up as an MNIST-convention digit."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from ml_test_helpers import encode, paper, upscale
+from PIL import Image
+from scipy import ndimage
+
+from ml.preprocess import MAX_PIXELS, ImageError, decode_image, preprocess_bytes, to_mnist
+
+
+def assert_mnist_like(out: np.ndarray) -> None:
+    assert out.shape == (28, 28) and out.dtype == np.float32
+    assert out.max() == pytest.approx(255.0, abs=1.0)
+    assert out.min() >= 0.0
+    cy, cx = ndimage.center_of_mass(out)
+    assert abs(cy - 14) < 0.6 and abs(cx - 14) < 0.6
+    rows = np.flatnonzero((out > 30).any(axis=1))
+    cols = np.flatnonzero((out > 30).any(axis=0))
+    assert 17 <= max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= 22
+    # Background (corners) is black.
+    assert out[:3, :3].max() < 1 and out[-3:, -3:].max() < 1
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation after a small blur, so a one-pixel resampling offset doesn't dominate."""
+    a, b = (ndimage.gaussian_filter(np.asarray(x, dtype=float), 1.0) for x in (a, b))
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def test_mnist_digit_is_nearly_unchanged(seven):
+    out = to_mnist(seven)
+    assert_mnist_like(out)
+    assert similarity(out, seven) > 0.9
+
+
+def test_dark_on_light_is_inverted_and_matches_light_on_dark(seven):
+    dark_on_light = preprocess_bytes(encode(paper(seven)))
+    light_on_dark = preprocess_bytes(encode(255.0 - paper(seven)))
+    assert_mnist_like(dark_on_light)
+    assert similarity(dark_on_light, light_on_dark) > 0.98
+    assert similarity(dark_on_light, seven) > 0.85
+
+
+def test_off_centre_and_large_jpeg(seven):
+    page = paper(seven, size=(600, 800), at=(450, 20), side=120)
+    out = preprocess_bytes(encode(page, "JPEG", quality=70))
+    assert_mnist_like(out)
+    assert similarity(out, seven) > 0.85
+
+
+def test_uneven_lighting(seven):
+    page = paper(seven, size=(240, 240), at=(60, 60), side=120)
+    page += np.linspace(0, -120, 240)[None, :]  # a shadow across the page
+    out = preprocess_bytes(encode(page, "JPEG", quality=85))
+    assert_mnist_like(out)
+    assert similarity(out, seven) > 0.85
+
+
+def test_dust_does_not_move_the_box(seven):
+    page = paper(seven, size=(300, 300), at=(100, 100), side=100)
+    page[5:8, 5:8] = 30  # a speck in the corner
+    out = preprocess_bytes(encode(page))
+    assert similarity(out, seven) > 0.85
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "CMYK", "LA", "1"])
+def test_modes(seven, mode):
+    img = Image.fromarray(paper(seven).astype(np.uint8)).convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    out = preprocess_bytes(encode(img, fmt))
+    assert_mnist_like(out)
+    assert similarity(out, seven) > 0.8
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "WEBP", "JPEG"])
+def test_formats(seven, fmt):
+    assert similarity(preprocess_bytes(encode(paper(seven), fmt)), seven) > 0.85
+
+
+def test_16_bit_grayscale(seven):
+    page16 = (paper(seven) * 257).astype(np.uint16)
+    out = preprocess_bytes(encode(Image.fromarray(page16)))
+    assert_mnist_like(out)
+    assert similarity(out, seven) > 0.85
+    arr = decode_image(encode(Image.fromarray(page16)))
+    assert arr.max() <= 255.0
+
+
+def test_normal_rgba_opaque(seven):
+    rgb = np.repeat(paper(seven)[..., None], 3, axis=2)
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255.0)]).astype(np.uint8)
+    assert similarity(preprocess_bytes(encode(Image.fromarray(rgba, "RGBA"))), seven) > 0.85
+
+
+def test_rgba_scan_with_transparent_margin(seven):
+    rgb = np.repeat(paper(seven)[..., None], 3, axis=2)
+    alpha = np.full(rgb.shape[:2], 255.0)
+    alpha[:, :10] = 0  # transparent margin whose colour channels are black
+    rgb[:, :10] = 0
+    rgba = np.dstack([rgb, alpha]).astype(np.uint8)
+    assert similarity(preprocess_bytes(encode(Image.fromarray(rgba, "RGBA"))), seven) > 0.85
+
+
+@pytest.mark.parametrize("ink_colour", [0, 255])
+def test_ink_as_alpha_on_transparent(seven, ink_colour):
+    """Strokes drawn in black (or white) whose alpha is the ink; everything else transparent."""
+    alpha = upscale(seven, 120)
+    rgb = np.full((120, 120, 3), float(ink_colour))
+    rgba = np.dstack([rgb, alpha]).astype(np.uint8)
+    out = preprocess_bytes(encode(Image.fromarray(rgba, "RGBA")))
+    assert_mnist_like(out)
+    assert similarity(out, seven) > 0.85
+
+
+def test_palette_with_transparency(seven):
+    alpha = upscale(seven, 100) > 128
+    img = Image.new("P", (100, 100))
+    img.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
+    img.putdata(alpha.ravel().astype(np.uint8).tolist())
+    img.info["transparency"] = 0  # white index is transparent
+    out = preprocess_bytes(encode(img, transparency=0))
+    assert similarity(out, seven) > 0.8
+
+
+def test_exif_orientation_is_applied(seven):
+    upright = paper(seven, size=(160, 160), at=(30, 30), side=100).astype(np.uint8)
+    # Stored rotated; EXIF orientation 6 says "rotate 90° clockwise to display".
+    stored = Image.fromarray(np.rot90(upright, k=1))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = preprocess_bytes(encode(stored, "JPEG", exif=exif.tobytes(), quality=95))
+    assert similarity(out, seven) > 0.85
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_blank_is_an_error_not_a_guess(value):
+    with pytest.raises(ImageError, match="blank"):
+        preprocess_bytes(encode(np.full((64, 64), float(value))))
+
+
+def test_blank_paper_with_jpeg_noise_is_blank():
+    rng = np.random.default_rng(0)
+    page = 220 + rng.normal(0, 3, (300, 300)) + np.linspace(0, -20, 300)[None, :]
+    with pytest.raises(ImageError, match="blank"):
+        preprocess_bytes(encode(page, "JPEG", quality=60))
+
+
+def test_one_pixel_images():
+    with pytest.raises(ImageError, match="blank"):
+        preprocess_bytes(encode(np.zeros((1, 1))))
+    with pytest.raises(ImageError, match="blank"):
+        preprocess_bytes(encode(np.full((1, 1), 255.0)))
+
+
+def test_tiny_image_with_a_stroke():
+    img = np.full((5, 5), 255.0)
+    img[:, 2] = 0.0  # a vertical bar: a "1"
+    out = preprocess_bytes(encode(img))
+    assert out.shape == (28, 28) and out.max() > 200
+    rows = np.flatnonzero((out > 30).any(axis=1))
+    assert rows[-1] - rows[0] + 1 >= 18  # scaled up to the 20 px box
+
+
+def test_large_image_is_downscaled_early_and_fast(seven):
+    page = np.full((4000, 6000), 230.0)
+    page[1000:3000, 2000:4000] -= upscale(seven, 2000) * 0.8
+    blob = encode(page, "JPEG", quality=80)
+    start = time.perf_counter()
+    out = preprocess_bytes(blob)
+    assert time.perf_counter() - start < 1.5
+    assert similarity(out, seven) > 0.85
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size (the pixel data never needs to exist)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 100)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("size", [(50000, 50000), (8000, 6000)])
+def test_too_many_pixels(size):
+    with pytest.raises(ImageError, match=f"image too large: .* exceeds {MAX_PIXELS}"):
+        preprocess_bytes(png_header_only(*size))
+
+
+@pytest.mark.parametrize("blob", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"GIF89a"])
+def test_unreadable(blob):
+    with pytest.raises(ImageError, match="not a readable image"):
+        preprocess_bytes(blob)
+
+
+def test_truncated_file(seven):
+    blob = encode(paper(seven), "PNG")
+    with pytest.raises(ImageError, match="not a readable image"):
+        preprocess_bytes(blob[: len(blob) // 2])

@@ -25,6 +25,8 @@ class StackError(RuntimeError):
 
 def ensure_port_free(host: str, port: int, variable: str) -> None:
     with socket.socket() as sock:
+        # SO_REUSEADDR as uvicorn uses it: TIME_WAIT connections are fine, a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -36,11 +38,18 @@ def ensure_port_free(host: str, port: int, variable: str) -> None:
 
 class Stack:
     def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+        """`env` holds extra environment variables for the processes (they read their settings there)."""
         self.settings = settings
         self.redis: EmbeddedRedis | None = None
         self.redis_url = settings.redis_url
         self.env = {**os.environ, **(env or {})}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> "Stack":
+        """A stack whose settings (here and in every process) are the environment plus `env`."""
+        settings = Settings(**{key.lower(): value for key, value in env.items()})  # type: ignore[arg-type]
+        return cls(settings, env)
 
     @property
     def api_url(self) -> str:
@@ -79,6 +88,10 @@ class Stack:
         ensure_port_free(s.flower_host, s.flower_port, "FLOWER_PORT")
         args = [sys.executable, "-m", "celery", "--broker", self.redis_url or "", "flower"]
         args += [f"--address={s.flower_host}", f"--port={s.flower_port}"]
+        # Flower reads FLOWER_BASIC_AUTH (user:password) itself, which keeps it out of `ps`;
+        # without it, its HTTP API is open, as suits a local stack bound to 127.0.0.1.
+        if not os.environ.get("FLOWER_BASIC_AUTH"):
+            self.env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
         self._spawn("flower", args)
 
     def start(self, flower: bool = True) -> None:
@@ -103,6 +116,18 @@ class Stack:
                 pass
             time.sleep(0.2)
         raise StackError(f"{url} did not answer within {timeout:.0f}s")
+
+    def wait_for_workers(self, count: int, timeout: float = 60.0) -> None:
+        """Until `count` Celery workers answer a ping (each has loaded its model by then)."""
+        from core.queue import make_celery
+
+        app = make_celery(self.settings.model_copy(update={"redis_url": self.redis_url}))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if len(app.control.ping(timeout=1.0) or []) >= count:
+                return
+        raise StackError(f"{count} worker(s) did not answer within {timeout:.0f}s")
 
     def check_alive(self) -> None:
         for name, process in self.processes.items():

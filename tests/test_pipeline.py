@@ -1,0 +1,189 @@
+"""End to end over HTTP: the API, a real Redis, real Celery worker processes and the real model."""
+
+import zipfile
+
+import httpx
+import numpy as np
+import pytest
+
+from core.stack import Stack
+from tests.conftest import all_results, make_zip, png, wait_for_job
+
+
+@pytest.fixture(scope="module")
+def holdout() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,000 held-out digits the model never saw (same split as `python -m ml train`)."""
+    from ml.data import load_splits
+
+    splits = load_splits()
+    return splits.X_holdout.astype(np.uint8), splits.y_holdout
+
+
+def submit(api: httpx.Client, *parts: tuple[str, bytes]) -> httpx.Response:
+    return api.post("/jobs", files=[("files", (name, data)) for name, data in parts])
+
+
+def test_one_image(api: httpx.Client, holdout) -> None:
+    images, labels = holdout
+    response = submit(api, ("seven.png", png(images[0])))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["status"] == "queued" and response.headers["location"] == f"/jobs/{job['id']}"
+
+    done = wait_for_job(api, job["id"])
+    assert done["status"] == "succeeded"
+    assert done["counts"] == {"total": 1, "done": 1, "failed": 0}
+    assert done["model_version"] and done["started_at"] and done["finished_at"]
+    [item] = all_results(api, job["id"])
+    assert item["name"] == "seven.png" and item["error"] is None
+    assert item["digit"] == labels[0] and 0 <= item["confidence"] <= 1
+
+
+def test_thousand_image_zip_is_mostly_right(api: httpx.Client, holdout) -> None:
+    images, labels = holdout
+    entries = {f"batch/{i:04d}.png": png(img) for i, img in enumerate(images)}
+    job = submit(api, ("digits.zip", make_zip(entries))).json()
+
+    done = wait_for_job(api, job["id"])
+    assert done["status"] == "succeeded" and done["counts"]["done"] == len(images)
+    items = all_results(api, job["id"])
+    assert [it["name"] for it in items] == list(entries)
+    assert [it["index"] for it in items] == list(range(len(images)))
+    accuracy = np.mean([it["digit"] == label for it, label in zip(items, labels, strict=True)])
+    assert accuracy >= 0.95, accuracy
+
+
+def test_mixed_valid_and_invalid_files(api: httpx.Client, holdout) -> None:
+    images, labels = holdout
+    good = png(images[1])
+    archive = make_zip(
+        {
+            "a/one.png": good,
+            "a/notes.txt": b"shopping list",
+            "a/broken.png": good[:40],
+            "__MACOSX/a/._one.png": b"junk",
+            ".DS_Store": b"junk",
+            "a/.hidden.png": good,
+            "/etc/evil.png": good,
+            "../../evil.png": good,
+            "a/three.jpg": png(images[2], "JPEG"),
+        }
+    )
+    job = submit(api, ("mixed.zip", archive), ("plain.bmp", png(images[3], "BMP"))).json()
+    done = wait_for_job(api, job["id"])
+    assert done["status"] == "succeeded"
+    items = {it["name"]: it for it in all_results(api, job["id"])}
+    assert list(items) == [
+        "a/one.png", "a/notes.txt", "a/broken.png", "/etc/evil.png", "../../evil.png",
+        "a/three.jpg", "plain.bmp",
+    ]  # fmt: skip
+    assert items["a/one.png"]["digit"] == labels[1]
+    assert items["a/three.jpg"]["digit"] == labels[2]
+    assert items["plain.bmp"]["digit"] == labels[3]
+    for name in ("a/notes.txt", "a/broken.png", "/etc/evil.png", "../../evil.png"):
+        assert items[name]["status"] == "failed" and items[name]["digit"] is None, items[name]
+        assert items[name]["error"]
+    assert "unsafe path" in items["../../evil.png"]["error"]
+    assert done["counts"] == {"total": 7, "done": 7, "failed": 4}
+
+
+def test_corrupted_zip_entry_is_an_item_error(api: httpx.Client, holdout) -> None:
+    images, labels = holdout
+    data = bytearray(make_zip({"ok.png": png(images[4]), "bad.png": png(images[5]) * 3}))
+    with zipfile.ZipFile(__import__("io").BytesIO(bytes(data))) as archive:
+        info = archive.getinfo("bad.png")
+    start = info.header_offset + 30 + len(info.filename) + 10  # inside the compressed data
+    data[start : start + 20] = bytes(20)
+    job = submit(api, ("corrupt.zip", bytes(data))).json()
+    done = wait_for_job(api, job["id"])
+    items = {it["name"]: it for it in all_results(api, job["id"])}
+    assert items["ok.png"]["digit"] == labels[4]
+    assert items["bad.png"]["status"] == "failed" and "corrupt" in items["bad.png"]["error"]
+    assert done["counts"]["failed"] == 1
+
+
+def test_results_paging_and_csv(api: httpx.Client, holdout) -> None:
+    images, _ = holdout
+    entries = {f"{i}.png": png(images[i]) for i in range(25)}
+    job = submit(api, ("p.zip", make_zip(entries))).json()
+    wait_for_job(api, job["id"])
+    page = api.get(f"/jobs/{job['id']}/results", params={"offset": 10, "limit": 10}).json()
+    assert [it["index"] for it in page["items"]] == list(range(10, 20))
+    assert page["next"] == f"/jobs/{job['id']}/results?offset=20&limit=10"
+    last = api.get(page["next"]).json()
+    assert len(last["items"]) == 5 and last["next"] is None
+
+    csv = api.get(f"/jobs/{job['id']}/results", params={"format": "csv"})
+    assert csv.headers["content-type"].startswith("text/csv")
+    lines = csv.text.strip().splitlines()
+    assert lines[0].split(",")[:4] == ["index", "name", "status", "digit"]
+    assert "name" in lines[0] and "confidence" in lines[0] and "error" in lines[0]
+    assert len(lines) == 26 and lines[1].startswith("0,0.png,done,")
+
+
+def test_unknown_job_is_404_problem(api: httpx.Client) -> None:
+    for path in ("/jobs/nope", "/jobs/nope/results"):
+        response = api.get(path)
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "nope" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "hint"),
+    [
+        (None, 400, "parts named 'files'"),
+        ([("files", ("empty.png", b""))], 400, "empty"),
+        ([("files", ("notes.txt", b"hello, not an image"))], 415, "neither an image nor a zip"),
+        ([("files", ("x.zip", b"PK\x03\x04 this is not really a zip"))], 400, "not a readable zip"),
+        ([("files", ("junk.zip", make_zip({"__MACOSX/x": b"1", ".DS_Store": b"2"})))], 400, "no images"),
+    ],
+)
+def test_bad_requests_are_4xx_that_say_what_to_fix(api: httpx.Client, files, status, hint) -> None:
+    response = api.post("/jobs", files=files) if files else api.post("/jobs", data={"x": "1"})
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert hint in response.json()["detail"]
+
+
+def test_bad_query_is_422_problem(api: httpx.Client, holdout) -> None:
+    job = submit(api, ("a.png", png(holdout[0][0]))).json()
+    response = api.get(f"/jobs/{job['id']}/results", params={"limit": 0, "format": "xml"})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "limit" in detail and "format" in detail
+
+
+def test_cancel_stops_remaining_chunks(api: httpx.Client, holdout) -> None:
+    images, _ = holdout
+    archive = make_zip({f"{i}.png": png(images[i % len(images)]) for i in range(3000)})
+    job = submit(api, ("big.zip", archive)).json()
+    cancelled = api.delete(f"/jobs/{job['id']}").json()
+    assert cancelled["status"] == "cancelled"
+    import time
+
+    time.sleep(3)
+    after = api.get(f"/jobs/{job['id']}").json()
+    assert after["status"] == "cancelled" and after["counts"]["done"] < 3000
+
+
+def test_job_state_survives_api_restart(stack: Stack, api: httpx.Client, holdout) -> None:
+    job = submit(api, ("a.png", png(holdout[0][0]))).json()
+    wait_for_job(api, job["id"])
+    stack.stop_process("api")
+    stack.start_api()
+    stack.wait_for(f"{stack.api_url}/health")
+    again = api.get(f"/jobs/{job['id']}").json()
+    assert again["status"] == "succeeded" and again["counts"]["done"] == 1
+
+
+def test_flower_sees_the_worker(stack: Stack) -> None:
+    workers = httpx.get(f"{stack.flower_url}/api/workers", params={"refresh": "true"}, timeout=30)
+    assert workers.status_code == 200
+    assert any(name.startswith("worker1@") for name in workers.json()), workers.text
+
+
+def test_openapi_documents_the_routes(api: httpx.Client) -> None:
+    spec = api.get("/openapi.json").json()
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/results", "/health"} <= set(spec["paths"])
+    assert api.get("/docs").status_code == 200

@@ -4,6 +4,7 @@ from fastapi import Depends, FastAPI
 
 from api import problems
 from api.deps import require_api_key
+from api.limits import BodySizeLimit
 from api.routes import health, jobs
 from core.config import get_settings
 
@@ -25,9 +26,8 @@ def create_app() -> FastAPI:
         title="digitq",
         version="0.1.0",
         description=DESCRIPTION,
-        max_body_size=settings.max_upload_bytes,
     )
-    app.state.max_upload_bytes = settings.max_upload_bytes
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])

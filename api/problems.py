@@ -40,11 +40,8 @@ def install(app: FastAPI) -> None:
         return problem(422, "Invalid request", "; ".join(errors), errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = TITLES.get(exc.status_code, "Error")
-        detail = str(exc.detail)
-        if exc.status_code == 413:
-            detail = f"{detail}; the limit is {request.app.state.max_upload_bytes} bytes per request"
-        response = problem(exc.status_code, title, detail)
+        response = problem(exc.status_code, title, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response

@@ -1,0 +1,92 @@
+"""Killed workers lose no job and duplicate no result (acks_late, reject_on_worker_lost,
+a short Redis visibility timeout, and per-item HSETNX results)."""
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from core.jobs import PREFIX
+from core.stack import Stack
+from tests.conftest import all_results, make_zip, png, running_stack, wait_for_job
+
+IMAGES = 3000
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"WORKERS": "2", "WORKER_PROCESSES": "1", "CHUNK_SIZE": "50", "VISIBILITY_TIMEOUT": "5"}
+    with running_stack(tmp_path_factory.mktemp("reliability"), **env) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def big_zip(digits) -> bytes:
+    images, _ = digits
+    return make_zip({f"{i:05d}.png": png(images[i % len(images)]) for i in range(IMAGES)})
+
+
+def pool_children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def submit_and_wait_until_started(client: httpx.Client, archive: bytes) -> str:
+    job_id = client.post("/jobs", files=[("files", ("big.zip", archive))]).json()["id"]
+    deadline = time.monotonic() + 30
+    while client.get(f"/jobs/{job_id}").json()["counts"]["done"] == 0:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.01)
+    return job_id
+
+
+def assert_every_item_exactly_once(stack: Stack, client: httpx.Client, job_id: str) -> None:
+    job = wait_for_job(client, job_id, timeout=120)
+    assert job["status"] == "succeeded", job
+    assert job["counts"] == {"total": IMAGES, "done": IMAGES, "failed": 0}
+    stored = redis.Redis.from_url(stack.redis_url or "").hlen(f"{PREFIX}{job_id}:results")
+    assert stored == IMAGES
+    items = all_results(client, job_id)
+    assert [it["index"] for it in items] == list(range(IMAGES))
+    assert all(it["status"] == "done" and it["digit"] is not None for it in items)
+
+
+def test_sigkill_of_a_pool_process_mid_job(two_workers: Stack, big_zip: bytes) -> None:
+    with httpx.Client(base_url=two_workers.api_url, timeout=30) as client:
+        job_id = submit_and_wait_until_started(client, big_zip)
+        [child] = pool_children(two_workers.processes["worker1"].pid)
+        os.kill(child, signal.SIGKILL)  # the chunk in flight is rejected and requeued at once
+        assert_every_item_exactly_once(two_workers, client, job_id)
+
+
+def test_sigkill_of_a_whole_worker_mid_job(two_workers: Stack, big_zip: bytes) -> None:
+    with httpx.Client(base_url=two_workers.api_url, timeout=30) as client:
+        job_id = submit_and_wait_until_started(client, big_zip)
+        victim = two_workers.processes["worker2"]
+        os.killpg(victim.pid, signal.SIGKILL)  # main and pool process: nobody can requeue
+        killed_at = time.monotonic()
+        two_workers.processes.pop("worker2").wait()
+        # worker1 finishes the rest; worker2's unacknowledged chunk comes back after the
+        # visibility timeout (5 s here), not kombu's default hour.
+        assert_every_item_exactly_once(two_workers, client, job_id)
+        assert time.monotonic() - killed_at < 60
+
+
+def test_redelivered_chunk_does_not_duplicate(two_workers: Stack, digits) -> None:
+    """The same chunk twice (as after a visibility-timeout redelivery) changes nothing."""
+    from core.jobs import ItemResult, JobStore
+
+    store = JobStore(redis.Redis.from_url(two_workers.redis_url or ""), 60)
+    store.create("dup", ["a.png", "b.png"])
+    first = [ItemResult(0, 3, 0.9), ItemResult(1, error="not a readable image")]
+    assert store.record("dup", first) == 2
+    assert store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)]) == 0
+    job = store.get("dup")
+    assert job and (job.status, job.done, job.failed) == ("succeeded", 2, 1)
+    assert store.results("dup", [0, 1]) == first
+    np.testing.assert_equal(store.missing("dup", [0, 1]), [])

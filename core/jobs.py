@@ -62,6 +62,12 @@ class ItemResult:
         return cls(index, digit, confidence, low_confidence, error)
 
 
+@dataclass(frozen=True)
+class Recorded:
+    added: int  # results that were new (a redelivered chunk adds none)
+    closed_job: bool  # this call stored the job's last item
+
+
 # KEYS: job hash, results hash. ARGV: now, then (index, result json, failed 0/1) triples.
 _RECORD = """
 local job, results = KEYS[1], KEYS[2]
@@ -77,12 +83,14 @@ end
 local status = redis.call('HGET', job, 'status')
 local done = tonumber(redis.call('HGET', job, 'done'))
 local total = tonumber(redis.call('HGET', job, 'total'))
+local closed = 0
 if done >= total and (status == 'queued' or status == 'running') then
   local final = 'succeeded'
   if redis.call('HEXISTS', job, 'error') == 1 then final = 'failed' end
   redis.call('HSET', job, 'status', final, 'finished_at', ARGV[1])
+  closed = 1
 end
-return added
+return {added, closed}
 """
 
 # KEYS: job hash. ARGV: now, model version. queued -> running, once.
@@ -186,13 +194,17 @@ class JobStore:
         self.redis.hsetnx(job, "model_version", model_version)
         return self.redis.hget(job, "model_version").decode()
 
-    def record(self, job_id: str, results: Iterable[ItemResult]) -> int:
-        """Store results that are not stored yet; returns how many were new."""
+    def record(self, job_id: str, results: Iterable[ItemResult]) -> Recorded:
+        """Store the results that are not stored yet, closing the job with its last item."""
         job, _, results_key = self._keys(job_id)
         args: list[Any] = [time.time()]
         for r in results:
             args += [r.index, r.to_json(), int(r.error is not None)]
-        return int(self._record(keys=[job, results_key], args=args))
+        reply = self._record(keys=[job, results_key], args=args)
+        if reply == -1:
+            return Recorded(0, False)  # the job expired meanwhile
+        added, closed = reply
+        return Recorded(int(added), bool(closed))
 
     def cancel(self, job_id: str) -> bool:
         return (

@@ -1,5 +1,7 @@
 """End to end over HTTP: the API, a real Redis, real Celery worker processes and the real model."""
 
+import io
+import time
 import zipfile
 
 import httpx
@@ -37,6 +39,16 @@ def test_one_image(api: httpx.Client, holdout) -> None:
     [item] = all_results(api, job["id"])
     assert item["name"] == "seven.png" and item["error"] is None
     assert item["digit"] == labels[0] and 0 <= item["confidence"] <= 1
+
+
+def test_upload_is_deleted_when_the_job_ends(stack: Stack, api: httpx.Client, holdout) -> None:
+    job = submit(api, ("a.png", png(holdout[0][0]))).json()
+    wait_for_job(api, job["id"])
+    upload = stack.settings.data_dir / "uploads" / job["id"]
+    deadline = time.monotonic() + 10
+    while upload.exists():
+        assert time.monotonic() < deadline, "upload left behind"
+        time.sleep(0.1)
 
 
 def test_thousand_image_zip_is_mostly_right(api: httpx.Client, holdout) -> None:
@@ -90,7 +102,7 @@ def test_mixed_valid_and_invalid_files(api: httpx.Client, holdout) -> None:
 def test_corrupted_zip_entry_is_an_item_error(api: httpx.Client, holdout) -> None:
     images, labels = holdout
     data = bytearray(make_zip({"ok.png": png(images[4]), "bad.png": png(images[5]) * 3}))
-    with zipfile.ZipFile(__import__("io").BytesIO(bytes(data))) as archive:
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
         info = archive.getinfo("bad.png")
     start = info.header_offset + 30 + len(info.filename) + 10  # inside the compressed data
     data[start : start + 20] = bytes(20)
@@ -160,8 +172,6 @@ def test_cancel_stops_remaining_chunks(api: httpx.Client, holdout) -> None:
     job = submit(api, ("big.zip", archive)).json()
     cancelled = api.delete(f"/jobs/{job['id']}").json()
     assert cancelled["status"] == "cancelled"
-    import time
-
     time.sleep(3)
     after = api.get(f"/jobs/{job['id']}").json()
     assert after["status"] == "cancelled" and after["counts"]["done"] < 3000

@@ -53,10 +53,15 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> int:
     try:
         results = classify(job_id, items, version)
     except Exception as exc:
+        if store.status(job_id) in TERMINAL:
+            return 0  # cancelled meanwhile (its upload may be gone already)
         if self.request.retries < self.max_retries:
             log.warning("chunk of job %s failed, retrying: %r", job_id, exc)
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
         log.exception("chunk of job %s failed for good", job_id)
         store.fail(job_id, "some items could not be processed because of an internal error")
         results = [ItemResult(i[0], error=INTERNAL_ERROR) for i in items]
-    return store.record(job_id, results)
+    recorded = store.record(job_id, results)
+    if recorded.closed_job:
+        get_blob_store().delete_prefix(job_id)  # every item has its result: the upload can go
+    return recorded.added

@@ -99,10 +99,11 @@ def get_job(job_id: str, store: JobStoreDep) -> JobOut:
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
-def cancel_job(job_id: str, store: JobStoreDep) -> JobOut:
+def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
     _job_or_404(store, job_id)
-    store.cancel(job_id)  # a job that already finished keeps its status
+    if store.cancel(job_id):  # a job that already finished keeps its status
+        blobs.delete_prefix(job_id)
     return JobOut.of(_job_or_404(store, job_id))
 
 

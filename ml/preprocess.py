@@ -20,6 +20,7 @@ MAX_PIXELS = 40_000_000  # refuse anything larger before decoding it
 WORK_SIDE = 512  # longer side we downscale big images to before any float work
 BOX_SIDE = 20  # MNIST: the digit's longer side
 FIELD = 28  # MNIST: the output size
+THUMB_SIDE = 32  # polarity and background are estimated at this size
 MIN_CONTRAST = 24.0  # ink-vs-background difference (0..255) below which the image is "blank"
 NOISE_FLOOR = 0.12  # fraction of the peak contrast treated as paper/JPEG noise
 MIN_COMPONENT = 0.05  # connected ink blobs lighter than this share of the largest are dust
@@ -132,54 +133,75 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
 
 
 def _ink_map(gray: np.ndarray) -> np.ndarray:
-    """Light-on-dark ink in 0..1 with uneven lighting removed; raises on blank images."""
+    """Light-on-dark ink in 0..1 with uneven lighting removed; raises on blank images.
+
+    Polarity and background are decided on a <=32 px box-averaged thumbnail (cheap, and the
+    averaging smooths noise); only the subtraction and scaling run at full resolution.
+    """
     if gray.size == 0:
         raise ImageError("image is blank (no ink found)")
-    if _is_dark_on_light(gray):
-        gray = 255.0 - gray
-    ink = np.maximum(gray - _background(gray), 0.0)
-    # Peak contrast from a lightly smoothed map so one hot pixel doesn't count as ink.
-    smooth = ndimage.uniform_filter(ink, size=3) if min(ink.shape) >= 3 else ink
-    peak = float(smooth.max())
+    thumb = _thumbnail(gray)
+    invert = _is_dark_on_light(thumb)
+    if invert:
+        thumb = 255.0 - thumb
+    background = _background(thumb, gray.shape)
+    # One full-size pass: ink = (255 - gray) - bg when inverting, gray - bg otherwise.
+    ink = np.subtract(255.0 - background, gray) if invert else np.subtract(gray, background)
+    peak = _peak(ink)
     if peak < MIN_CONTRAST:
         raise ImageError("image is blank (no ink found)")
     floor = NOISE_FLOOR * peak
-    return np.clip((ink - floor) / (peak - floor), 0.0, 1.0)
+    ink -= floor
+    ink *= 1.0 / (peak - floor)
+    return np.clip(ink, 0.0, 1.0, out=ink)
 
 
-def _is_dark_on_light(gray: np.ndarray) -> bool:
+def _peak(ink: np.ndarray) -> float:
+    """Ink contrast from a 2x2 box-averaged copy, so one hot pixel doesn't count as ink."""
+    if min(ink.shape) < 2:
+        return float(ink.max())
+    return float(np.asarray(Image.fromarray(ink, mode="F").reduce(2)).max())
+
+
+def _thumbnail(gray: np.ndarray) -> np.ndarray:
+    """Box-averaged copy with the longer side <= THUMB_SIDE (Pillow's C reduce)."""
+    factor = -(-max(gray.shape) // THUMB_SIDE)
+    if factor <= 1:
+        return gray
+    return np.asarray(Image.fromarray(gray, mode="F").reduce(factor), dtype=np.float32)
+
+
+def _is_dark_on_light(thumb: np.ndarray) -> bool:
     """Is the ink darker than the paper?
 
     The border mostly shows paper; ink is whichever extreme lies farther from the paper's
-    level. Extremes come from a 3x3-smoothed copy so single noisy pixels don't decide, and
-    min/max (not percentiles) so a digit covering 0.1% of a big photo still counts.
+    level. Extremes come from the box-averaged thumbnail so single noisy pixels don't decide,
+    and min/max (not percentiles) so a digit covering 0.1% of a big photo still counts.
     """
-    h, w = gray.shape
-    bh, bw = max(1, h // 20), max(1, w // 20)
-    border = np.concatenate(
-        [gray[:bh].ravel(), gray[-bh:].ravel(), gray[:, :bw].ravel(), gray[:, -bw:].ravel()]
-    )
+    border = np.concatenate([thumb[0], thumb[-1], thumb[:, 0], thumb[:, -1]])
     paper = float(np.median(border))
-    smooth = ndimage.uniform_filter(gray, size=3) if min(h, w) >= 3 else gray
-    return paper - float(smooth.min()) > float(smooth.max()) - paper
+    return paper - float(thumb.min()) > float(thumb.max()) - paper
 
 
-def _background(gray: np.ndarray) -> np.ndarray:
-    """Smooth background level (after the polarity fix ink is bright, paper dark).
+def _background(thumb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Smooth background level at full resolution `shape` (ink bright, paper dark by now).
 
-    A quadratic surface fitted to a <=48 px copy, refitted a few times without the bright
+    A quadratic surface fitted to the thumbnail, refitted a few times without the bright
     outliers (the ink): it follows lighting gradients and vignetting right up to the edges.
     """
-    h, w = gray.shape
-    if min(h, w) < 8:
-        return np.full_like(gray, float(np.median(gray)))
-    step = max(1, max(h, w) // 48)
-    y_full, x_full = np.linspace(-1.0, 1.0, h), np.linspace(-1.0, 1.0, w)
-    y, x = np.meshgrid(y_full[::step], x_full[::step], indexing="ij")
+    h, w = shape
+    th, tw = thumb.shape
+    if min(th, tw) < 8:
+        return np.full(shape, float(np.median(thumb)), dtype=np.float32)
+    # Thumbnail pixel centres in the full image's [-1, 1] coordinates.
+    ty = (np.arange(th) + 0.5) * (h / th) - 0.5
+    tx = (np.arange(tw) + 0.5) * (w / tw) - 0.5
+    y, x = np.meshgrid(ty * 2 / max(h - 1, 1) - 1, tx * 2 / max(w - 1, 1) - 1, indexing="ij")
     design = np.stack([np.ones_like(y), y, x, y * y, x * y, x * x], axis=-1).reshape(-1, 6)
-    values = gray[::step, ::step].ravel().astype(np.float64)
-    keep = np.ones(values.shape, dtype=bool)
-    for _ in range(4):
+    values = thumb.ravel().astype(np.float64)
+    # Start from the darker half (ink rarely covers half the image), then refine.
+    keep = values <= np.median(values)
+    for _ in range(3):
         a = design[keep]
         # Normal equations: a 6x6 solve, far cheaper than lstsq's SVD; ridge keeps it regular.
         coef = np.linalg.solve(a.T @ a + 1e-6 * np.eye(6), a.T @ values[keep])
@@ -187,9 +209,13 @@ def _background(gray: np.ndarray) -> np.ndarray:
         spread = 1.4826 * float(np.median(np.abs(resid[keep]))) + 1.0
         keep = resid < 2.5 * spread
     c0, cy, cx, cyy, cxy, cxx = coef
-    rows = (c0 + cy * y_full + cyy * y_full**2)[:, None]
-    cols = (cx * x_full + cxx * x_full**2)[None, :]
-    return (rows + cols + cxy * y_full[:, None] * x_full[None, :]).astype(np.float32)
+    y_full = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
+    x_full = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
+    rows = (c0 + cy * y_full + cyy * y_full**2).astype(np.float32)
+    cols = (cx * x_full + cxx * x_full**2).astype(np.float32)
+    if abs(cxy) < 1e-3:  # no cross term (the usual case): one broadcast add
+        return rows + cols
+    return rows + cols + np.float32(cxy) * (y_full * x_full)
 
 
 def _drop_dust(ink: np.ndarray) -> np.ndarray:
@@ -197,10 +223,12 @@ def _drop_dust(ink: np.ndarray) -> np.ndarray:
     labels, n = ndimage.label(ink > 0)
     if n <= 1:
         return ink
-    mass = np.bincount(labels.ravel(), weights=ink.ravel())
+    mass = ndimage.sum_labels(ink, labels, index=np.arange(n + 1))
     mass[0] = 0.0
     keep = mass >= MIN_COMPONENT * mass.max()
-    return np.where(keep[labels], ink, 0.0).astype(np.float32)
+    if keep[1:].all():
+        return ink
+    return np.where(keep[labels], ink, np.float32(0.0))
 
 
 def _scale_to_box(crop: np.ndarray) -> np.ndarray:

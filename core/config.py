@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     # Model.
     model_uri: str = str(PROJECT_ROOT / "models")  # a local dir, or s3://bucket/prefix/<version|latest>
     model_cache_dir: Path = PROJECT_ROOT / "data" / "model-cache"
+    model_registry: str | None = None  # s3://bucket/prefix: where `python -m ml push/list` work
 
     # Auth: comma-separated API keys; empty means open (local development).
     api_keys: SecretStr = SecretStr("")

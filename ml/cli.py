@@ -119,7 +119,96 @@ def _load(path: Path):
     return model
 
 
-COMMANDS: list[Callable] = [register_train, register_evaluate, register_predict]
+def _registry_uri(given: str | None) -> str:
+    import os
+
+    uri = given or os.environ.get("MODEL_REGISTRY")
+    if not uri:
+        raise SystemExit("set MODEL_REGISTRY=s3://bucket/prefix (or pass --registry)")
+    return uri
+
+
+def register_push(subparsers) -> None:
+    p = subparsers.add_parser("push", help="upload a model to the S3 registry, move its latest pointer")
+    p.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODELS_DIR, help="models/version dir")
+    p.add_argument("--registry", default=None, help="s3://bucket/prefix (default $MODEL_REGISTRY)")
+    p.add_argument("--no-latest", action="store_true", help="do not move the latest pointer")
+    p.set_defaults(handler=cmd_push)
+
+
+def cmd_push(args) -> int:
+    from ml.registry import S3Registry
+
+    registry = S3Registry(_registry_uri(args.registry))
+    version = registry.push(args.model_dir, set_latest=not args.no_latest)
+    print(f"pushed {version} to {registry.uri}/{version}" + ("" if args.no_latest else " (latest)"))
+    return 0
+
+
+def register_list(subparsers) -> None:
+    p = subparsers.add_parser("list", help="versions in the S3 registry with their metrics")
+    p.add_argument("--registry", default=None, help="s3://bucket/prefix (default $MODEL_REGISTRY)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_list)
+
+
+def cmd_list(args) -> int:
+    from ml.registry import RegistryUnavailable, S3Registry
+
+    registry = S3Registry(_registry_uri(args.registry))
+    versions = registry.versions()
+    try:
+        latest = registry.latest()
+    except (FileNotFoundError, RegistryUnavailable):
+        latest = None
+    if args.json:
+        rows = [{"version": v.version, "latest": v.version == latest, **v.metadata} for v in versions]
+        print(json.dumps(rows, indent=2))
+        return 0
+    for v in versions:
+        holdout = v.metadata.get("metrics", {}).get("holdout", {})
+        acc, ece = holdout.get("accuracy"), holdout.get("ece")
+        acc_text = "?" if acc is None else f"{acc:.4f}"
+        ece_text = "?" if ece is None else f"{ece:.4f}"
+        mark = "*" if v.version == latest else " "
+        created = v.metadata.get("created_at", "?")
+        print(f"{mark} {v.version}  created {created}  holdout accuracy {acc_text}  ECE {ece_text}")
+    if not versions:
+        print(f"no versions in {registry.uri}")
+    return 0
+
+
+def register_reload(subparsers) -> None:
+    p = subparsers.add_parser("reload", help="move every running worker to VERSION (needs REDIS_URL)")
+    p.add_argument("version")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(handler=cmd_reload)
+
+
+def cmd_reload(args) -> int:
+    # The fleet protocol lives in core (Redis only); imported here so ml itself stays free of it.
+    from core.connections import get_redis
+    from core.fleet import ReloadError, request_reload
+
+    try:
+        result = request_reload(get_redis(), args.version, args.timeout)
+    except ReloadError as exc:
+        print(f"reload refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"model {result.previous} -> {result.version} on {len(result.workers)} worker(s)")
+    for w in result.workers:
+        print(f"  {w['hostname']}: {w.get('model_version')}")
+    return 0
+
+
+COMMANDS: list[Callable] = [
+    register_train,
+    register_evaluate,
+    register_predict,
+    register_push,
+    register_list,
+    register_reload,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,28 @@
-"""The Celery worker application: `celery -A worker.app worker`."""
+"""The Celery worker application: `celery -A worker.app worker`.
+
+Signals wire in the operations side: logging (ours, not Celery's), Sentry, the model loaded in
+the main process before the pool forks (worker_init), the heartbeat/reload watcher
+(worker_ready), and per-task log context and metrics (task_prerun/task_postrun).
+"""
 
 import logging
 import os
+import sys
+import time
 from typing import Any
 
-from celery.signals import worker_init
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_ready,
+    worker_shutdown,
+)
 
+from core import logs, sentry
 from core.config import get_settings
-from core.queue import get_celery
+from core.queue import PROCESS_CHUNK, get_celery
 
 # One BLAS/OpenMP thread per pool process: the pool already uses every core.
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -16,12 +31,95 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 app = get_celery()
 app.conf.include = ["worker.tasks"]
 log = logging.getLogger(__name__)
+sentry.init(get_settings(), "worker")  # before the fork: the pool processes inherit it
+_watcher: Any = None
+_started: dict[str, float] = {}
+
+
+@setup_logging.connect
+def configure_logging(**_: Any) -> None:
+    logs.configure(get_settings(), "worker")
 
 
 @worker_init.connect
-def load_model(**_: Any) -> None:
+def load_model(sender: Any = None, **_: Any) -> None:
     # In the main process before the pool forks: no chunk is taken before a model is loaded,
     # and the pool processes share the model's memory.
+    from ml import ModelIntegrityError
     from worker import models
 
-    models.load_default(get_settings())
+    try:
+        models.load_default(get_settings())
+    except ModelIntegrityError as exc:
+        log.critical("REFUSING the model: %s. The worker exits; push a good model or fix MODEL_URI.", exc)
+        _flush_and_exit(models.INTEGRITY_EXIT_CODE, exc)
+    except Exception as exc:  # a bad MODEL_URI, an unknown local version, ...
+        log.critical("no model could be loaded: %s. The worker exits.", exc)
+        _flush_and_exit(1, exc)
+
+
+def _flush_and_exit(code: int, exc: BaseException) -> None:
+    import sentry_sdk
+
+    sentry_sdk.capture_exception(exc)
+    sentry_sdk.flush(timeout=5)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)  # Celery catches exceptions raised by signal handlers
+
+
+@worker_ready.connect
+def start_watcher(sender: Any = None, **_: Any) -> None:
+    global _watcher
+    from worker import models
+
+    _watcher = models.Watcher(sender.hostname, get_settings())
+    _watcher.tick()  # /ready sees this worker at once
+    _watcher.start()
+
+
+@worker_shutdown.connect
+def stop_watcher(**_: Any) -> None:
+    if _watcher is not None:
+        _watcher.stop()
+
+
+@task_prerun.connect
+def bind_task_context(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
+    logs.clear()
+    if task is not None and task.name == PROCESS_CHUNK and args and len(args) >= 2:
+        job_id, items = args[0], args[1]
+        chunk = f"{items[0][0]}-{items[-1][0]}" if items else None
+        logs.bind(job_id=job_id, chunk=chunk)
+        if task_id:
+            _started[task_id] = time.monotonic()
+
+
+@task_postrun.connect
+def record_task(
+    task_id: str | None = None,
+    task: Any = None,
+    args: Any = None,
+    retval: Any = None,
+    state: Any = None,
+    **_: Any,
+) -> None:
+    try:
+        started = _started.pop(task_id or "", None)
+        if task is None or task.name != PROCESS_CHUNK or started is None or state != "SUCCESS":
+            return
+        from core import metrics
+        from core.connections import get_redis
+
+        client = get_redis()
+        job_id, items = args[0], args[1]
+        stored = int(retval or 0)
+        if stored:
+            failed = metrics.chunk_failed_items(client, job_id, [i[0] for i in items], stored)
+            metrics.chunk_done(client, stored, failed, time.monotonic() - started, len(items))
+        if metrics.job_maybe_finished(client, job_id):
+            log.info("job finished")
+    except Exception:
+        log.warning("could not record metrics", exc_info=True)
+    finally:
+        logs.clear()

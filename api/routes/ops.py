@@ -1,0 +1,122 @@
+"""Operations: readiness, Prometheus metrics, model reload; plus the API's logging and Sentry.
+
+Nothing here imports ml/ (or scikit-learn): worker state comes from Redis (core/fleet.py).
+"""
+
+import logging
+import re
+import time
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from api.deps import require_api_key
+from api.problems import ProblemError
+from core import fleet, logs, metrics, sentry
+from core.config import get_settings
+from core.connections import get_redis
+from core.queue import QUEUE
+
+router = APIRouter(tags=["operations"])
+admin = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_api_key)])
+log = logging.getLogger(__name__)
+JOB_PATH = re.compile(r"^/jobs/([0-9a-f]{32})(?:/|$)")
+
+
+@router.get(
+    "/ready",
+    responses={503: {"description": "Not ready: Redis down, no live worker, or no model loaded"}},
+)
+def ready() -> JSONResponse:
+    """200 when Redis answers and at least one live worker has a model loaded; else 503 with why."""
+    detail: dict[str, Any] = {"redis": "down", "workers": [], "queue_depth": None}
+    reasons: list[str] = []
+    try:
+        client = get_redis()
+        client.ping()
+        detail["redis"] = "ok"
+        detail["queue_depth"] = client.llen(QUEUE)
+        detail["model_version"] = fleet.current_version(client)
+        detail["workers"] = [
+            {
+                "hostname": w["hostname"],
+                "model_version": w.get("model_version"),
+                "concurrency": w.get("concurrency"),
+                "last_seen_seconds": round(time.time() - w["ts"], 1),
+            }
+            for w in fleet.workers(client)
+        ]
+    except (redis.RedisError, RuntimeError) as exc:
+        reasons.append(f"redis unreachable: {type(exc).__name__}")
+    if detail["redis"] == "ok":
+        if not detail["workers"]:
+            reasons.append("no live worker (none started, all down, or still loading their model)")
+        elif not any(w["model_version"] for w in detail["workers"]):
+            reasons.append("no worker has a model loaded")
+    detail["status"] = "not ready" if reasons else "ready"
+    if reasons:
+        detail["reasons"] = reasons
+    return JSONResponse(detail, status_code=503 if reasons else 200)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def prometheus_metrics() -> Response:
+    """Prometheus text format: jobs, items, latencies, queue depth, workers and model versions."""
+    try:
+        body = metrics.render(get_redis())
+    except redis.RedisError as exc:
+        raise ProblemError(503, "Redis unreachable", f"metrics live in Redis: {type(exc).__name__}") from exc
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class ReloadIn(BaseModel):
+    version: str = Field(description="a version pushed to the registry (see `python -m ml list`)")
+    timeout: float = Field(default=120, gt=0, le=600, description="seconds to wait for every worker")
+
+
+@admin.post("/reload", responses={409: {"description": "Refused: unknown/corrupt version or no worker"}})
+def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
+    """Move every running worker to another model version, without a restart.
+
+    Each worker downloads and verifies the version first; only when all are ready does the
+    fleet switch (between chunks; a job keeps the version its first chunk used). On any
+    refusal nothing changes.
+    """
+    try:
+        result = fleet.request_reload(get_redis(), body.version, body.timeout)
+    except fleet.ReloadError as exc:
+        log.warning("reload to %s refused: %s", body.version, exc)
+        raise ProblemError(409, "Reload refused", str(exc)) from exc
+    log.info("model reloaded: %s -> %s", result.previous, result.version)
+    return {"version": result.version, "previous": result.previous, "workers": result.workers}
+
+
+def install(app: FastAPI) -> None:
+    """Logging, Sentry, the job-id log context, and the routes above."""
+    settings = get_settings()
+    logs.configure(settings, "api")
+    sentry.init(settings, "api")
+
+    @app.middleware("http")
+    async def job_context(request: Request, call_next: Any) -> Response:
+        match = JOB_PATH.match(request.url.path)
+        logs.clear()
+        logs.bind(job_id=match.group(1) if match else None)
+        response = await call_next(request)
+        location = response.headers.get("location", "")
+        if request.method == "POST" and response.status_code == 202 and (m := JOB_PATH.match(location)):
+            with logs.bound(job_id=m.group(1)):
+                try:
+                    client = get_redis()
+                    total = int(client.hget(f"digitq:job:{m.group(1)}", "total") or 0)
+                    metrics.job_submitted(client, total)
+                except redis.RedisError:
+                    log.warning("could not count the submission in the metrics")
+                log.info("job submitted")
+        return response
+
+    app.include_router(router)
+    app.include_router(admin)

@@ -1,0 +1,114 @@
+"""What the workers are doing, shared through Redis: heartbeats and the model version to serve.
+
+Keys (all small):
+- `digitq:worker:<hostname>`: JSON heartbeat written every HEARTBEAT_SECONDS by each worker's
+  main process once its model is loaded, expiring after HEARTBEAT_TTL: hostname, pid,
+  model_version, and the state of the last reload request it handled.
+- `digitq:model:current`: the version every worker serves (set by a successful reload). Pool
+  processes compare it with their model before each chunk; new workers start on it.
+- `digitq:model:candidate`: `{"id", "version"}` of a reload in progress. Each worker's main
+  process downloads and verifies it, then reports ok/error in its heartbeat; only when every
+  live worker reports ok does `current` move. A bad version therefore never becomes current.
+
+Only redis here: the API, the workers and `python -m ml reload` all use it.
+"""
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+WORKER_PREFIX = "digitq:worker:"
+CURRENT_KEY = "digitq:model:current"
+CANDIDATE_KEY = "digitq:model:candidate"
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL = 10
+
+
+def beat(client: redis.Redis, hostname: str, info: dict[str, Any]) -> None:
+    payload = {**info, "hostname": hostname, "ts": time.time()}
+    client.set(WORKER_PREFIX + hostname, json.dumps(payload), ex=HEARTBEAT_TTL)
+
+
+def forget(client: redis.Redis, hostname: str) -> None:
+    client.delete(WORKER_PREFIX + hostname)
+
+
+def workers(client: redis.Redis) -> list[dict[str, Any]]:
+    """Live workers (those whose heartbeat has not expired), by hostname."""
+    keys = sorted(client.scan_iter(match=WORKER_PREFIX + "*", count=1000))
+    if not keys:
+        return []
+    found = []
+    for raw in client.mget(keys):
+        if raw:
+            found.append(json.loads(raw))
+    return sorted(found, key=lambda w: w["hostname"])
+
+
+def current_version(client: redis.Redis) -> str | None:
+    raw = client.get(CURRENT_KEY)
+    return raw.decode() if raw else None
+
+
+def candidate(client: redis.Redis) -> dict[str, str] | None:
+    raw = client.get(CANDIDATE_KEY)
+    return json.loads(raw) if raw else None
+
+
+class ReloadError(Exception):
+    def __init__(self, message: str, workers: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.workers = workers or []
+
+
+@dataclass
+class ReloadResult:
+    version: str
+    previous: str | None
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def request_reload(client: redis.Redis, version: str, timeout: float = 120.0) -> ReloadResult:
+    """Move every live worker to `version`, or raise ReloadError and change nothing.
+
+    Work in flight is never mixed: a job keeps the version its first chunk pinned, and pool
+    processes switch between chunks.
+    """
+    version = version.strip()
+    if not version or "/" in version or version.startswith("."):
+        raise ReloadError(f"invalid version name {version!r}")
+    alive = workers(client)
+    if not alive:
+        raise ReloadError("no live workers to download and verify the model; start a worker first")
+    request = {"id": uuid.uuid4().hex, "version": version}
+    client.set(CANDIDATE_KEY, json.dumps(request), ex=int(timeout) + 60)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {w["hostname"]: (w.get("candidate") or {}) for w in workers(client)}
+        answered = {h: s for h, s in states.items() if s.get("id") == request["id"]}
+        failed = {h: s["error"] for h, s in answered.items() if s.get("error")}
+        if failed:
+            client.delete(CANDIDATE_KEY)
+            detail = "; ".join(f"{h}: {e}" for h, e in failed.items())
+            raise ReloadError(f"version {version} refused: {detail}", workers(client))
+        # Workers that were alive at the start and are still alive must all be ready.
+        pending = [
+            w["hostname"]
+            for w in alive
+            if w["hostname"] in states and not answered.get(w["hostname"], {}).get("ok")
+        ]
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            client.delete(CANDIDATE_KEY)
+            raise ReloadError(
+                f"version {version} not ready after {timeout:.0f}s on {', '.join(pending)}", workers(client)
+            )
+        time.sleep(0.2)
+    previous = client.getset(CURRENT_KEY, version)
+    client.delete(CANDIDATE_KEY)
+    return ReloadResult(version, previous.decode() if previous else None, workers(client))

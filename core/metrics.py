@@ -1,0 +1,152 @@
+"""Service metrics kept in Redis, exported by the API's GET /metrics in Prometheus format.
+
+The work happens in many processes on many machines (API processes, each worker's prefork
+pool), so process-local prometheus_client counters would each tell a part of the story.
+Instead every process adds to one Redis hash with HINCRBY/HINCRBYFLOAT (one pipelined round
+trip per job submission or chunk), and /metrics, on any API replica, reads it back as
+counters and histograms. Histogram buckets are stored non-cumulative and summed on export.
+Counters survive process restarts; they reset only if Redis loses its data, which Prometheus'
+rate() handles like any counter reset.
+
+What counts where:
+- jobs submitted / items submitted: the API, when a job is accepted.
+- items processed / items failed, chunk and per-item latency: the worker, after each chunk.
+  Processed counts only results stored for the first time (a redelivered chunk adds nothing).
+- jobs finished by status, job latency (created -> finished): the worker that sees the job
+  closed, exactly once per job (guarded by an HSETNX flag on the job hash).
+"""
+
+import bisect
+from collections.abc import Iterator, Sequence
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from core import fleet
+from core.jobs import PREFIX as JOB_PREFIX
+from core.queue import QUEUE
+
+KEY = "digitq:metrics"
+BUCKETS = {
+    "job_seconds": (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+    "chunk_seconds": (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    "item_seconds": (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+}
+HELP = {
+    "job_seconds": "Time from submission to the last result, per finished job",
+    "chunk_seconds": "Time a worker spends on one chunk (read, classify, store)",
+    "item_seconds": "Worker time per item (a chunk's time shared among its items)",
+}
+
+
+def _observe(pipe: "redis.client.Pipeline", name: str, seconds: float, count: int = 1) -> None:
+    buckets = BUCKETS[name]
+    i = bisect.bisect_left(buckets, seconds)
+    label = str(buckets[i]) if i < len(buckets) else "+Inf"
+    pipe.hincrby(KEY, f"{name}:bucket:{label}", count)
+    pipe.hincrby(KEY, f"{name}:count", count)
+    pipe.hincrbyfloat(KEY, f"{name}:sum", seconds * count)
+
+
+def job_submitted(client: redis.Redis, items: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(KEY, "jobs_submitted", 1)
+    pipe.hincrby(KEY, "items_submitted", items)
+    pipe.execute()
+
+
+def chunk_done(client: redis.Redis, stored: int, failed: int, seconds: float, items: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(KEY, "items_processed", stored)
+    pipe.hincrby(KEY, "items_failed", failed)
+    _observe(pipe, "chunk_seconds", seconds)
+    if items:
+        _observe(pipe, "item_seconds", seconds / items, items)
+    pipe.execute()
+
+
+def chunk_failed_items(client: redis.Redis, job_id: str, indices: Sequence[int], stored: int) -> int:
+    """How many of the results just stored for these items are errors (at most `stored`)."""
+    if not stored or not indices:
+        return 0
+    raw = client.hmget(JOB_PREFIX + job_id + ":results", [str(i) for i in indices])
+    errors = sum(1 for r in raw if r and not r.endswith(b",null]"))
+    return min(errors, stored)
+
+
+def job_maybe_finished(client: redis.Redis, job_id: str) -> str | None:
+    """Count the job once when it has closed; returns its final status the first time."""
+    key = JOB_PREFIX + job_id
+    status, created, finished = client.hmget(key, ["status", "created_at", "finished_at"])
+    if not status or status.decode() not in ("succeeded", "failed", "cancelled") or not finished:
+        return None
+    if not client.hsetnx(key, "metrics_counted", 1):
+        return None
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(KEY, f"jobs_finished:{status.decode()}", 1)
+    _observe(pipe, "job_seconds", max(0.0, float(finished) - float(created)))
+    pipe.execute()
+    return status.decode()
+
+
+class RedisCollector(Collector):
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator:
+        raw = {k.decode(): v.decode() for k, v in self.client.hgetall(KEY).items()}
+
+        def num(name: str) -> float:
+            return float(raw.get(name, 0))
+
+        yield CounterMetricFamily("digitq_jobs_submitted", "Jobs accepted by the API", num("jobs_submitted"))
+        yield CounterMetricFamily("digitq_items_submitted", "Images in accepted jobs", num("items_submitted"))
+        finished = CounterMetricFamily(
+            "digitq_jobs_finished", "Jobs closed, by final status", labels=["status"]
+        )
+        for status in ("succeeded", "failed", "cancelled"):
+            finished.add_metric([status], num(f"jobs_finished:{status}"))
+        yield finished
+        yield CounterMetricFamily(
+            "digitq_jobs_succeeded", "Jobs that succeeded", num("jobs_finished:succeeded")
+        )
+        yield CounterMetricFamily("digitq_jobs_failed", "Jobs that failed", num("jobs_finished:failed"))
+        yield CounterMetricFamily(
+            "digitq_items_processed", "Item results stored (digits and errors)", num("items_processed")
+        )
+        yield CounterMetricFamily("digitq_items_failed", "Item results that are errors", num("items_failed"))
+        for name, buckets in BUCKETS.items():
+            cumulative, out = 0.0, []
+            for bound in (*buckets, "+Inf"):
+                cumulative += num(f"{name}:bucket:{bound}")
+                out.append((str(bound) if bound == "+Inf" else repr(float(bound)), cumulative))
+            yield HistogramMetricFamily(
+                f"digitq_{name}", HELP[name], buckets=out, sum_value=num(f"{name}:sum")
+            )
+        yield GaugeMetricFamily("digitq_queue_depth", "Chunks waiting in the queue", self.client.llen(QUEUE))
+        alive = fleet.workers(self.client)
+        yield GaugeMetricFamily("digitq_workers", "Workers with a live heartbeat", len(alive))
+        info = InfoMetricFamily(
+            "digitq_worker_model", "Model version each live worker serves", labels=["worker"]
+        )
+        for w in alive:
+            info.add_metric([w["hostname"]], {"version": str(w.get("model_version"))})
+        yield info
+        current = fleet.current_version(self.client)
+        if current:
+            yield InfoMetricFamily(
+                "digitq_model", "Model version set by the last reload", {"version": current}
+            )
+
+
+def render(client: redis.Redis) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(client))
+    return generate_latest(registry)

@@ -89,9 +89,8 @@ def main() -> None:
 
     local_rate = IMAGES / statistics.median(local)
     remote_rate = IMAGES / statistics.median(remote)
-    print(
-        f"in-process, 1 process          : {local_rate:8.0f} images/s  (median of {[round(t, 2) for t in local]} s)"
-    )
+    local_runs = [round(t, 2) for t in local]
+    print(f"in-process, 1 process          : {local_rate:8.0f} images/s  (median of {local_runs} s)")
     print(
         f"end to end, {processes} worker processes : {remote_rate:8.0f} images/s  "
         f"(median of {[round(t, 2) for t in remote]} s)"

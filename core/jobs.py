@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 PREFIX = "digitq:job:"
 
@@ -117,12 +118,19 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-def _opt_float(value: bytes | None) -> float | None:
+Raw = bytes | str  # what redis-py may answer (bytes here: the client doesn't decode)
+
+
+def _text(value: Raw) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _opt_float(value: Raw | None) -> float | None:
     return float(value) if value else None
 
 
-def _opt_str(value: bytes | None) -> str | None:
-    return value.decode() if value else None
+def _opt_str(value: Raw | None) -> str | None:
+    return _text(value) if value else None
 
 
 class JobStore:
@@ -141,8 +149,9 @@ class JobStore:
     def create(self, job_id: str, names: Sequence[str]) -> None:
         job, names_key, results = self._keys(job_id)
         pipe = self.redis.pipeline()
-        fields = {"status": JobStatus.queued.value, "created_at": time.time(), "total": len(names)}
-        pipe.hset(job, mapping={**fields, "done": 0, "failed": 0})
+        fields: dict[FieldT, EncodableT] = {"status": JobStatus.queued.value, "created_at": time.time()}
+        fields.update(total=len(names), done=0, failed=0)
+        pipe.hset(job, mapping=fields)
         for start in range(0, len(names), 10_000):
             pipe.rpush(names_key, *names[start : start + 10_000])
         for key in (job, names_key, results):
@@ -153,10 +162,10 @@ class JobStore:
         raw = self.redis.hgetall(self._keys(job_id)[0])
         if not raw:
             return None
-        h = {k.decode(): v for k, v in raw.items()}
+        h = {_text(k): v for k, v in raw.items()}
         return Job(
             id=job_id,
-            status=JobStatus(h["status"].decode()),
+            status=JobStatus(_text(h["status"])),
             created_at=float(h["created_at"]),
             started_at=_opt_float(h.get("started_at")),
             finished_at=_opt_float(h.get("finished_at")),
@@ -169,11 +178,11 @@ class JobStore:
 
     def status(self, job_id: str) -> JobStatus | None:
         raw = self.redis.hget(self._keys(job_id)[0], "status")
-        return JobStatus(raw.decode()) if raw else None
+        return JobStatus(_text(raw)) if raw else None
 
     def names(self, job_id: str, offset: int, limit: int) -> list[str]:
         raw = self.redis.lrange(self._keys(job_id)[1], offset, offset + limit - 1)
-        return [n.decode() for n in raw]
+        return [_text(n) for n in raw]
 
     def results(self, job_id: str, indices: Sequence[int]) -> list[ItemResult | None]:
         if not indices:
@@ -192,7 +201,7 @@ class JobStore:
         """The version the job's results come from: the first one to claim it wins."""
         job = self._keys(job_id)[0]
         self.redis.hsetnx(job, "model_version", model_version)
-        return self.redis.hget(job, "model_version").decode()
+        return _opt_str(self.redis.hget(job, "model_version")) or model_version
 
     def record(self, job_id: str, results: Iterable[ItemResult]) -> Recorded:
         """Store the results that are not stored yet, closing the job with its last item."""

@@ -114,9 +114,11 @@ def record_task(
         client = get_redis()
         job_id, items = args[0], args[1]
         stored = int(retval or 0)
+        seconds = time.monotonic() - started
         if stored:
             failed = metrics.chunk_failed_items(client, job_id, [i[0] for i in items], stored)
-            metrics.chunk_done(client, stored, failed, time.monotonic() - started, len(items))
+            metrics.chunk_done(client, stored, failed, seconds, len(items))
+        log.info("chunk done: %d new result(s) in %.3fs", stored, seconds)
         if metrics.job_maybe_finished(client, job_id):
             log.info("job finished")
     except Exception:

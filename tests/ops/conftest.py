@@ -1,0 +1,66 @@
+"""Fixtures for the operations tests: moto's S3 server over HTTP, a Sentry envelope collector."""
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from ops_helpers import AWS_ENV, BUCKET, REGISTRY, Collector, local_model_dir
+
+from core.config import PROJECT_ROOT
+from core.embedded_redis import free_port
+
+
+@pytest.fixture(scope="session")
+def aws_env() -> Iterator[dict[str, str]]:
+    saved = {k: os.environ.get(k) for k in (*AWS_ENV, "AWS_ENDPOINT_URL")}
+    os.environ.update(AWS_ENV)
+    yield AWS_ENV
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_server(aws_env: dict[str, str]) -> Iterator[str]:
+    """moto's S3 on a free port; its state is per test process, shared by every server instance."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    boto3.client("s3").create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_server: str):
+    return boto3.client("s3", endpoint_url=s3_server)
+
+
+@pytest.fixture(scope="session")
+def pushed(s3_server: str) -> str:
+    """The local model pushed to the registry as latest; its version."""
+    env = {**os.environ, "MODEL_REGISTRY": REGISTRY}
+    out = subprocess.run(
+        [".venv/bin/python", "-m", "ml", "push", str(PROJECT_ROOT / "models")],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "pushed" in out.stdout
+    return local_model_dir().name
+
+
+@pytest.fixture(scope="session")
+def sentry_collector() -> Iterator[Collector]:
+    collector = Collector()
+    yield collector
+    collector.close()

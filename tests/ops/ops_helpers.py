@@ -1,0 +1,206 @@
+"""Helpers for the operations tests: a Sentry envelope collector over HTTP, stacks whose
+processes log to files the tests can read, model versions to push."""
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+
+from core.config import PROJECT_ROOT
+from core.embedded_redis import free_port
+from core.stack import Stack
+
+BUCKET = "digitq-ops"
+REGISTRY = f"s3://{BUCKET}/registry"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing-access-key-id",
+    "AWS_SECRET_ACCESS_KEY": "testing-aws-secret-value-0123456789",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+API_KEY = "ops-test-api-key-5f2c9d"
+
+
+def local_model_dir() -> Path:
+    models = PROJECT_ROOT / "models"
+    version = (models / "LATEST").read_text().strip()
+    return models / version
+
+
+def copy_as_version(tmp: Path, version: str, corrupt: bool = False) -> Path:
+    """The local model under another version name (same weights): a second version to reload to."""
+    source = local_model_dir()
+    target = tmp / version
+    target.mkdir(parents=True)
+    meta = json.loads((source / "metadata.json").read_text())
+    meta["version"] = version
+    if corrupt:
+        meta["sha256"] = "0" * 64
+    (target / "metadata.json").write_text(json.dumps(meta))
+    os.link(source / "model.joblib", target / "model.joblib")  # no 34 MB copy
+    return target
+
+
+# Sentry: a local endpoint that receives envelopes the way sentry.io would.
+class Collector:
+    def __init__(self) -> None:
+        self.envelopes: list[bytes] = []
+        self._lock = threading.Lock()
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                encoding = self.headers.get("Content-Encoding", "")
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                if self.path.endswith("/envelope/"):
+                    with collector._lock:
+                        collector.envelopes.append(body)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.dsn = f"http://public@127.0.0.1:{self.port}/1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[dict]:
+        """Every event item of every envelope received so far."""
+        found = []
+        with self._lock:
+            envelopes = list(self.envelopes)
+        for raw in envelopes:
+            lines = raw.split(b"\n")
+            i = 1
+            while i < len(lines):
+                if not lines[i].strip():
+                    i += 1
+                    continue
+                header = json.loads(lines[i])
+                payload = lines[i + 1] if i + 1 < len(lines) else b""
+                if header.get("type") == "event":
+                    found.append(json.loads(payload))
+                i += 2
+        return found
+
+    def raw(self) -> bytes:
+        with self._lock:
+            return b"\n".join(self.envelopes)
+
+    def wait_for(self, predicate, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events():
+                if predicate(event):
+                    return event
+            time.sleep(0.2)
+        raise AssertionError(f"no matching Sentry event after {timeout}s; got {self.events()}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+# Stacks whose processes write their logs to files.
+class LoggedStack(Stack):
+    def __init__(self, *args, log_dir: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log_dir = log_dir
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        env = {**self.env, "REDIS_URL": self.redis_url or "", "DATA_DIR": str(self.settings.data_dir)}
+        out = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            args, env=env, cwd=PROJECT_ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+        )
+        out.close()
+        self.processes[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text(errors="replace")
+
+    def json_log(self, name: str) -> list[dict]:
+        lines = []
+        for line in self.log(name).splitlines():
+            if line.startswith("{"):
+                with suppress(ValueError):
+                    lines.append(json.loads(line))
+        return lines
+
+
+def stack_env(data_dir: Path, **env: str) -> dict[str, str]:
+    return {
+        "DATA_DIR": str(data_dir),
+        "API_PORT": str(free_port()),
+        "FLOWER_PORT": str(free_port()),
+        "WORKER_PROCESSES": "1",
+        "LOG_LEVEL": "INFO",
+        "REDIS_URL": "",
+        "MODEL_CACHE_DIR": str(data_dir / "model-cache"),
+        **AWS_ENV,
+        "AWS_ENDPOINT_URL": os.environ.get("AWS_ENDPOINT_URL", ""),
+        **env,
+    }
+
+
+def make_stack(data_dir: Path, **env: str) -> LoggedStack:
+    full = stack_env(data_dir, **env)
+    settings_env = {k: v for k, v in full.items() if not k.startswith("AWS_")}
+    from core.config import Settings
+
+    settings = Settings(**{k.lower(): v for k, v in settings_env.items()})  # type: ignore[arg-type]
+    return LoggedStack(settings, full, log_dir=data_dir / "logs")
+
+
+@contextmanager
+def logged_stack(data_dir: Path, **env: str) -> Iterator[LoggedStack]:
+    stack = make_stack(data_dir, **env)
+    try:
+        stack.start(flower=False)
+        wait_ready(stack)
+        yield stack
+    except BaseException:
+        for name in list(stack.processes):
+            print(f"----- {name} log -----\n{stack.log(name)[-5000:]}")
+        raise
+    finally:
+        stack.stop()
+
+
+def wait_ready(stack: Stack, workers: int | None = None, timeout: float = 90) -> dict:
+    """Until /ready is 200 with `workers` live workers (default: as many as the stack started)."""
+    want = workers or stack.settings.workers
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        try:
+            r = httpx.get(f"{stack.api_url}/ready", timeout=5)
+            body = r.json()
+            if r.status_code == 200 and len(body["workers"]) >= want:
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"not ready after {timeout}s: {body}")
+
+
+def clear_cache(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -48,6 +48,7 @@ def load_model(sender: Any = None, **_: Any) -> None:
     from ml import ModelIntegrityError
     from worker import models
 
+    logs.configure(get_settings(), "worker")  # Celery sets up logging only after this signal
     try:
         models.load_default(get_settings())
     except ModelIntegrityError as exc:

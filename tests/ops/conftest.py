@@ -1,5 +1,6 @@
 """Fixtures for the operations tests: moto's S3 server over HTTP, a Sentry envelope collector."""
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -25,10 +26,32 @@ def aws_env() -> Iterator[dict[str, str]]:
             os.environ[k] = v
 
 
+class _Requests(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+_requests = _Requests()
+
+
+@pytest.fixture(scope="session")
+def s3_requests() -> list[str]:
+    """Every HTTP request line moto's server has answered (it runs in this process)."""
+    return _requests.lines
+
+
 @pytest.fixture(scope="session")
 def s3_server(aws_env: dict[str, str]) -> Iterator[str]:
     """moto's S3 on a free port; its state is per test process, shared by every server instance."""
     port = free_port()
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.setLevel(logging.INFO)
+    werkzeug.propagate = False  # no request lines in the test output...
+    werkzeug.addHandler(_requests)  # ...but the tests can see them
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -1,0 +1,274 @@
+"""One stack on S3 (models and uploads in moto), two worker nodes, Sentry to a local collector,
+JSON logs: startup pull, readiness, metrics, logs, reload across workers, cache on restart."""
+
+import io
+import json
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from ops_helpers import (
+    API_KEY,
+    AWS_ENV,
+    BUCKET,
+    REGISTRY,
+    Collector,
+    LoggedStack,
+    copy_as_version,
+    logged_stack,
+    wait_ready,
+)
+
+from core.jobs import JobStore
+from core.queue import PROCESS_CHUNK, make_celery
+from ml.registry import S3Registry
+
+V2 = "2099.03.03-hogsvm-reloaded"
+BAD = "2099.03.04-hogsvm-corrupt"
+
+
+def digit_png(seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    image = np.zeros((28, 28), np.uint8)
+    image[5:23, 12:16] = 255  # a "1"
+    image = np.clip(image.astype(int) + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} unfinished: {job}")
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, pushed: str, sentry_collector: Collector
+) -> Iterator[LoggedStack]:
+    with logged_stack(
+        tmp_path_factory.mktemp("fleet"),
+        WORKERS="2",
+        MODEL_URI=f"{REGISTRY}/latest",
+        BLOB_URL=f"s3://{BUCKET}/uploads",
+        SENTRY_DSN=sentry_collector.dsn,
+        API_KEYS=API_KEY,
+        LOG_JSON="1",
+        CHUNK_SIZE="10",
+    ) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def api(fleet: LoggedStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fleet.api_url, timeout=60, headers={"X-API-Key": API_KEY}) as client:
+        yield client
+
+
+def submit(api: httpx.Client, n: int, seed: int = 0) -> str:
+    files = [("files", (f"d{i}.png", digit_png(seed + i), "image/png")) for i in range(n)]
+    r = api.post("/jobs", files=files)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def test_workers_pull_the_latest_model_and_report_ready(fleet: LoggedStack, pushed: str) -> None:
+    r = httpx.get(f"{fleet.api_url}/ready")  # no API key needed
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ready" and body["redis"] == "ok" and body["queue_depth"] == 0
+    assert [w["model_version"] for w in body["workers"]] == [pushed, pushed]
+    assert {w["hostname"].split("@")[0] for w in body["workers"]} == {"worker1", "worker2"}
+    cached = fleet.settings.model_cache_dir / pushed
+    assert (cached / "model.joblib").exists() and (cached / "metadata.json").exists()
+    assert "downloading from s3://" in fleet.log("worker1") + fleet.log("worker2")
+
+
+def test_job_on_s3_uploads_records_its_model_version(
+    api: httpx.Client, fleet: LoggedStack, s3_requests: list[str], pushed: str
+) -> None:
+    job_id = submit(api, 25)
+    job = wait_job(api, job_id)
+    assert job["status"] == "succeeded" and job["counts"]["done"] == 25 and job["model_version"] == pushed
+    # The uploads went through S3BlobStore: the API PUT each part, a worker GET it.
+    requests = [r for r in s3_requests if f"/{BUCKET}/uploads/{job_id}/" in r]
+    for part in range(25):
+        assert any(f"PUT /{BUCKET}/uploads/{job_id}/part-{part} " in r for r in requests), part
+        assert any(f"GET /{BUCKET}/uploads/{job_id}/part-{part} " in r for r in requests), part
+    assert not (fleet.settings.data_dir / "uploads" / job_id).exists()
+    items = api.get(f"/jobs/{job_id}/results?limit=100").json()["items"]
+    assert all(i["status"] == "done" and i["digit"] is not None for i in items)
+
+
+def test_metrics_count_jobs_items_latency_and_versions(
+    api: httpx.Client, fleet: LoggedStack, pushed: str
+) -> None:
+    job_id = submit(api, 3, seed=100)
+    wait_job(api, job_id)
+    time.sleep(0.5)  # the worker counts the job right after its last chunk
+    text = httpx.get(f"{fleet.api_url}/metrics").text
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values["digitq_jobs_submitted_total"] >= 2
+    assert values["digitq_items_submitted_total"] >= 28
+    assert values["digitq_jobs_succeeded_total"] >= 2
+    assert values['digitq_jobs_finished_total{status="succeeded"}'] >= 2
+    assert values["digitq_items_processed_total"] >= 28
+    assert values["digitq_items_failed_total"] == 0
+    assert values["digitq_job_seconds_count"] >= 2
+    assert values['digitq_job_seconds_bucket{le="+Inf"}'] == values["digitq_job_seconds_count"]
+    assert values["digitq_item_seconds_count"] >= 28
+    assert values["digitq_chunk_seconds_count"] >= 4
+    assert values["digitq_queue_depth"] == 0
+    assert values["digitq_workers"] == 2
+    assert f'version="{pushed}"' in text
+
+
+def test_logs_are_json_and_correlated_by_job_id(api: httpx.Client, fleet: LoggedStack, pushed: str) -> None:
+    job_id = submit(api, 12, seed=200)
+    wait_job(api, job_id)
+    time.sleep(0.5)
+    api_lines = [line for line in fleet.json_log("api") if line.get("job_id") == job_id]
+    assert any(line["message"] == "job submitted" for line in api_lines)
+    worker_lines = [
+        line
+        for name in ("worker1", "worker2")
+        for line in fleet.json_log(name)
+        if line.get("job_id") == job_id
+    ]
+    chunks = [line for line in worker_lines if line["message"].startswith("chunk done")]
+    assert {line["chunk"] for line in chunks} == {"0-9", "10-11"}
+    assert {line["model_version"] for line in chunks} == {pushed}
+    everything = "".join(fleet.log(n) for n in ("api", "worker1", "worker2"))
+    assert API_KEY not in everything and AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in everything
+
+
+def test_reload_needs_the_api_key_and_refuses_a_corrupt_version(
+    api: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
+) -> None:
+    assert httpx.post(f"{fleet.api_url}/admin/reload", json={"version": "x"}).status_code == 401
+    registry = S3Registry(REGISTRY)
+    bad = copy_as_version(tmp_path, BAD, corrupt=True)
+    registry.s3.upload_file(str(bad / "model.joblib"), BUCKET, f"registry/{BAD}/model.joblib")
+    registry.s3.put_object(
+        Bucket=BUCKET, Key=f"registry/{BAD}/metadata.json", Body=(bad / "metadata.json").read_bytes()
+    )
+
+    r = api.post("/admin/reload", json={"version": BAD, "timeout": 60})
+    assert r.status_code == 409 and "sha256" in r.json()["detail"], r.text
+    r = api.post("/admin/reload", json={"version": "1999.01.01-hogsvm-unknown", "timeout": 60})
+    assert r.status_code == 409 and "not found" in r.json()["detail"], r.text
+    body = httpx.get(f"{fleet.api_url}/ready").json()
+    assert [w["model_version"] for w in body["workers"]] == [pushed, pushed]
+    assert not (fleet.settings.model_cache_dir / BAD).exists()
+
+
+def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
+    api: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
+) -> None:
+    S3Registry(REGISTRY).push(copy_as_version(tmp_path, V2), set_latest=False)
+    # A job in flight while the fleet switches: 300 chunks of 10, in one zip.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i in range(3000):
+            archive.writestr(f"d{i}.png", digit_png(i % 50))
+    r = api.post("/jobs", files=[("files", ("big.zip", buffer.getvalue(), "application/zip"))])
+    assert r.status_code == 202, r.text
+    big = r.json()["id"]
+    deadline = time.monotonic() + 30
+    while api.get(f"/jobs/{big}").json()["counts"]["done"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = api.post("/admin/reload", json={"version": V2, "timeout": 60})
+    assert r.status_code == 200, r.text
+    assert r.json()["previous"] in (None, pushed) and r.json()["version"] == V2
+    in_flight = api.get(f"/jobs/{big}").json()
+    assert in_flight["status"] == "running", "the test needs the job to span the reload"
+
+    done = wait_job(api, big)
+    assert (
+        done["status"] == "succeeded" and done["counts"]["done"] == 3000 and done["model_version"] == pushed
+    )
+    time.sleep(0.5)
+    chunk_versions = {
+        line["model_version"]
+        for name in ("worker1", "worker2")
+        for line in fleet.json_log(name)
+        if line.get("job_id") == big and line["message"].startswith("chunk done")
+    }
+    assert chunk_versions == {pushed}, "a job must keep the version its first chunk pinned"
+
+    after = submit(api, 30, seed=2000)  # 3 chunks, whichever pool processes take them
+    assert wait_job(api, after)["model_version"] == V2
+    time.sleep(fleet_heartbeat := 2.5)  # noqa: F841 - the next heartbeat reports the switch
+    body = httpx.get(f"{fleet.api_url}/ready").json()
+    assert [w["model_version"] for w in body["workers"]] == [V2, V2]
+    assert body["model_version"] == V2
+
+
+def test_failed_job_reaches_sentry_with_its_job_id_and_no_secrets(
+    fleet: LoggedStack, sentry_collector: Collector
+) -> None:
+    # A job whose upload is missing: the chunk fails three retries, then the job fails.
+    client = fleet.redis_url
+    import redis
+
+    store = JobStore(redis.Redis.from_url(client), 3600)
+    job_id = "f" * 32
+    store.create(job_id, ["missing.png"])
+    make_celery(fleet.settings.model_copy(update={"redis_url": client})).send_task(
+        PROCESS_CHUNK, args=[job_id, [[0, 0, None, None]]]
+    )
+    event = sentry_collector.wait_for(lambda e: e.get("tags", {}).get("job_id") == job_id, timeout=90)
+    assert event["tags"]["model_version"] == V2
+    assert event["tags"]["role"] == "worker"
+    assert event["tags"]["chunk"] == "0-0"
+    raw = sentry_collector.raw()
+    for secret in (API_KEY, AWS_ENV["AWS_SECRET_ACCESS_KEY"]):
+        assert secret.encode() not in raw
+    deadline = time.monotonic() + 30
+    while store.status(job_id) != "failed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job = store.get(job_id)
+    assert job is not None and job.status == "failed" and job.failed == 1
+
+
+def test_restarted_worker_uses_the_cache_and_the_fleet_version(fleet: LoggedStack, s3) -> None:
+    cached = fleet.settings.model_cache_dir / V2 / "model.joblib"
+    before = cached.stat()
+    # Remove V2 from S3: a restart that downloaded anything would now fail.
+    for key in (f"registry/{V2}/model.joblib", f"registry/{V2}/metadata.json"):
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    fleet.stop_process("worker1")
+    log_before = len(fleet.log("worker1"))
+    fleet.start_worker("worker1")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        new = fleet.log("worker1")[log_before:]
+        if "model " + V2 + " loaded" in new:
+            break
+        time.sleep(0.3)
+    new = fleet.log("worker1")[log_before:]
+    lines = [json.loads(x) for x in new.splitlines() if x.startswith("{")]
+    messages = [x["message"] for x in lines]
+    assert any(f"model {V2}: cache hit" in m for m in messages), messages
+    assert any(f"model {V2} loaded" in m and "reload" in m for m in messages), messages
+    assert not any("downloading" in m for m in messages)
+    after = cached.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    wait_ready(fleet, workers=2)

@@ -41,7 +41,7 @@ def cmd_evaluate(args) -> int:
 
     model = _load(args.model)
     report = evaluate_model(model)
-    out_dir = args.out or Path(model.metadata["_dir"]) / "evaluation"
+    out_dir = args.out or model.model_dir / "evaluation"
     json_path, plots = write_report(report, out_dir)
     for name, m in report["sets"].items():
         print(
@@ -113,10 +113,7 @@ def _load(path: Path):
     from ml.artifacts import resolve_local_model_dir
     from ml.model import DigitModel
 
-    model_dir = resolve_local_model_dir(path)
-    model = DigitModel.load(model_dir)
-    model.metadata["_dir"] = str(model_dir)
-    return model
+    return DigitModel.load(resolve_local_model_dir(path))
 
 
 def _registry_uri(given: str | None) -> str:

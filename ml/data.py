@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 from sklearn.model_selection import train_test_split
+from tqdm import tqdm
 
 HOLDOUT_SIZE = 1000  # never tuned on; only reported
 HOLDOUT_SEED = 20261122
@@ -53,7 +54,12 @@ def split_off(
 
 
 def augment(
-    images: np.ndarray, copies: int, seed: int, max_rotate: float = 12.0, elastic: float = 0.0
+    images: np.ndarray,
+    copies: int,
+    seed: int,
+    max_rotate: float = 12.0,
+    elastic: float = 0.0,
+    progress: bool = False,
 ) -> np.ndarray:
     """`copies` randomly distorted versions of each image (rotation, scale, aspect, thickness).
 
@@ -61,11 +67,10 @@ def augment(
     """
     rng = np.random.default_rng(seed)
     out = np.empty((copies * len(images), 28, 28))
-    k = 0
-    for _ in range(copies):
-        for img in images:
-            out[k] = _distort(img, rng, max_rotate, elastic)
-            k += 1
+    jobs = ((c, i) for c in range(copies) for i in range(len(images)))
+    total = copies * len(images)
+    for k, (_, i) in enumerate(tqdm(jobs, total=total, desc="augment", disable=not progress)):
+        out[k] = _distort(images[i], rng, max_rotate, elastic)
     return out
 
 

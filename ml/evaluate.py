@@ -126,8 +126,15 @@ def evaluate_model(model, upload_like: bool = True) -> dict:
 
     splits = load_splits()
     t = model.low_confidence_threshold
-    proba = model.predict_proba_arrays(splits.X_holdout)
-    sets = {"holdout": classification_metrics(proba, splits.y_holdout, t)}
+    from ml.preprocess import to_mnist_batch
+
+    y = splits.y_holdout
+    proba = model.predict_proba_arrays(to_mnist_batch(splits.X_holdout))
+    raw = model.predict_proba_arrays(splits.X_holdout)
+    sets = {
+        "holdout": classification_metrics(proba, y, t),
+        "holdout_raw_arrays": classification_metrics(raw, y, t),
+    }
     if upload_like:
         sets["upload_like"] = upload_like_metrics(model, splits.X_holdout, splits.y_holdout)
     return {"version": model.version, "low_confidence_threshold": t, "sets": sets}

@@ -111,16 +111,20 @@ class FastClassifier:
         self.classes = np.asarray(calibrated.classes_)
         self.beta = float(np.asarray(inner.calibrators[0].beta_))
         self.gamma = float(svc._gamma)
-        self.sv = np.ascontiguousarray(svc.support_vectors_, dtype=np.float64)
-        self.sv_sq = np.einsum("ij,ij->i", self.sv, self.sv)
+        sv = np.asarray(svc.support_vectors_, dtype=np.float64)
+        # float32 for the big X @ SV.T product (2x faster, errors ~1e-7 of a kernel value);
+        # squared norms in float64 so ||x||^2 + ||sv||^2 - 2 x.sv doesn't lose precision.
+        self.sv32 = np.ascontiguousarray(sv, dtype=np.float32)
+        self.sv_sq = np.einsum("ij,ij->i", sv, sv)
         self.intercept = np.asarray(svc.intercept_, dtype=np.float64)
         self.pair_coef, self.pair_i, self.pair_j = _pair_coefficients(svc.dual_coef_, svc.n_support_)
 
     def decision_ovo(self, features: np.ndarray) -> np.ndarray:
         """libsvm's one-vs-one decision values (N, n_pairs); positive favours the first class."""
-        x = np.ascontiguousarray(features, dtype=np.float64)
+        x = np.asarray(features, dtype=np.float64)
         sq = np.einsum("ij,ij->i", x, x)
-        dist = sq[:, None] + self.sv_sq[None, :] - 2.0 * (x @ self.sv.T)
+        cross = np.ascontiguousarray(x, dtype=np.float32) @ self.sv32.T
+        dist = sq[:, None] + self.sv_sq[None, :] - 2.0 * cross
         kernel = np.exp(-self.gamma * np.maximum(dist, 0.0))
         return kernel @ self.pair_coef + self.intercept
 

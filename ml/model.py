@@ -24,8 +24,9 @@ class Prediction:
 class DigitModel:
     """A loaded, integrity-checked model version. Thread-safe for prediction (read-only)."""
 
-    def __init__(self, pipeline, metadata: dict):
+    def __init__(self, pipeline, metadata: dict, model_dir: Path | None = None):
         self.pipeline = pipeline
+        self.model_dir = model_dir
         self.metadata = metadata
         self.version: str = metadata["version"]
         self.low_confidence_threshold: float = float(metadata["low_confidence_threshold"])
@@ -36,7 +37,7 @@ class DigitModel:
     def load(cls, model_dir: Path) -> DigitModel:
         """Load `model_dir` (a version dir); raises ModelIntegrityError on a sha256 mismatch."""
         pipeline, metadata = load_pipeline(Path(model_dir))
-        return cls(pipeline, metadata)
+        return cls(pipeline, metadata, Path(model_dir))
 
     def predict_proba_arrays(self, images: np.ndarray) -> np.ndarray:
         """(N, 28, 28) MNIST-convention digits -> calibrated class probabilities (N, 10)."""

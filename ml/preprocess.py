@@ -259,3 +259,18 @@ def _place_in_field(digit: np.ndarray) -> np.ndarray:
 def preprocess_bytes(blob: bytes) -> np.ndarray:
     """Raw upload bytes -> (28, 28) float32 MNIST-convention digit; raises ImageError."""
     return to_mnist(decode_image(blob))
+
+
+def to_mnist_batch(images: np.ndarray, desc: str | None = None) -> np.ndarray:
+    """`to_mnist` each (N, H, W) image (training/evaluation helper); an image it rejects
+    is kept as given. `desc` shows a progress bar."""
+    from tqdm import tqdm
+
+    images = np.asarray(images, dtype=np.float64)
+    out = np.empty((len(images), FIELD, FIELD), dtype=np.float64)
+    for i, img in enumerate(tqdm(images, desc=desc, leave=False, disable=desc is None)):
+        try:
+            out[i] = to_mnist(img)
+        except ImageError:
+            out[i] = img if img.shape == (FIELD, FIELD) else 0.0
+    return out

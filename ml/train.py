@@ -3,8 +3,14 @@
 Splits (all stratified, fixed seeds):
   5,000 MNIST = 1,000 held-out (reported only) + 4,000 training
   4,000 training = 500 calibration (temperature + low-confidence threshold) + 3,500 fit
-The 3,500 fit digits get `augment_copies` distorted copies each. Hyper-parameters were chosen
-on a separate validation split carved from the 4,000 training digits, never the held-out set.
+The 3,500 fit digits get `augment.copies` distorted copies each.
+
+Hyper-parameters were chosen by mean accuracy over three stratified 3,200/800 splits of the
+4,000 training digits (never the held-out set); fits use 1 augmented copy unless noted:
+  HOG 4px cells, no deskew 97.4% | deskew 98.1% | + 7px cells + 14x14 pooled pixels 98.7%
+  C in {3, 5, 10} and gamma x{0.7, 1, 1.5} all 98.71% (C barely matters: near hard margin)
+  2 copies 98.83% | 2 copies + elastic(1.0) 98.83% | + 12 orientations 98.92% (chosen)
+  2 copies + elastic(2.0) 98.79% | 3 copies + elastic(1.0) 98.88% (slower, no better)
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from ml import data
 from ml.artifacts import save_model
 from ml.deskew import Deskew
 from ml.evaluate import choose_threshold, classification_metrics, summary, upload_like_metrics
+from ml.fast import features_batch
 from ml.hog import HogFeatures
+from ml.preprocess import to_mnist_batch
 
 CALIBRATION_SIZE = 500
 CALIBRATION_SEED = 11
@@ -32,9 +40,9 @@ TARGET_CONFIDENT_ACCURACY = 0.995
 
 DEFAULT_PARAMS: dict = {
     "deskew": True,
-    "hog": {"orientations": 9, "cell_sizes": (4, 7), "cells_per_block": 2, "pixel_pool": 2},
+    "hog": {"orientations": 12, "cell_sizes": (4, 7), "cells_per_block": 2, "pixel_pool": 2},
     "svc": {"C": 5.0, "gamma": "scale", "kernel": "rbf"},
-    "augment": {"copies": 1, "max_rotate": 12.0, "elastic": 0.0, "seed": 3},
+    "augment": {"copies": 2, "max_rotate": 12.0, "elastic": 1.0, "seed": 3},
     "calibration": {"method": "temperature", "size": CALIBRATION_SIZE},
 }
 
@@ -44,9 +52,11 @@ def build_features(params: dict) -> Pipeline:
     return Pipeline([("deskew", Deskew(enabled=params["deskew"])), ("hog", HogFeatures(**params["hog"]))])
 
 
-def transform_chunked(features: Pipeline, X: np.ndarray, desc: str, chunk: int = 500):
+def transform_chunked(params: dict, X: np.ndarray, desc: str, chunk: int = 1000) -> np.ndarray:
+    """Training features via the vectorised path (tests pin it to the skimage reference)."""
+    hog_params = {"deskew": params["deskew"], **params["hog"]}
     parts = [
-        features.transform(X[i : i + chunk])
+        features_batch(X[i : i + chunk], hog_params)
         for i in tqdm(range(0, len(X), chunk), desc=desc, unit="chunk", leave=False)
     ]
     return np.concatenate(parts)
@@ -58,8 +68,8 @@ def fit_pipeline(X_fit, y_fit, X_cal, y_cal, params: dict) -> tuple[Pipeline, np
     Returns the whole Pipeline and the calibrated probabilities of the calibration split.
     """
     features = build_features(params).fit(X_fit[:2])  # stateless: fit only marks it fitted
-    F_fit = transform_chunked(features, X_fit, "features (fit)")
-    F_cal = transform_chunked(features, X_cal, "features (calibration)")
+    F_fit = transform_chunked(params, X_fit, "features (fit)")
+    F_cal = transform_chunked(params, X_cal, "features (calibration)")
     tqdm.write(f"fitting SVC on {F_fit.shape[0]} x {F_fit.shape[1]} features ...")
     svc = SVC(**params["svc"]).fit(F_fit, y_fit)
     calibrated = CalibratedClassifierCV(FrozenEstimator(svc), method="temperature")
@@ -77,9 +87,15 @@ def train(models_dir: Path, params: dict | None = None, set_latest: bool = True)
     )
     aug = params["augment"]
     if aug["copies"]:
-        extra = data.augment(X_fit, aug["copies"], aug["seed"], aug["max_rotate"], aug["elastic"])
+        extra = data.augment(
+            X_fit, aug["copies"], aug["seed"], aug["max_rotate"], aug["elastic"], progress=True
+        )
         X_fit = np.concatenate([X_fit, extra])
         y_fit = np.tile(y_fit, aug["copies"] + 1)
+    # Same preprocessing as serving (re-crop, 20 px box, COM-centre, ink normalisation):
+    # +0.2% on validation over training on the raw MNIST arrays.
+    X_fit = to_mnist_batch(X_fit, "preprocess (fit)")
+    X_cal = to_mnist_batch(X_cal, "preprocess (calibration)")
     pipeline, cal_proba = fit_pipeline(X_fit, y_fit, X_cal, y_cal, params)
     threshold = choose_threshold(cal_proba, y_cal, TARGET_CONFIDENT_ACCURACY)
     fit_seconds = time.perf_counter() - started
@@ -88,6 +104,11 @@ def train(models_dir: Path, params: dict | None = None, set_latest: bool = True)
 
     model = DigitModel(pipeline, {"version": "unsaved", "low_confidence_threshold": threshold})
     holdout = classification_metrics(
+        model.predict_proba_arrays(to_mnist_batch(splits.X_holdout, "preprocess (held-out)")),
+        splits.y_holdout,
+        threshold,
+    )
+    holdout_raw = classification_metrics(
         model.predict_proba_arrays(splits.X_holdout), splits.y_holdout, threshold
     )
     upload = upload_like_metrics(model, splits.X_holdout, splits.y_holdout)
@@ -107,6 +128,7 @@ def train(models_dir: Path, params: dict | None = None, set_latest: bool = True)
         "metrics": {
             "holdout": summary(holdout),
             "holdout_confusion_matrix": holdout["confusion_matrix"],
+            "holdout_raw_arrays": summary(holdout_raw),
             "upload_like": {**summary(upload), "errors": upload["errors"]},
             "calibration_split": summary(classification_metrics(cal_proba, y_cal, threshold)),
             "train_seconds": round(fit_seconds, 1),

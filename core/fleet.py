@@ -49,9 +49,15 @@ def workers(client: redis.Redis) -> list[dict[str, Any]]:
     return sorted(found, key=lambda w: w["hostname"])
 
 
+def text(raw: Any) -> str | None:
+    """A Redis reply as text (clients here do not decode responses)."""
+    if raw is None:
+        return None
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 def current_version(client: redis.Redis) -> str | None:
-    raw = client.get(CURRENT_KEY)
-    return raw.decode() if raw else None
+    return text(client.get(CURRENT_KEY)) or None
 
 
 def candidate(client: redis.Redis) -> dict[str, str] | None:
@@ -111,4 +117,4 @@ def request_reload(client: redis.Redis, version: str, timeout: float = 120.0) ->
         time.sleep(0.2)
     previous = client.getset(CURRENT_KEY, version)
     client.delete(CANDIDATE_KEY)
-    return ReloadResult(version, previous.decode() if previous else None, workers(client))
+    return ReloadResult(version, text(previous), workers(client))

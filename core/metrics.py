@@ -77,23 +77,25 @@ def chunk_failed_items(client: redis.Redis, job_id: str, indices: Sequence[int],
     if not stored or not indices:
         return 0
     raw = client.hmget(JOB_PREFIX + job_id + ":results", [str(i) for i in indices])
-    errors = sum(1 for r in raw if r and not r.endswith(b",null]"))
+    errors = sum(1 for r in raw if r and not (fleet.text(r) or "").endswith(",null]"))
     return min(errors, stored)
 
 
 def job_maybe_finished(client: redis.Redis, job_id: str) -> str | None:
     """Count the job once when it has closed; returns its final status the first time."""
     key = JOB_PREFIX + job_id
-    status, created, finished = client.hmget(key, ["status", "created_at", "finished_at"])
-    if not status or status.decode() not in ("succeeded", "failed", "cancelled") or not finished:
+    status, created, finished = (
+        fleet.text(v) for v in client.hmget(key, ["status", "created_at", "finished_at"])
+    )
+    if status not in ("succeeded", "failed", "cancelled") or not finished or not created:
         return None
     if not client.hsetnx(key, "metrics_counted", 1):
         return None
     pipe = client.pipeline(transaction=False)
-    pipe.hincrby(KEY, f"jobs_finished:{status.decode()}", 1)
+    pipe.hincrby(KEY, f"jobs_finished:{status}", 1)
     _observe(pipe, "job_seconds", max(0.0, float(finished) - float(created)))
     pipe.execute()
-    return status.decode()
+    return status
 
 
 class RedisCollector(Collector):
@@ -101,10 +103,10 @@ class RedisCollector(Collector):
         self.client = client
 
     def collect(self) -> Iterator:
-        raw = {k.decode(): v.decode() for k, v in self.client.hgetall(KEY).items()}
+        raw = {fleet.text(k): fleet.text(v) for k, v in self.client.hgetall(KEY).items()}
 
         def num(name: str) -> float:
-            return float(raw.get(name, 0))
+            return float(raw.get(name) or 0)
 
         yield CounterMetricFamily("digitq_jobs_submitted", "Jobs accepted by the API", num("jobs_submitted"))
         yield CounterMetricFamily("digitq_items_submitted", "Images in accepted jobs", num("items_submitted"))

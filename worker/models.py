@@ -30,7 +30,7 @@ import redis
 from core import fleet, logs
 from core.config import Settings
 from ml import DigitModel, ModelIntegrityError
-from ml.registry import LATEST_KEY, ModelSource, RegistryUnavailable, open_model_uri
+from ml.registry import ModelSource, RegistryUnavailable, open_model_uri
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,3 @@ class Watcher:
             except Exception as exc:  # Redis down: the heartbeat expires and /ready says so
                 log.warning("heartbeat failed: %s", exc)
             self._stop.wait(fleet.HEARTBEAT_SECONDS)
-
-
-__all__ = ["LATEST_KEY", "current", "get", "load_default", "serving", "Watcher"]

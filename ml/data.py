@@ -118,14 +118,14 @@ def render_upload(img: np.ndarray, rng: np.random.Generator) -> bytes:
     ink_level = rng.uniform(10, 70)
     page = paper + gradient - (paper - ink_level) * canvas / 255.0
     page += rng.normal(0, 3, page.shape)
-    page = Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
+    image = Image.fromarray(np.clip(page, 0, 255).astype(np.uint8))
     if rng.random() < 0.5:
-        page = page.convert("RGB")
+        image = image.convert("RGB")
     buf = io.BytesIO()
     if rng.random() < 0.8:
-        page.save(buf, format="JPEG", quality=int(rng.integers(60, 95)))
+        image.save(buf, format="JPEG", quality=int(rng.integers(60, 95)))
     else:
-        page.save(buf, format="PNG")
+        image.save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -51,8 +51,8 @@ def _hog_one_size(
     index = (
         (np.arange(n)[:, None, None] * n_rows + cell_r[None, :, None]) * n_cols + cell_c[None, None, :]
     ) * orientations + b
-    hist = np.bincount(index.ravel(), weights=mag.ravel(), minlength=n * n_rows * n_cols * orientations)
-    hist = hist.reshape(n, n_rows, n_cols, orientations) / (cell * cell)
+    counts = np.bincount(index.ravel(), weights=mag.ravel(), minlength=n * n_rows * n_cols * orientations)
+    hist = counts.reshape(n, n_rows, n_cols, orientations) / (cell * cell)
     nb_r, nb_c = n_rows - block + 1, n_cols - block + 1
     blocks = np.empty((n, nb_r, nb_c, block, block, orientations))
     for i in range(block):

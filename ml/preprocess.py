@@ -38,10 +38,9 @@ def decode_image(blob: bytes) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(blob))
-            _check_size(img.size)
-            img = _shrink_early(img)
-            img = ImageOps.exif_transpose(img)
+            opened = Image.open(io.BytesIO(blob))
+            _check_size(opened.size)
+            img = ImageOps.exif_transpose(_shrink_early(opened))
             return _to_luminance(img)
     except ImageError:
         raise

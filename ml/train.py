@@ -153,18 +153,7 @@ def _jsonable(obj):
 
 
 def _library_versions() -> dict:
-    import joblib
-    import PIL
-    import scipy
-    import skimage
-    import sklearn
+    from importlib.metadata import version
 
-    return {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__,
-        "scikit-image": skimage.__version__,
-        "pillow": PIL.__version__,
-        "joblib": joblib.__version__,
-    }
+    packages = ("numpy", "scipy", "scikit-learn", "scikit-image", "pillow", "joblib", "mlxtend")
+    return {"python": platform.python_version(), **{p: version(p) for p in packages}}

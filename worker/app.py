@@ -55,7 +55,7 @@ def load_model(sender: Any = None, **_: Any) -> None:
         log.critical("REFUSING the model: %s. The worker exits; push a good model or fix MODEL_URI.", exc)
         _flush_and_exit(models.INTEGRITY_EXIT_CODE, exc)
     except Exception as exc:  # a bad MODEL_URI, an unknown local version, ...
-        log.critical("no model could be loaded: %s. The worker exits.", exc)
+        log.critical("no model could be loaded: %s. The worker exits.", exc, exc_info=True)
         _flush_and_exit(1, exc)
 
 

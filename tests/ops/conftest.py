@@ -3,6 +3,7 @@
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import boto3
@@ -71,7 +72,7 @@ def pushed(s3_server: str) -> str:
     """The local model pushed to the registry as latest; its version."""
     env = {**os.environ, "MODEL_REGISTRY": REGISTRY}
     out = subprocess.run(
-        [".venv/bin/python", "-m", "ml", "push", str(PROJECT_ROOT / "models")],
+        [sys.executable, "-m", "ml", "push", str(PROJECT_ROOT / "models")],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

@@ -3,6 +3,9 @@ JSON logs: startup pull, readiness, metrics, logs, reload across workers, cache 
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from ops_helpers import (
     wait_ready,
 )
 
+from core.config import PROJECT_ROOT
 from core.jobs import JobStore
 from core.queue import PROCESS_CHUNK, make_celery
 from ml.registry import S3Registry
@@ -219,6 +223,19 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
     body = httpx.get(f"{fleet.api_url}/ready").json()
     assert [w["model_version"] for w in body["workers"]] == [V2, V2]
     assert body["model_version"] == V2
+
+
+def test_ml_reload_cli_drives_the_same_protocol(fleet: LoggedStack) -> None:
+    def reload(version: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "REDIS_URL": fleet.redis_url or ""}
+        cmd = [sys.executable, "-m", "ml", "reload", version, "--timeout", "60"]
+        return subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    refused = reload(BAD)
+    assert refused.returncode == 1 and "reload refused" in refused.stderr and "sha256" in refused.stderr
+    again = reload(V2)
+    assert again.returncode == 0, again.stderr
+    assert f"-> {V2} on 2 worker(s)" in again.stdout
 
 
 def test_failed_job_reaches_sentry_with_its_job_id_and_no_secrets(

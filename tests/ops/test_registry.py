@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from ml.registry import RegistryUnavailable, S3Registry, open_model_uri
 
 def ml_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [".venv/bin/python", "-m", "ml", *args],
+        [sys.executable, "-m", "ml", *args],
         cwd=PROJECT_ROOT,
         env={**os.environ, **env},
         capture_output=True,
@@ -46,7 +47,7 @@ def test_push_then_list_shows_versions_with_metrics(pushed: str, tmp_path: Path)
 def test_push_without_registry_says_what_to_set() -> None:
     env = {k: v for k, v in os.environ.items() if k != "MODEL_REGISTRY"}
     out = subprocess.run(
-        [".venv/bin/python", "-m", "ml", "list"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "ml", "list"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
     )
     assert out.returncode != 0 and "MODEL_REGISTRY" in out.stderr
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ml.deskew import as_images, deskew_batch
 from ml.hog import normalise_images
+from ml.svm import VoteMarginSVC, pair_incidence, vote_margin_scores
 
 L2HYS_CLIP = 0.2
 EPS = 1e-5  # skimage's block-normalisation epsilon
@@ -117,7 +118,10 @@ class FastClassifier:
         self.sv32 = np.ascontiguousarray(sv, dtype=np.float32)
         self.sv_sq = np.einsum("ij,ij->i", sv, sv)
         self.intercept = np.asarray(svc.intercept_, dtype=np.float64)
-        self.pair_coef, self.pair_i, self.pair_j = _pair_coefficients(svc.dual_coef_, svc.n_support_)
+        self.pair_coef = _pair_coefficients(svc.dual_coef_, svc.n_support_)
+        self.pair_i, self.pair_j = pair_incidence(len(svc.n_support_))
+        # Which logits the calibrator was fitted on: VoteMarginSVC's or sklearn's 'ovr'.
+        self.vote_margin = isinstance(svc, VoteMarginSVC)
 
     def decision_ovo(self, features: np.ndarray) -> np.ndarray:
         """libsvm's one-vs-one decision values (N, n_pairs); positive favours the first class."""
@@ -135,8 +139,14 @@ class FastClassifier:
         conf = dec @ self.pair_i - dec @ self.pair_j
         return votes + conf / (3.0 * (np.abs(conf) + 1.0))
 
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """The classifier's decision_function (the calibrator's input), (N, n_classes)."""
+        if self.vote_margin:
+            return vote_margin_scores(self.decision_ovo(features), len(self.classes))
+        return self.decision_ovr(features)
+
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
-        logits = self.beta * self.decision_ovr(features)
+        logits = self.beta * self.scores(features)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(axis=1, keepdims=True)
@@ -146,22 +156,16 @@ class FastClassifier:
         return self.predict_proba_features(features_batch(images, self.hog_params))
 
 
-def _pair_coefficients(
-    dual_coef: np.ndarray, n_support: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Scatter libsvm's dual coefficients into one (n_SV, n_pairs) matrix, plus the
-    (n_pairs, n_classes) incidence matrices of each pair's first and second class."""
+def _pair_coefficients(dual_coef: np.ndarray, n_support: np.ndarray) -> np.ndarray:
+    """Scatter libsvm's dual coefficients into one (n_SV, n_pairs) matrix so that all
+    one-vs-one decision values are a single kernel @ matrix product."""
     n_classes = len(n_support)
     starts = np.concatenate([[0], np.cumsum(n_support)])
     pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
     coef = np.zeros((dual_coef.shape[1], len(pairs)))
-    first = np.zeros((len(pairs), n_classes))
-    second = np.zeros((len(pairs), n_classes))
     for p, (i, j) in enumerate(pairs):
         si = slice(starts[i], starts[i + 1])
         sj = slice(starts[j], starts[j + 1])
         coef[si, p] = dual_coef[j - 1, si]
         coef[sj, p] = dual_coef[i, sj]
-        first[p, i] = 1.0
-        second[p, j] = 1.0
-    return coef, first, second
+    return coef

@@ -11,6 +11,13 @@ Hyper-parameters were chosen by mean accuracy over three stratified 3,200/800 sp
   C in {3, 5, 10} and gamma x{0.7, 1, 1.5} all 98.71% (C barely matters: near hard margin)
   2 copies 98.83% | 2 copies + elastic(1.0) 98.83% | + 12 orientations 98.92% (chosen)
   2 copies + elastic(2.0) 98.79% | 3 copies + elastic(1.0) 98.88% (slower, no better)
+  training on `to_mnist`-preprocessed digits (as served) 98.92% vs raw arrays 98.71%
+
+Calibration: temperature scaling (CalibratedClassifierCV(FrozenEstimator(svc),
+method="temperature")) on the 500-digit calibration split. The logits are VoteMarginSVC's
+votes + 0.25 * summed one-vs-one margins: same accuracy as sklearn's 'ovr' scores on the
+validation splits (98.83%), lower log-loss (0.042 vs 0.058) and graded confidences instead
+of ~0.98 for everything.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.pipeline import Pipeline
-from sklearn.svm import SVC
 from tqdm import tqdm
 
 from ml import data
@@ -33,6 +39,7 @@ from ml.evaluate import choose_threshold, classification_metrics, summary, uploa
 from ml.fast import features_batch
 from ml.hog import HogFeatures
 from ml.preprocess import to_mnist_batch
+from ml.svm import VoteMarginSVC
 
 CALIBRATION_SIZE = 500
 CALIBRATION_SEED = 11
@@ -41,7 +48,7 @@ TARGET_CONFIDENT_ACCURACY = 0.995
 DEFAULT_PARAMS: dict = {
     "deskew": True,
     "hog": {"orientations": 12, "cell_sizes": (4, 7), "cells_per_block": 2, "pixel_pool": 2},
-    "svc": {"C": 5.0, "gamma": "scale", "kernel": "rbf"},
+    "svc": {"C": 5.0, "gamma": "scale", "kernel": "rbf", "decision_function_shape": "ovo"},
     "augment": {"copies": 2, "max_rotate": 12.0, "elastic": 1.0, "seed": 3},
     "calibration": {"method": "temperature", "size": CALIBRATION_SIZE},
 }
@@ -71,7 +78,7 @@ def fit_pipeline(X_fit, y_fit, X_cal, y_cal, params: dict) -> tuple[Pipeline, np
     F_fit = transform_chunked(params, X_fit, "features (fit)")
     F_cal = transform_chunked(params, X_cal, "features (calibration)")
     tqdm.write(f"fitting SVC on {F_fit.shape[0]} x {F_fit.shape[1]} features ...")
-    svc = SVC(**params["svc"]).fit(F_fit, y_fit)
+    svc = VoteMarginSVC(**params["svc"]).fit(F_fit, y_fit)
     calibrated = CalibratedClassifierCV(FrozenEstimator(svc), method="temperature")
     calibrated.fit(F_cal, y_cal)
     pipeline = Pipeline([*features.steps, ("clf", calibrated)])

@@ -64,8 +64,8 @@ def test_fast_predictions_agree_with_reference_on_2000_digits(model, digits):
     assert (ref == fast).mean() >= 0.999
 
 
-def test_fast_ovr_decision_matches_svc(model, digits):
+def test_fast_scores_match_svc_decision_function(model, digits):
     X = digits[0][:200]
     features = model.pipeline[:-1].transform(X.reshape(len(X), -1))
     svc = model.pipeline[-1].calibrated_classifiers_[0].estimator.estimator
-    np.testing.assert_allclose(model.fast.decision_ovr(features), svc.decision_function(features), atol=1e-4)
+    np.testing.assert_allclose(model.fast.scores(features), svc.decision_function(features), atol=1e-4)

@@ -80,3 +80,14 @@ def test_ml_imports_no_service_stack():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_confidence_separates_right_from_wrong(model, splits):
+    """Graded confidence: wrong answers are clearly less confident than right ones."""
+    from ml.preprocess import to_mnist_batch
+
+    proba = model.predict_proba_arrays(to_mnist_batch(splits.X_holdout))
+    conf = proba.max(axis=1)
+    right = proba.argmax(axis=1) == splits.y_holdout
+    assert conf[~right].mean() < conf[right].mean() - 0.1
+    assert np.percentile(conf, 10) < np.percentile(conf, 90) - 0.01  # not one constant level

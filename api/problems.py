@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import kombu.exceptions
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -38,6 +40,15 @@ def install(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [_describe(e) for e in exc.errors()]
         return problem(422, "Invalid request", "; ".join(errors), errors=errors)
+
+    @app.exception_handler(redis.ConnectionError)
+    @app.exception_handler(redis.TimeoutError)
+    @app.exception_handler(kombu.exceptions.OperationalError)
+    async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+        # Not the user's fault and not a bug of theirs to fix: say so, and when to come back.
+        response = problem(503, "Service unavailable", "the job store is unreachable; retry shortly")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

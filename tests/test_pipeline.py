@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core.stack import Stack
-from tests.conftest import all_results, make_zip, png, wait_for_job
+from tests.conftest import all_results, make_zip, png, running_stack, wait_for_job
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +164,18 @@ def test_bad_query_is_422_problem(api: httpx.Client, holdout) -> None:
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert "limit" in detail and "format" in detail
+    huge = api.get(f"/jobs/{job['id']}/results", params={"offset": 10**20})
+    assert huge.status_code == 422 and "offset" in huge.json()["detail"]
+
+
+def test_redis_outage_is_503_not_500(tmp_path) -> None:
+    with running_stack(tmp_path, WORKER_PROCESSES="1") as stack:
+        client = httpx.Client(base_url=stack.api_url)
+        assert stack.redis is not None
+        stack.redis.stop()
+        response = client.get("/jobs/abc")
+        assert response.status_code == 503 and response.headers["retry-after"]
+        assert response.headers["content-type"] == "application/problem+json"
 
 
 def test_cancel_stops_remaining_chunks(api: httpx.Client, holdout) -> None:

@@ -30,6 +30,7 @@ PROBLEMS = {
     }.items()
 }
 CSV_PAGE = 1000
+MAX_OFFSET = 2**31 - 1  # Redis list indices are 64-bit; anything near is past every job's end
 
 
 def _job_or_404(store: JobStore, job_id: str) -> Job:
@@ -163,7 +164,7 @@ def _csv_rows(store: JobStore, job: Job) -> Iterator[str]:
 def get_results(
     job_id: str,
     store: JobStoreDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: ResultFormat = ResultFormat.json,
 ) -> ResultsPage | StreamingResponse:

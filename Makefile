@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m core.stack
 
-test: $(STAMP) models/LATEST  ## every test
+test: $(STAMP) models/LATEST  ## every test (and the linter, which is quick)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 model: $(STAMP)  ## train the default model (models/<version>, models/LATEST)

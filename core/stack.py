@@ -95,6 +95,11 @@ class Stack:
         self._spawn("flower", args)
 
     def start(self, flower: bool = True) -> None:
+        # Refuse a busy port before starting anything, so a second `make run` leaves nothing behind.
+        s = self.settings
+        ensure_port_free(s.api_host, s.api_port, "API_PORT")
+        if flower:
+            ensure_port_free(s.flower_host, s.flower_port, "FLOWER_PORT")
         self.start_redis()
         for n in range(self.settings.workers):
             self.start_worker(f"worker{n + 1}")

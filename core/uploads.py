@@ -4,7 +4,6 @@ Nothing is extracted here: a zip is stored as uploaded and workers read its memb
 so entry names (absolute paths, `..`) never become file system paths.
 """
 
-import posixpath
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,9 +70,11 @@ def is_junk(name: str) -> bool:
 
 
 def unsafe_reason(name: str) -> str | None:
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":") or "\\" in name:
+    """Why an entry name would escape an extraction folder (zips made on Windows may use '\\')."""
+    path = name.replace("\\", "/")
+    if path.startswith("/") or (len(path) > 1 and path[1] == ":"):
         return "unsafe path in archive (absolute path); entry skipped"
-    if ".." in posixpath.normpath(name).split("/") or ".." in name.split("/"):
+    if ".." in path.split("/"):
         return "unsafe path in archive ('..'); entry skipped"
     return None
 

@@ -119,6 +119,9 @@ def _composite_alpha(lum: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return lum * alpha + background * (1.0 - alpha)
 
 
+FLAT_BORDER = 2.0  # grey levels: a border this even needs no lighting correction
+
+
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """Luminance (H, W) in either polarity -> (28, 28) float32, ink 0..255 on 0, COM-centred."""
     ink = _ink_map(np.asarray(gray, dtype=np.float32))
@@ -190,8 +193,10 @@ def _background(thumb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """
     h, w = shape
     th, tw = thumb.shape
-    if min(th, tw) < 8:
-        return np.full(shape, float(np.median(thumb)), dtype=np.float32)
+    border = np.concatenate([thumb[0], thumb[-1], thumb[:, 0], thumb[:, -1]])
+    if min(th, tw) < 8 or np.ptp(border) <= FLAT_BORDER:
+        # Evenly lit paper (scans, MNIST-style input): the fit would be flat anyway.
+        return np.full(shape, float(np.median(border if min(th, tw) >= 8 else thumb)), dtype=np.float32)
     # Thumbnail pixel centres in the full image's [-1, 1] coordinates.
     ty = (np.arange(th) + 0.5) * (h / th) - 0.5
     tx = (np.arange(tw) + 0.5) * (w / tw) - 0.5

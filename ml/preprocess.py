@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,7 +23,12 @@ BOX_SIDE = 20  # MNIST: the digit's longer side
 FIELD = 28  # MNIST: the output size
 THUMB_SIDE = 32  # polarity and background are estimated at this size
 MIN_CONTRAST = 24.0  # ink-vs-background difference (0..255) below which the image is "blank"
-NOISE_FLOOR = 0.12  # fraction of the peak contrast treated as paper/JPEG noise
+NOISE_FLOOR = 0.12  # at most this fraction of the peak contrast is treated as paper/JPEG noise
+MIN_FLOOR = 0.01  # at least this fraction (clean images keep their faint edge pixels)
+NOISE_SIGMAS = 6.0  # otherwise the floor is this many noise standard deviations
+FLAT_BORDER = 4.0  # grey levels: a thumbnail border this even is taken as evenly lit paper
+DUST_SIDE = 128  # dust is found on a box-averaged copy at most this big
+DUST_LEVEL = 0.2  # ... where a block needs this share of the peak to count as ink
 MIN_COMPONENT = 0.05  # connected ink blobs lighter than this share of the largest are dust
 
 
@@ -119,9 +125,6 @@ def _composite_alpha(lum: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return lum * alpha + background * (1.0 - alpha)
 
 
-FLAT_BORDER = 2.0  # grey levels: a border this even needs no lighting correction
-
-
 def to_mnist(gray: np.ndarray) -> np.ndarray:
     """Luminance (H, W) in either polarity -> (28, 28) float32, ink 0..255 on 0, COM-centred."""
     ink = _ink_map(np.asarray(gray, dtype=np.float32))
@@ -135,10 +138,14 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
 
 
 def _ink_map(gray: np.ndarray) -> np.ndarray:
-    """Light-on-dark ink in 0..1 with uneven lighting removed; raises on blank images.
+    """Light-on-dark ink >= 0 (paper 0) with uneven lighting removed; raises on blank images.
 
     Polarity and background are decided on a <=32 px box-averaged thumbnail (cheap, and the
-    averaging smooths noise); only the subtraction and scaling run at full resolution.
+    averaging smooths noise); only the subtraction runs at full resolution. The noise floor
+    subtracted from the ink follows the image's measured noise: a clean image (a PNG in MNIST
+    convention, a clean scan) keeps its faint anti-aliased edge pixels, so `to_mnist` is
+    close to the identity on MNIST digits; noisy photos/JPEGs get up to NOISE_FLOOR of the
+    peak removed.
     """
     if gray.size == 0:
         raise ImageError("image is blank (no ink found)")
@@ -152,10 +159,18 @@ def _ink_map(gray: np.ndarray) -> np.ndarray:
     peak = _peak(ink)
     if peak < MIN_CONTRAST:
         raise ImageError("image is blank (no ink found)")
-    floor = NOISE_FLOOR * peak
+    floor = min(NOISE_FLOOR * peak, max(MIN_FLOOR * peak, NOISE_SIGMAS * _noise(ink)))
     ink -= floor
-    ink *= 1.0 / (peak - floor)
-    return np.clip(ink, 0.0, 1.0, out=ink)
+    return np.maximum(ink, 0.0, out=ink)
+
+
+def _noise(ink: np.ndarray) -> float:
+    """Robust per-pixel noise level of the (mostly background) ink map, from a strided sample
+    (no averaging, so pixel noise is kept): 1.4826 x the median absolute deviation."""
+    step = max(1, max(ink.shape) // 40)
+    sample = ink[::step, ::step].ravel()
+    centre = np.median(sample)
+    return 1.4826 * float(np.median(np.abs(sample - centre)))
 
 
 def _peak(ink: np.ndarray) -> float:
@@ -185,30 +200,30 @@ def _is_dark_on_light(thumb: np.ndarray) -> bool:
     return paper - float(thumb.min()) > float(thumb.max()) - paper
 
 
-def _background(thumb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _background(thumb: np.ndarray, shape: tuple[int, int]) -> np.ndarray | float:
     """Smooth background level at full resolution `shape` (ink bright, paper dark by now).
 
-    A quadratic surface fitted to the thumbnail, refitted a few times without the bright
-    outliers (the ink): it follows lighting gradients and vignetting right up to the edges.
+    Evenly lit paper (a clean scan, MNIST-style input: the thumbnail's border spans at most
+    FLAT_BORDER grey levels) is one number. Otherwise a quadratic surface is fitted to the
+    thumbnail, refitted a few times without the bright outliers (the ink): it follows
+    lighting gradients and vignetting right up to the edges.
     """
     h, w = shape
     th, tw = thumb.shape
+    if min(th, tw) < 8:
+        return float(np.median(thumb))
     border = np.concatenate([thumb[0], thumb[-1], thumb[:, 0], thumb[:, -1]])
-    if min(th, tw) < 8 or np.ptp(border) <= FLAT_BORDER:
-        # Evenly lit paper (scans, MNIST-style input): the fit would be flat anyway.
-        return np.full(shape, float(np.median(border if min(th, tw) >= 8 else thumb)), dtype=np.float32)
-    # Thumbnail pixel centres in the full image's [-1, 1] coordinates.
-    ty = (np.arange(th) + 0.5) * (h / th) - 0.5
-    tx = (np.arange(tw) + 0.5) * (w / tw) - 0.5
-    y, x = np.meshgrid(ty * 2 / max(h - 1, 1) - 1, tx * 2 / max(w - 1, 1) - 1, indexing="ij")
-    design = np.stack([np.ones_like(y), y, x, y * y, x * y, x * x], axis=-1).reshape(-1, 6)
+    if float(border.max()) - float(border.min()) <= FLAT_BORDER:
+        return float(np.median(border))
+    design = _design(th, tw, h, w)
     values = thumb.ravel().astype(np.float64)
     # Start from the darker half (ink rarely covers half the image), then refine.
     keep = values <= np.median(values)
+    ridge = 1e-6 * np.eye(6)
     for _ in range(3):
         a = design[keep]
         # Normal equations: a 6x6 solve, far cheaper than lstsq's SVD; ridge keeps it regular.
-        coef = np.linalg.solve(a.T @ a + 1e-6 * np.eye(6), a.T @ values[keep])
+        coef = np.linalg.solve(a.T @ a + ridge, a.T @ values[keep])
         resid = values - design @ coef
         spread = 1.4826 * float(np.median(np.abs(resid[keep]))) + 1.0
         keep = resid < 2.5 * spread
@@ -222,17 +237,52 @@ def _background(thumb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return rows + cols + np.float32(cxy) * (y_full * x_full)
 
 
+@lru_cache(maxsize=64)
+def _design(th: int, tw: int, h: int, w: int) -> np.ndarray:
+    """Quadratic design matrix (th*tw, 6) of thumbnail pixel centres in the full image's
+    [-1, 1] coordinates (cached: uploads come in a handful of sizes)."""
+    ty = (np.arange(th) + 0.5) * (h / th) - 0.5
+    tx = (np.arange(tw) + 0.5) * (w / tw) - 0.5
+    y, x = np.meshgrid(ty * 2 / max(h - 1, 1) - 1, tx * 2 / max(w - 1, 1) - 1, indexing="ij")
+    design = np.stack([np.ones_like(y), y, x, y * y, x * y, x * x], axis=-1).reshape(-1, 6)
+    design.setflags(write=False)
+    return design
+
+
 def _drop_dust(ink: np.ndarray) -> np.ndarray:
-    """Zero connected blobs that carry a tiny share of the ink (specks, scanner dust)."""
-    labels, n = ndimage.label(ink > 0)
-    if n <= 1:
-        return ink
-    mass = ndimage.sum_labels(ink, labels, index=np.arange(n + 1))
+    """Zero connected blobs that carry a tiny share of the ink (specks, scanner dust).
+
+    Labelling is the costly part, so big images are labelled on a <= DUST_SIDE px
+    box-averaged copy, where only blocks with at least DUST_LEVEL of its peak count as ink
+    (isolated specks and dithering dots average away); the kept blobs are grown by one block
+    so the strokes' faint edges stay.
+    """
+    factor = -(-max(ink.shape) // DUST_SIDE)
+    if factor <= 1:
+        labels, n = ndimage.label(ink > 0)
+        if n <= 1:
+            return ink
+        mass = ndimage.sum_labels(ink, labels, index=np.arange(n + 1))
+        mass[0] = 0.0
+        keep = mass >= MIN_COMPONENT * mass.max()
+        return ink if keep[1:].all() else np.where(keep[labels], ink, np.float32(0.0))
+    small = np.asarray(Image.fromarray(ink, mode="F").reduce(factor))
+    labels, n = ndimage.label(small > DUST_LEVEL * float(small.max()))
+    mass = ndimage.sum_labels(small, labels, index=np.arange(n + 1))
     mass[0] = 0.0
     keep = mass >= MIN_COMPONENT * mass.max()
-    if keep[1:].all():
-        return ink
-    return np.where(keep[labels], ink, np.float32(0.0))
+    keep[0] = False
+    mask = keep[labels]
+    grown = mask.copy()  # 3x3 dilation by shifted ORs (scipy's binary_dilation costs more)
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    mask = grown.copy()
+    mask[:, 1:] |= grown[:, :-1]
+    mask[:, :-1] |= grown[:, 1:]
+    h, w = ink.shape
+    mask = np.repeat(np.repeat(mask, factor, axis=0), factor, axis=1)[:h, :w]
+    ink[~mask] = 0.0
+    return ink
 
 
 def _scale_to_box(crop: np.ndarray) -> np.ndarray:
@@ -240,10 +290,13 @@ def _scale_to_box(crop: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     scale = BOX_SIDE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    img = Image.fromarray(crop.astype(np.float32), mode="F")
-    out = np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
+    if size == (w, h):
+        out = crop.astype(np.float32, copy=False)
+    else:
+        img = Image.fromarray(crop.astype(np.float32, copy=False), mode="F")
+        out = np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
     top = float(out.max())
-    return np.clip(out / top, 0.0, 1.0) * 255.0 if top > 0 else out
+    return np.minimum(out * (255.0 / top), 255.0) if top > 0 else out
 
 
 def _place_in_field(digit: np.ndarray) -> np.ndarray:
@@ -252,7 +305,9 @@ def _place_in_field(digit: np.ndarray) -> np.ndarray:
     Whole-pixel placement (no resampling blur); the COM lands within half a pixel.
     """
     h, w = digit.shape
-    cy, cx = ndimage.center_of_mass(digit)
+    total = float(digit.sum())
+    cy = float(digit.sum(axis=1) @ np.arange(h)) / total if total > 0 else (h - 1) / 2
+    cx = float(digit.sum(axis=0) @ np.arange(w)) / total if total > 0 else (w - 1) / 2
     top = int(np.clip(round(14.0 - cy), 0, FIELD - h))
     left = int(np.clip(round(14.0 - cx), 0, FIELD - w))
     field = np.zeros((FIELD, FIELD), dtype=np.float32)

@@ -2,18 +2,21 @@
 
 Per-image reference = Deskew + skimage.feature.hog for one image + the Pipeline's SVC.predict
 on that one feature row (same model). Decode and preprocess are per-image in both paths.
+Also times the same digits as 28x28 MNIST-style PNGs (decode, preprocess, end-to-end).
 Run: .venv/bin/python bench/bench_model.py [--n 500] [--repeats 3] [--model models]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -53,6 +56,12 @@ def main() -> int:
 
     t_decode = timed(lambda: [decode_image(b) for b in blobs], args.repeats)
     t_pre = timed(lambda: [to_mnist(g) for g in grays], args.repeats)
+    # The same digits as 28x28 MNIST-style PNGs (light ink on black): the other typical input.
+    small_blobs = [_png(d) for d in load_splits().X_holdout[: args.n]]
+    small_grays = [decode_image(b) for b in small_blobs]
+    t_small_decode = timed(lambda: [decode_image(b) for b in small_blobs], args.repeats)
+    t_small_pre = timed(lambda: [to_mnist(g) for g in small_grays], args.repeats)
+    small_end_to_end = timed(lambda: model.predict_images(small_blobs), args.repeats)
     fast_feat = timed(lambda: features_batch(digits, model.fast.hog_params), args.repeats)
     fast_cls = timed(lambda: model.fast.predict_proba_features(feats), args.repeats)
     slow_feat = timed(lambda: [feature_steps.transform(flat[i : i + 1]) for i in range(n)], args.repeats)
@@ -83,7 +92,18 @@ def main() -> int:
         f"predict_images end-to-end: {end_to_end * us:.1f} us/img; "
         f"sklearn SVC.predict on the whole batch: {sk_batch_cls * us:.1f} us/img"
     )
+    us_small = 1e6 / len(small_blobs)
+    print(
+        f"28x28 PNG inputs: decode {t_small_decode * us_small:.1f}, preprocess "
+        f"{t_small_pre * us_small:.1f}, predict_images end-to-end {small_end_to_end * us_small:.1f} us/img"
+    )
     return 0
+
+
+def _png(digit: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(digit, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ once per worker machine and reused by every chunk of the job.
 """
 
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 from urllib.parse import urlparse
@@ -23,6 +25,8 @@ class BlobStore(Protocol):
     def put(self, key: str, data: BinaryIO) -> None: ...
     def local_path(self, key: str) -> Path: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    def local_jobs(self) -> Iterator[tuple[str, float]]: ...
+    def forget_local(self, job_id: str) -> None: ...
 
 
 class LocalBlobStore:
@@ -49,6 +53,19 @@ class LocalBlobStore:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
+    def local_jobs(self) -> Iterator[tuple[str, float]]:
+        """Each job with files on this machine, and seconds since its files last changed."""
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for path in self.root.iterdir():
+            if path.is_dir():
+                yield path.name, now - path.stat().st_mtime
+
+    def forget_local(self, job_id: str) -> None:
+        """Delete this machine's copy of a job's upload (here, the upload itself)."""
+        self.delete_prefix(job_id)
+
 
 class S3BlobStore:
     def __init__(self, bucket: str, prefix: str, cache_dir: Path) -> None:
@@ -73,6 +90,12 @@ class S3BlobStore:
             self.s3.download_file(self.bucket, self._key(key), str(tmp))
             tmp.replace(path)
         return path
+
+    def local_jobs(self) -> Iterator[tuple[str, float]]:
+        return self.cache.local_jobs()
+
+    def forget_local(self, job_id: str) -> None:
+        self.cache.delete_prefix(job_id)  # the bucket keeps it: another machine may need it
 
     def delete_prefix(self, prefix: str) -> None:
         self.cache.delete_prefix(prefix)

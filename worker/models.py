@@ -31,6 +31,7 @@ from core import fleet, logs
 from core.config import Settings
 from ml import DigitModel, ModelIntegrityError
 from ml.registry import ModelSource, RegistryUnavailable, open_model_uri
+from worker.housekeeping import SWEEP_EVERY_SECONDS, sweep_uploads
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def serving() -> str | None:
 
 
 class Watcher:
-    """The worker main process' thread: heartbeat, and preparing reload candidates."""
+    """The worker main process' thread: heartbeat, reload candidates, sweeping upload copies."""
 
     def __init__(self, hostname: str, settings: Settings) -> None:
         self.hostname = hostname
@@ -197,10 +198,22 @@ class Watcher:
             },
         )
 
+    def _sweep(self) -> None:
+        from core.connections import get_blob_store, get_job_store
+
+        sweep_uploads(get_blob_store(), get_job_store())
+
     def _run(self) -> None:
+        next_sweep = 0.0  # at start too: a restarted worker cleans up after its crash
         while not self._stop.is_set():
             try:
                 self.tick()
             except Exception as exc:  # Redis down: the heartbeat expires and /ready says so
                 log.warning("heartbeat failed: %s", exc)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
+                try:
+                    self._sweep()
+                except Exception as exc:
+                    log.warning("upload sweep failed: %s", exc)
             self._stop.wait(fleet.HEARTBEAT_SECONDS)

@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
 TITLES = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 413: "Upload too large"}
+# Starlette's multipart parser stops at 1,000 parts (its message says so, not what to do instead).
+HINTS = {"Too many files": "send more images in a .zip archive: one part can hold them all"}
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -53,6 +55,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = TITLES.get(exc.status_code, "Error")
-        response = problem(exc.status_code, title, str(exc.detail))
+        detail = str(exc.detail)
+        hint = next((h for prefix, h in HINTS.items() if detail.startswith(prefix)), None)
+        response = problem(exc.status_code, title, f"{detail} {hint}" if hint else detail)
         response.headers.update(exc.headers or {})
         return response

@@ -149,6 +149,7 @@ def test_unknown_job_is_404_problem(api: httpx.Client) -> None:
         ([("files", ("notes.txt", b"hello, not an image"))], 415, "neither an image nor a zip"),
         ([("files", ("x.zip", b"PK\x03\x04 this is not really a zip"))], 400, "not a readable zip"),
         ([("files", ("junk.zip", make_zip({"__MACOSX/x": b"1", ".DS_Store": b"2"})))], 400, "no images"),
+        ([("files", (f"{i}.png", b"\x89PNG")) for i in range(1001)], 400, "in a .zip"),
     ],
 )
 def test_bad_requests_are_4xx_that_say_what_to_fix(api: httpx.Client, files, status, hint) -> None:

@@ -66,6 +66,7 @@ class ItemResult:
 @dataclass(frozen=True)
 class Recorded:
     added: int  # results that were new (a redelivered chunk adds none)
+    failed: int  # of those, errors
     closed_job: bool  # this call stored the job's last item
 
 
@@ -73,14 +74,15 @@ class Recorded:
 _RECORD = """
 local job, results = KEYS[1], KEYS[2]
 if redis.call('EXISTS', job) == 0 then return -1 end
-local added = 0
+local added, failed = 0, 0
 for i = 2, #ARGV, 3 do
   if redis.call('HSETNX', results, ARGV[i], ARGV[i + 1]) == 1 then
     added = added + 1
-    redis.call('HINCRBY', job, 'done', 1)
-    if ARGV[i + 2] == '1' then redis.call('HINCRBY', job, 'failed', 1) end
+    if ARGV[i + 2] == '1' then failed = failed + 1 end
   end
 end
+redis.call('HINCRBY', job, 'done', added)
+redis.call('HINCRBY', job, 'failed', failed)
 local status = redis.call('HGET', job, 'status')
 local done = tonumber(redis.call('HGET', job, 'done'))
 local total = tonumber(redis.call('HGET', job, 'total'))
@@ -91,7 +93,7 @@ if done >= total and (status == 'queued' or status == 'running') then
   redis.call('HSET', job, 'status', final, 'finished_at', ARGV[1])
   closed = 1
 end
-return {added, closed}
+return {added, failed, closed}
 """
 
 # KEYS: job hash. ARGV: now, model version. queued -> running, once.
@@ -211,9 +213,9 @@ class JobStore:
             args += [r.index, r.to_json(), int(r.error is not None)]
         reply = self._record(keys=[job, results_key], args=args)
         if reply == -1:
-            return Recorded(0, False)  # the job expired meanwhile
-        added, closed = reply
-        return Recorded(int(added), bool(closed))
+            return Recorded(0, 0, False)  # the job expired meanwhile
+        added, failed, closed = reply
+        return Recorded(int(added), int(failed), bool(closed))
 
     def cancel(self, job_id: str) -> bool:
         return (

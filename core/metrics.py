@@ -17,7 +17,7 @@ What counts where:
 """
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -70,15 +70,6 @@ def chunk_done(client: redis.Redis, stored: int, failed: int, seconds: float, it
     if items:
         _observe(pipe, "item_seconds", seconds / items, items)
     pipe.execute()
-
-
-def chunk_failed_items(client: redis.Redis, job_id: str, indices: Sequence[int], stored: int) -> int:
-    """How many of the results just stored for these items are errors (at most `stored`)."""
-    if not stored or not indices:
-        return 0
-    raw = client.hmget(JOB_PREFIX + job_id + ":results", [str(i) for i in indices])
-    errors = sum(1 for r in raw if r and not (fleet.text(r) or "").endswith(",null]"))
-    return min(errors, stored)
 
 
 def job_maybe_finished(client: redis.Redis, job_id: str) -> str | None:

@@ -84,8 +84,8 @@ def test_redelivered_chunk_does_not_duplicate(two_workers: Stack, digits) -> Non
     store = JobStore(redis.Redis.from_url(two_workers.redis_url or ""), 60)
     store.create("dup", ["a.png", "b.png"])
     first = [ItemResult(0, 3, 0.9), ItemResult(1, error="not a readable image")]
-    assert store.record("dup", first) == Recorded(added=2, closed_job=True)
-    assert store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)]) == Recorded(0, False)
+    assert store.record("dup", first) == Recorded(added=2, failed=1, closed_job=True)
+    assert store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)]) == Recorded(0, 0, False)
     job = store.get("dup")
     assert job and (job.status, job.done, job.failed) == ("succeeded", 2, 1)
     assert store.results("dup", [0, 1]) == first

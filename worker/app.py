@@ -114,10 +114,9 @@ def record_task(
 
         client = get_redis()
         job_id, items = args[0], args[1]
-        stored = int(retval or 0)
+        stored, failed = retval["added"], retval["failed"]
         seconds = time.monotonic() - started
         if stored:
-            failed = metrics.chunk_failed_items(client, job_id, [i[0] for i in items], stored)
             metrics.chunk_done(client, stored, failed, seconds, len(items))
         log.info("chunk done: %d new result(s) in %.3fs", stored, seconds)
         if metrics.job_maybe_finished(client, job_id):

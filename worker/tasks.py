@@ -7,7 +7,7 @@ from celery import Task
 
 from core.config import get_settings
 from core.connections import get_blob_store, get_job_store
-from core.jobs import TERMINAL, ItemResult
+from core.jobs import TERMINAL, ItemResult, Recorded
 from core.queue import PROCESS_CHUNK
 from core.uploads import TaskItem
 from worker import models
@@ -38,23 +38,28 @@ def classify(job_id: str, items: Sequence[TaskItem], model_version: str) -> list
     return [results[item[0]] for item in items]
 
 
+def _outcome(recorded: Recorded | None = None) -> dict[str, int]:
+    """What the chunk stored, for the task_postrun metrics (worker/app.py)."""
+    return {"added": recorded.added if recorded else 0, "failed": recorded.failed if recorded else 0}
+
+
 @app.task(name=PROCESS_CHUNK, bind=True, max_retries=3)
-def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> int:
+def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, int]:
     store = get_job_store()
     status = store.status(job_id)
     if status is None or status in TERMINAL:
-        return 0  # expired, cancelled or already closed: nothing to do
+        return _outcome()  # expired, cancelled or already closed: nothing to do
     todo = set(store.missing(job_id, [i[0] for i in items]))
     items = [i for i in items if i[0] in todo]
     if not items:
-        return 0  # a redelivered chunk whose results were all written
+        return _outcome()  # a redelivered chunk whose results were all written
     version = store.pin_model_version(job_id, models.current().version)
     store.mark_running(job_id, version)
     try:
         results = classify(job_id, items, version)
     except Exception as exc:
         if store.status(job_id) in TERMINAL:
-            return 0  # cancelled meanwhile (its upload may be gone already)
+            return _outcome()  # cancelled meanwhile (its upload may be gone already)
         if self.request.retries < self.max_retries:
             log.warning("chunk of job %s failed, retrying: %r", job_id, exc)
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
@@ -64,4 +69,4 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> int:
     recorded = store.record(job_id, results)
     if recorded.closed_job:
         get_blob_store().delete_prefix(job_id)  # every item has its result: the upload can go
-    return recorded.added
+    return _outcome(recorded)

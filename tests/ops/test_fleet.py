@@ -122,6 +122,9 @@ def test_metrics_count_jobs_items_latency_and_versions(
 ) -> None:
     job_id = submit(api, 3, seed=100)
     wait_job(api, job_id)
+    broken = ("files", ("broken.png", b"\x89PNG\r\n\x1a\n" + b"not the rest of a png", "image/png"))
+    one = [("files", ("d.png", digit_png(103), "image/png"))]
+    wait_job(api, api.post("/jobs", files=[broken, *one]).json()["id"])
     time.sleep(0.5)  # the worker counts the job right after its last chunk
     text = httpx.get(f"{fleet.api_url}/metrics").text
     values = {}
@@ -130,11 +133,11 @@ def test_metrics_count_jobs_items_latency_and_versions(
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     assert values["digitq_jobs_submitted_total"] >= 2
-    assert values["digitq_items_submitted_total"] >= 28
+    assert values["digitq_items_submitted_total"] >= 30
     assert values["digitq_jobs_succeeded_total"] >= 2
     assert values['digitq_jobs_finished_total{status="succeeded"}'] >= 2
-    assert values["digitq_items_processed_total"] >= 28
-    assert values["digitq_items_failed_total"] == 0
+    assert values["digitq_items_processed_total"] >= 30
+    assert values["digitq_items_failed_total"] == 1  # the broken PNG, counted once
     assert values["digitq_job_seconds_count"] >= 2
     assert values['digitq_job_seconds_bucket{le="+Inf"}'] == values["digitq_job_seconds_count"]
     assert values["digitq_item_seconds_count"] >= 28

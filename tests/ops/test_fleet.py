@@ -28,7 +28,7 @@ from ops_helpers import (
 
 from core.config import PROJECT_ROOT
 from core.jobs import JobStore
-from core.queue import PROCESS_CHUNK, make_celery
+from core.queue import PROCESS_CHUNK, QUEUE, make_celery
 from ml.registry import S3Registry
 
 V2 = "2099.03.03-hogsvm-reloaded"
@@ -201,11 +201,18 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
     deadline = time.monotonic() + 30
     while api.get(f"/jobs/{big}").json()["counts"]["done"] == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    r = api.post("/admin/reload", json={"version": V2, "timeout": 60})
-    assert r.status_code == 200, r.text
-    assert r.json()["previous"] in (None, pushed) and r.json()["version"] == V2
-    in_flight = api.get(f"/jobs/{big}").json()
-    assert in_flight["status"] == "running", "the test needs the job to span the reload"
+    # Hold the rest of the job in the queue while the fleet switches (chunks take milliseconds,
+    # a reload seconds): the workers stop consuming, through Celery's own remote control.
+    control = make_celery(fleet.settings.model_copy(update={"redis_url": fleet.redis_url})).control
+    assert len(control.cancel_consumer(QUEUE, reply=True, timeout=5)) == 2
+    try:
+        r = api.post("/admin/reload", json={"version": V2, "timeout": 60})
+        assert r.status_code == 200, r.text
+        assert r.json()["previous"] in (None, pushed) and r.json()["version"] == V2
+        in_flight = api.get(f"/jobs/{big}").json()
+        assert in_flight["status"] == "running", "the test needs the job to span the reload"
+    finally:
+        control.add_consumer(QUEUE, reply=True, timeout=5)
 
     done = wait_job(api, big)
     assert (

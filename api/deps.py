@@ -1,5 +1,6 @@
 """Dependencies injected into the routes: settings, stores, the queue, and the API-key check."""
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -23,11 +24,15 @@ def require_api_key(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
-    """When API_KEYS is set, every job route needs `Authorization: Bearer <key>` or `X-API-Key`."""
+) -> str | None:
+    """When API_KEYS is set, every job route needs `Authorization: Bearer <key>` or `X-API-Key`.
+
+    Returns the caller: a digest of its key (the key itself is never stored), or None when the
+    service is open. A job belongs to the caller that submitted it.
+    """
     keys = settings.api_key_set
     if not keys:
-        return
+        return None
     given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
     if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
         raise ProblemError(
@@ -36,3 +41,7 @@ def require_api_key(
             "send a valid API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    return hashlib.sha256(given.encode()).hexdigest()[:32]
+
+
+CallerDep = Annotated[str | None, Depends(require_api_key)]

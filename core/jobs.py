@@ -42,6 +42,7 @@ class Job:
     failed: int
     model_version: str | None
     error: str | None
+    owner: str | None = None  # who submitted it (a digest of their API key), when keys are on
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,13 @@ class JobStore:
         base = PREFIX + job_id
         return base, base + ":names", base + ":results"
 
-    def create(self, job_id: str, names: Sequence[str]) -> None:
+    def create(self, job_id: str, names: Sequence[str], owner: str | None = None) -> None:
         job, names_key, results = self._keys(job_id)
         pipe = self.redis.pipeline()
         fields: dict[FieldT, EncodableT] = {"status": JobStatus.queued.value, "created_at": time.time()}
         fields.update(total=len(names), done=0, failed=0)
+        if owner:
+            fields["owner"] = owner
         pipe.hset(job, mapping=fields)
         for start in range(0, len(names), 10_000):
             pipe.rpush(names_key, *names[start : start + 10_000])
@@ -176,6 +179,7 @@ class JobStore:
             failed=int(h["failed"]),
             model_version=_opt_str(h.get("model_version")),
             error=_opt_str(h.get("error")),
+            owner=_opt_str(h.get("owner")),
         )
 
     def status(self, job_id: str) -> JobStatus | None:

@@ -87,3 +87,18 @@ def test_bearer_key_and_open_health(limited: Stack) -> None:
     bearer = httpx.get(f"{limited.api_url}/jobs/any", headers={"Authorization": f"Bearer {KEY}"})
     assert bearer.status_code == 404  # authorised, just no such job
     assert httpx.get(f"{limited.api_url}/health").status_code == 200
+
+
+def test_a_job_belongs_to_the_key_that_submitted_it(limited: Stack, client: httpx.Client, digits) -> None:
+    response = client.post("/jobs", files=[("files", ("a.png", png(digits[0][0])))])
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    with httpx.Client(base_url=limited.api_url, headers={"X-API-Key": "other-key"}) as other:
+        for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/results", f"/jobs/{job_id}/results?format=csv"):
+            answer = other.get(path)
+            assert answer.status_code == 404, path
+            assert detail(answer) == f"there is no job {job_id!r} (jobs expire after a week)"
+        assert other.delete(f"/jobs/{job_id}").status_code == 404
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] != "cancelled" and "owner" not in job
+    assert client.get(f"/jobs/{job_id}/results").status_code == 200

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
-from api.deps import BlobStoreDep, CeleryDep, JobStoreDep, SettingsDep
+from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobOut, Problem, ResultsPage
 from core.blobs import upload_key
@@ -33,9 +33,10 @@ CSV_PAGE = 1000
 MAX_OFFSET = 2**31 - 1  # Redis list indices are 64-bit; anything near is past every job's end
 
 
-def _job_or_404(store: JobStore, job_id: str) -> Job:
+def _job_or_404(store: JobStore, job_id: str, caller: str | None) -> Job:
     job = store.get(job_id)
-    if job is None:
+    # Another key's job is "not found" too: its existence is not the caller's business.
+    if job is None or (caller is not None and job.owner is not None and job.owner != caller):
         raise ProblemError(404, "Not found", f"there is no job {job_id!r} (jobs expire after a week)")
     return job
 
@@ -64,6 +65,7 @@ def submit_job(
     store: JobStoreDep,
     blobs: BlobStoreDep,
     celery: CeleryDep,
+    caller: CallerDep,
     files: Annotated[
         list[UploadFile] | None,
         File(description=f"One or more parts named 'files': {ACCEPTED}. Folders inside zips are fine."),
@@ -86,26 +88,26 @@ def submit_job(
     for part, upload in enumerate(files):
         upload.file.seek(0)
         blobs.put(upload_key(job_id, part), upload.file)
-    store.create(job_id, [item.name for item in items])
+    store.create(job_id, [item.name for item in items], owner=caller)
     for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
         celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
     response.headers["Location"] = f"/jobs/{job_id}"
-    return JobOut.of(_job_or_404(store, job_id))
+    return JobOut.of(_job_or_404(store, job_id, caller))
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
-def get_job(job_id: str, store: JobStoreDep) -> JobOut:
+def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
     """The job's status, progress counts, times and model version."""
-    return JobOut.of(_job_or_404(store, job_id))
+    return JobOut.of(_job_or_404(store, job_id, caller))
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
-def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep) -> JobOut:
+def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep, caller: CallerDep) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
-    _job_or_404(store, job_id)
+    _job_or_404(store, job_id, caller)
     if store.cancel(job_id):  # a job that already finished keeps its status
         blobs.delete_prefix(job_id)
-    return JobOut.of(_job_or_404(store, job_id))
+    return JobOut.of(_job_or_404(store, job_id, caller))
 
 
 class ResultFormat(StrEnum):
@@ -164,12 +166,13 @@ def _csv_rows(store: JobStore, job: Job) -> Iterator[str]:
 def get_results(
     job_id: str,
     store: JobStoreDep,
+    caller: CallerDep,
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: ResultFormat = ResultFormat.json,
 ) -> ResultsPage | StreamingResponse:
     """One item per input image, in input order. `?format=csv` streams every item as CSV."""
-    job = _job_or_404(store, job_id)
+    job = _job_or_404(store, job_id, caller)
     if format is ResultFormat.csv:
         headers = {"Content-Disposition": f'attachment; filename="digitq-{job_id}.csv"'}
         return StreamingResponse(_csv_rows(store, job), media_type="text/csv", headers=headers)

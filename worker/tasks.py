@@ -12,7 +12,7 @@ from core.queue import PROCESS_CHUNK
 from core.uploads import TaskItem
 from worker import models
 from worker.app import app
-from worker.reading import PartReader
+from worker.reading import PartReader, close_deleted_zips
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal error while processing this item; the operators have been told"
@@ -23,15 +23,16 @@ def classify(job_id: str, items: Sequence[TaskItem], model_version: str) -> list
     model = models.get(model_version)
     results: dict[int, ItemResult] = {}
     readable: list[tuple[int, bytes]] = []
-    with PartReader(get_blob_store(), job_id, settings.max_image_bytes) as reader:
-        for index, part, member, error in items:
-            if error:
-                results[index] = ItemResult(index, error=error)
-                continue
-            try:
-                readable.append((index, reader.read(part, member)))
-            except ValueError as exc:
-                results[index] = ItemResult(index, error=str(exc))
+    close_deleted_zips()
+    reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes)
+    for index, part, member, error in items:
+        if error:
+            results[index] = ItemResult(index, error=error)
+            continue
+        try:
+            readable.append((index, reader.read(part, member)))
+        except ValueError as exc:
+            results[index] = ItemResult(index, error=str(exc))
     predictions = model.predict_images([data for _, data in readable])
     for (index, _), p in zip(readable, predictions, strict=True):
         results[index] = ItemResult(index, p.digit, p.confidence, p.low_confidence, p.error)

@@ -9,6 +9,9 @@ Reliability settings, and why:
   far below the timeout: a healthy chunk is never redelivered while it runs. If it ever were,
   results are written per item with HSETNX, so a second delivery cannot duplicate anything.
 - unacked_restore_interval/throttle: sweep for expired unacked messages every few seconds.
+- worker_cancel_long_running_tasks_on_connection_loss: when the connection to Redis drops, a
+  running chunk can no longer be acknowledged and is redelivered after the reconnect; stop it
+  rather than finish it twice (Celery 6's default; without it Celery warns on every drop).
 - worker_prefetch_multiplier=1: a worker holds one chunk per pool process, so the chunks of a
   big zip spread over every worker instead of piling up in the first one's prefetch buffer.
 """
@@ -36,6 +39,7 @@ def make_celery(settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,  # Flower's live view
         task_send_sent_event=True,
         broker_connection_retry_on_startup=True,

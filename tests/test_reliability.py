@@ -90,3 +90,15 @@ def test_redelivered_chunk_does_not_duplicate(two_workers: Stack, digits) -> Non
     assert job and (job.status, job.done, job.failed) == ("succeeded", 2, 1)
     assert store.results("dup", [0, 1]) == first
     np.testing.assert_equal(store.missing("dup", [0, 1]), [])
+
+
+def test_redis_restart_mid_job_loses_nothing(two_workers: Stack, big_zip: bytes) -> None:
+    """Redis restarts (append-only file replayed): workers reconnect and the job completes."""
+    assert two_workers.redis is not None
+    with httpx.Client(base_url=two_workers.api_url, timeout=30) as client:
+        job_id = submit_and_wait_until_started(client, big_zip)
+        two_workers.redis.stop()
+        assert client.get(f"/jobs/{job_id}").status_code == 503
+        time.sleep(1)
+        two_workers.redis.start()
+        assert_every_item_exactly_once(two_workers, client, job_id)

@@ -42,7 +42,11 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.persist else "no",
             "--logfile", "redis.log",
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # A session of its own: Ctrl-C on `make run` must not stop Redis before the workers
+        # and the API it serves have shut down (the launcher stops it last).
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url)
         while time.monotonic() < deadline:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from core.config import PROJECT_ROOT
 from core.embedded_redis import free_port
@@ -44,10 +45,12 @@ def launch(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
     )
 
 
-def test_run_prints_urls_and_sigterm_stops_every_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["SIGTERM to the launcher", "Ctrl-C to the process group"])
+def test_run_prints_urls_and_stops_every_process(tmp_path: Path, stop: str) -> None:
     api_port, flower_port = free_port(), free_port()
     stack = launch(tmp_path, API_PORT=str(api_port), FLOWER_PORT=str(flower_port))
     try:
@@ -66,8 +69,14 @@ def test_run_prints_urls_and_sigterm_stops_every_process(tmp_path: Path) -> None
         children = descendants(stack.pid)
         assert len(children) >= 5  # redis, worker + pool, api, flower
     finally:
-        stack.send_signal(signal.SIGTERM)
-        assert stack.wait(60) == 0
+        if stop.startswith("Ctrl-C"):
+            os.killpg(stack.pid, signal.SIGINT)
+        else:
+            stack.send_signal(signal.SIGTERM)
+        _, errors = stack.communicate(timeout=60)
+    assert stack.returncode == 0, errors
+    # Redis goes last: no worker or API lost its connection while shutting down.
+    assert "Connection refused" not in errors and "Traceback" not in errors, errors
     deadline = time.monotonic() + 10
     while any(alive(pid) for pid in children):
         assert time.monotonic() < deadline, [pid for pid in children if alive(pid)]

@@ -33,6 +33,7 @@ class JobOut(BaseModel):
     counts: Counts
     model_version: str | None = Field(description="the model that produced the results")
     error: str | None = Field(description="why the job failed, when it did")
+    expires_at: datetime | None = Field(description="when the job and its results are deleted")
     links: JobLinks
 
     model_config = {
@@ -47,6 +48,7 @@ class JobOut(BaseModel):
                     "counts": {"total": 10000, "done": 4250, "failed": 3},
                     "model_version": "2026.11.22-hogsvm-1a2b3c",
                     "error": None,
+                    "expires_at": "2026-11-29T10:00:00Z",
                     "links": {
                         "self": "/jobs/3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b",
                         "results": "/jobs/3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b/results",
@@ -69,6 +71,7 @@ class JobOut(BaseModel):
             counts=Counts(total=job.total, done=job.done, failed=job.failed),
             model_version=job.model_version,
             error=job.error,
+            expires_at=_time(job.expires_at),
             links=JobLinks(self=base, results=f"{base}/results", csv=f"{base}/results?format=csv"),
         )
 

@@ -43,6 +43,7 @@ class Job:
     model_version: str | None
     error: str | None
     owner: str | None = None  # who submitted it (a digest of their API key), when keys are on
+    expires_at: float | None = None  # when Redis deletes the job and its results
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,10 @@ class JobStore:
         pipe.execute()
 
     def get(self, job_id: str) -> Job | None:
-        raw = self.redis.hgetall(self._keys(job_id)[0])
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self._keys(job_id)[0])
+        pipe.pttl(self._keys(job_id)[0])
+        raw, ttl_ms = pipe.execute()
         if not raw:
             return None
         h = {_text(k): v for k, v in raw.items()}
@@ -180,6 +184,7 @@ class JobStore:
             model_version=_opt_str(h.get("model_version")),
             error=_opt_str(h.get("error")),
             owner=_opt_str(h.get("owner")),
+            expires_at=time.time() + ttl_ms / 1000 if ttl_ms > 0 else None,
         )
 
     def status(self, job_id: str) -> JobStatus | None:

@@ -3,6 +3,7 @@
 import io
 import time
 import zipfile
+from datetime import datetime
 
 import httpx
 import numpy as np
@@ -36,6 +37,8 @@ def test_one_image(api: httpx.Client, holdout) -> None:
     assert done["status"] == "succeeded"
     assert done["counts"] == {"total": 1, "done": 1, "failed": 0}
     assert done["model_version"] and done["started_at"] and done["finished_at"]
+    kept = datetime.fromisoformat(done["expires_at"]) - datetime.fromisoformat(done["created_at"])
+    assert abs(kept.total_seconds() - 7 * 24 * 3600) < 60  # JOB_TTL_SECONDS' default
     [item] = all_results(api, job["id"])
     assert item["name"] == "seven.png" and item["error"] is None
     assert item["digit"] == labels[0] and 0 <= item["confidence"] <= 1

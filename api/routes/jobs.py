@@ -2,6 +2,7 @@
 
 import csv
 import io
+import logging
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated
@@ -12,12 +13,14 @@ from fastapi.responses import StreamingResponse
 from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobOut, Problem, ResultsPage
+from core import logs, metrics
 from core.blobs import upload_key
 from core.jobs import Job, JobStore, new_job_id
 from core.queue import PROCESS_CHUNK
 from core.uploads import ACCEPTED, Item, UploadError, chunks, part_items
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = logging.getLogger(__name__)
 PROBLEMS = {
     code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
     for code, text in {
@@ -91,6 +94,9 @@ def submit_job(
     store.create(job_id, [item.name for item in items], owner=caller)
     for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
         celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
+    with logs.bound(job_id=job_id):
+        metrics.job_submitted(store.redis, len(items))
+        log.info("job submitted")
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobOut.of(_job_or_404(store, job_id, caller))
 

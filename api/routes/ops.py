@@ -105,18 +105,7 @@ def install(app: FastAPI) -> None:
         match = JOB_PATH.match(request.url.path)
         logs.clear()
         logs.bind(job_id=match.group(1) if match else None)
-        response = await call_next(request)
-        location = response.headers.get("location", "")
-        if request.method == "POST" and response.status_code == 202 and (m := JOB_PATH.match(location)):
-            with logs.bound(job_id=m.group(1)):
-                try:
-                    client = get_redis()
-                    total = int(client.hget(f"digitq:job:{m.group(1)}", "total") or 0)
-                    metrics.job_submitted(client, total)
-                except redis.RedisError:
-                    log.warning("could not count the submission in the metrics")
-                log.info("job submitted")
-        return response
+        return await call_next(request)
 
     app.include_router(router)
     app.include_router(admin)

@@ -17,6 +17,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 PREFIX = "digitq:job:"
+IDEMPOTENCY_PREFIX = "digitq:idempotency:"
 
 
 class JobStatus(StrEnum):
@@ -106,6 +107,14 @@ if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[1], 'model_version', ARGV[2]) en
 return 1
 """
 
+# KEYS: idempotency key. ARGV: job id, ttl. The job id it names already, or reserve it.
+_CLAIM = """
+local earlier = redis.call('GET', KEYS[1])
+if earlier then return earlier end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
 # KEYS: job hash. ARGV: now, new status, error message.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -144,6 +153,7 @@ class JobStore:
         self._record = client.register_script(_RECORD)
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
+        self._claim = client.register_script(_CLAIM)
 
     @staticmethod
     def _keys(job_id: str) -> tuple[str, str, str]:
@@ -225,6 +235,15 @@ class JobStore:
             return Recorded(0, 0, False)  # the job expired meanwhile
         added, failed, closed = reply
         return Recorded(int(added), int(failed), bool(closed))
+
+    def claim_submission(self, key: str, job_id: str) -> str | None:
+        """Reserve an idempotency key for a new job; returns the job it already names, if any."""
+        earlier = self._claim(keys=[IDEMPOTENCY_PREFIX + key], args=[job_id, self.ttl])
+        return _text(earlier) if earlier else None
+
+    def release_submission(self, key: str) -> None:
+        """Free a key whose job could not be created, so that a retry can create it."""
+        self.redis.delete(IDEMPOTENCY_PREFIX + key)
 
     def cancel(self, job_id: str) -> bool:
         return (

@@ -99,6 +99,11 @@ def test_a_job_belongs_to_the_key_that_submitted_it(limited: Stack, client: http
             assert answer.status_code == 404, path
             assert detail(answer) == f"there is no job {job_id!r} (jobs expire after a week)"
         assert other.delete(f"/jobs/{job_id}").status_code == 404
+        # The same Idempotency-Key under another API key is another submission.
+        retry = [("files", ("a.png", png(digits[0][0])))]
+        mine = client.post("/jobs", files=retry, headers={"Idempotency-Key": "k1"}).json()["id"]
+        theirs = other.post("/jobs", files=retry, headers={"Idempotency-Key": "k1"}).json()["id"]
+        assert mine != theirs
     job = client.get(f"/jobs/{job_id}").json()
     assert job["status"] != "cancelled" and "owner" not in job
     assert client.get(f"/jobs/{job_id}/results").status_code == 200

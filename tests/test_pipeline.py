@@ -213,3 +213,36 @@ def test_openapi_documents_the_routes(api: httpx.Client) -> None:
     spec = api.get("/openapi.json").json()
     assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/results", "/health"} <= set(spec["paths"])
     assert api.get("/docs").status_code == 200
+
+
+def test_a_retried_submission_with_an_idempotency_key_is_one_job(api: httpx.Client, holdout) -> None:
+    files = [("files", ("a.png", png(holdout[0][0])))]
+    key = {"Idempotency-Key": f"upload-{time.time_ns()}"}
+    refused = api.post("/jobs", files=[("files", ("notes.txt", b"not an image"))], headers=key)
+    assert refused.status_code == 415  # a refused request reserves nothing
+    first = api.post("/jobs", files=files, headers=key)
+    again = api.post("/jobs", files=files, headers=key)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"] and again.headers["idempotent-replayed"] == "true"
+    assert again.headers["location"] == first.headers["location"]
+    other = api.post("/jobs", files=files, headers={"Idempotency-Key": key["Idempotency-Key"] + "-2"})
+    assert other.json()["id"] != first.json()["id"] and "idempotent-replayed" not in other.headers
+
+
+def test_a_retry_while_the_first_attempt_is_still_storing_is_409(
+    stack: Stack, api: httpx.Client, holdout
+) -> None:
+    import redis
+
+    from api.routes.jobs import idempotency_claim
+    from core.jobs import JobStore, new_job_id
+
+    key = f"slow-{time.time_ns()}"
+    store = JobStore(redis.Redis.from_url(stack.redis_url or ""), 60)
+    # The first attempt has claimed the key and is still storing its upload: no job yet.
+    assert store.claim_submission(idempotency_claim(None, key), new_job_id()) is None
+    response = api.post(
+        "/jobs", files=[("files", ("a.png", png(holdout[0][0])))], headers={"Idempotency-Key": key}
+    )
+    assert response.status_code == 409 and response.headers["retry-after"] == "1"
+    assert "still being created" in response.json()["detail"]

@@ -1,13 +1,14 @@
 """Submit a job, follow it, read its results, cancel it."""
 
 import csv
+import hashlib
 import io
 import logging
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, File, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
@@ -27,6 +28,7 @@ PROBLEMS = {
         400: "Nothing to do: no files, an empty file, an unreadable zip, or a zip with no images",
         401: "Missing or wrong API key (only when API_KEYS is set)",
         404: "No such job (or it expired)",
+        409: "A submission with this Idempotency-Key is still being created",
         413: "The upload, an image, or the number of images is over the limit",
         415: "A part that is neither an image nor a zip",
         422: "A malformed parameter",
@@ -59,7 +61,7 @@ def _list_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
     "",
     status_code=202,
     response_model=JobOut,
-    responses={k: PROBLEMS[k] for k in (400, 401, 413, 415, 422)},
+    responses={k: PROBLEMS[k] for k in (400, 401, 409, 413, 415, 422)},
     summary="Submit images or zip archives",
 )
 def submit_job(
@@ -72,6 +74,14 @@ def submit_job(
     files: Annotated[
         list[UploadFile] | None,
         File(description=f"One or more parts named 'files': {ACCEPTED}. Folders inside zips are fine."),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description="Any unique string; a retry with the same key answers with the same job "
+            "instead of creating another (kept as long as jobs are)",
+        ),
     ] = None,
 ) -> JobOut:
     """Queue every image of the upload; answers at once with the job to poll.
@@ -88,17 +98,44 @@ def submit_job(
         raise ProblemError(413, "Too many images", detail)
 
     job_id = new_job_id()
-    for part, upload in enumerate(files):
-        upload.file.seek(0)
-        blobs.put(upload_key(job_id, part), upload.file)
-    store.create(job_id, [item.name for item in items], owner=caller)
-    for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
-        celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
+    claim = None
+    if idempotency_key:
+        claim = idempotency_claim(caller, idempotency_key)
+        earlier = store.claim_submission(claim, job_id)
+        if earlier:
+            return _replayed(store, earlier, response)
+    try:
+        for part, upload in enumerate(files):
+            upload.file.seek(0)
+            blobs.put(upload_key(job_id, part), upload.file)
+        store.create(job_id, [item.name for item in items], owner=caller)
+        for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
+            celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
+    except Exception:
+        if claim:
+            store.release_submission(claim)
+        raise
     with logs.bound(job_id=job_id):
         metrics.job_submitted(store.redis, len(items))
         log.info("job submitted")
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobOut.of(_job_or_404(store, job_id, caller))
+
+
+def idempotency_claim(caller: str | None, idempotency_key: str) -> str:
+    """Scoped to the caller: two API keys may pick the same string."""
+    return hashlib.sha256(f"{caller or ''}:{idempotency_key}".encode()).hexdigest()
+
+
+def _replayed(store: JobStore, job_id: str, response: Response) -> JobOut:
+    """The answer to a retried submission: the job the first attempt created."""
+    job = store.get(job_id)
+    if job is None:
+        detail = "a job with this Idempotency-Key is still being created; retry in a moment"
+        raise ProblemError(409, "Submission in progress", detail, headers={"Retry-After": "1"})
+    response.headers["Location"] = f"/jobs/{job_id}"
+    response.headers["Idempotent-Replayed"] = "true"
+    return JobOut.of(job)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})

@@ -175,9 +175,10 @@ class JobStore:
         pipe.execute()
 
     def get(self, job_id: str) -> Job | None:
+        key = self._keys(job_id)[0]
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self._keys(job_id)[0])
-        pipe.pttl(self._keys(job_id)[0])
+        pipe.hgetall(key)
+        pipe.pttl(key)
         raw, ttl_ms = pipe.execute()
         if not raw:
             return None

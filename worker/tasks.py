@@ -39,9 +39,12 @@ def classify(job_id: str, items: Sequence[TaskItem], model_version: str) -> list
     return [results[item[0]] for item in items]
 
 
-def _outcome(recorded: Recorded | None = None) -> dict[str, int]:
+NOTHING_NEW = Recorded(added=0, failed=0, closed_job=False)
+
+
+def _outcome(recorded: Recorded) -> dict[str, int]:
     """What the chunk stored, for the task_postrun metrics (worker/app.py)."""
-    return {"added": recorded.added if recorded else 0, "failed": recorded.failed if recorded else 0}
+    return {"added": recorded.added, "failed": recorded.failed}
 
 
 @app.task(name=PROCESS_CHUNK, bind=True, max_retries=3)
@@ -49,18 +52,18 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
     store = get_job_store()
     status = store.status(job_id)
     if status is None or status in TERMINAL:
-        return _outcome()  # expired, cancelled or already closed: nothing to do
+        return _outcome(NOTHING_NEW)  # expired, cancelled or already closed: nothing to do
     todo = set(store.missing(job_id, [i[0] for i in items]))
     items = [i for i in items if i[0] in todo]
     if not items:
-        return _outcome()  # a redelivered chunk whose results were all written
+        return _outcome(NOTHING_NEW)  # a redelivered chunk whose results were all written
     version = store.pin_model_version(job_id, models.current().version)
     store.mark_running(job_id, version)
     try:
         results = classify(job_id, items, version)
     except Exception as exc:
         if store.status(job_id) in TERMINAL:
-            return _outcome()  # cancelled meanwhile (its upload may be gone already)
+            return _outcome(NOTHING_NEW)  # cancelled meanwhile (its upload may be gone already)
         if self.request.retries < self.max_retries:
             log.warning("chunk of job %s failed, retrying: %r", job_id, exc)
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc

@@ -4,14 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test model bench bench-model lint format clean install
+.PHONY: run test test-fast model bench bench-model lint format clean install
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
-	$(PY) -m core.stack
+	$(PY) -m devstack
 
 test: $(STAMP) models/LATEST  ## every test (and the linter, which is quick)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml)
+	$(PY) -m pytest -m "not stack"
 
 model: $(STAMP)  ## train the default model (models/<version>, models/LATEST)
 	$(PY) -m ml train
@@ -22,7 +25,10 @@ models/LATEST:
 bench: $(STAMP) models/LATEST  ## end-to-end throughput vs in-process
 	$(PY) bench/bench_e2e.py
 
-bench-model: $(STAMP) models/LATEST  ## per-image vs batched inference
+bench-test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml)
+	$(PY) -m pytest -m "not stack"
+
+model: $(STAMP) models/LATEST  ## per-image vs batched inference
 	$(PY) bench/bench_model.py
 
 lint: $(STAMP)

@@ -21,8 +21,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import get_settings  # noqa: E402
-from core.embedded_redis import free_port  # noqa: E402
-from core.stack import Stack  # noqa: E402
+from devstack.embedded_redis import free_port  # noqa: E402
+from devstack.stack import Stack  # noqa: E402
 from ml import DigitModel, resolve_local_model_dir  # noqa: E402
 
 IMAGES = int(os.environ.get("BENCH_IMAGES", "10000"))

@@ -25,3 +25,11 @@ def get_job_store() -> JobStore:
 @lru_cache
 def get_blob_store() -> BlobStore:
     return make_blob_store(get_settings())
+
+
+def reset_clients() -> None:
+    """Forget the cached settings and clients (tests that change settings between apps)."""
+    from core.queue import get_celery
+
+    for cached in (get_settings, get_redis, get_job_store, get_blob_store, get_celery):
+        cached.cache_clear()

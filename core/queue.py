@@ -23,6 +23,8 @@ from celery import Celery
 from core.config import Settings, get_settings
 
 PROCESS_CHUNK = "digitq.process_chunk"
+# What a task carries per item (a list once through JSON): index, part, zip member, preset error.
+TaskItem = tuple[int, int, str | None, str | None]
 QUEUE = "digitq"
 
 

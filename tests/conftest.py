@@ -1,47 +1,74 @@
-"""Shared fixtures: real Redis, real Celery worker processes, a real API over HTTP.
+"""Shared fixtures: a real embedded Redis, the API in-process (fast tier), full stacks.
 
-`running_stack(tmp_path, **env)` starts an isolated stack (own data dir, free ports, embedded
-redis-server) with settings given as environment variables, e.g. VISIBILITY_TIMEOUT="5".
+Helpers (images, zips, waits, `running_stack`) live in tests/helpers.py.
 """
 
-import io
-import time
-import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+import redis
+from fastapi.testclient import TestClient
 
-from core.embedded_redis import free_port
-from core.stack import Stack
-
-DONE = {"succeeded", "failed", "cancelled"}
-
-
-@contextmanager
-def running_stack(data_dir: Path, flower: bool = False, **env: str) -> Iterator[Stack]:
-    env = {
-        "DATA_DIR": str(data_dir),
-        "API_PORT": str(free_port()),
-        "FLOWER_PORT": str(free_port()),
-        "WORKER_PROCESSES": "2",
-        "LOG_LEVEL": "WARNING",
-        "REDIS_URL": "",  # an embedded redis-server of the test's own
-        **env,
-    }
-    stack = Stack.from_env(env)
-    try:
-        stack.start(flower=flower)
-        stack.wait_for_workers(stack.settings.workers)
-        yield stack
-    finally:
-        stack.stop()
+from core.connections import reset_clients
+from devstack.embedded_redis import EmbeddedRedis
+from devstack.stack import Stack
+from tests.helpers import running_stack
 
 
+# Fast tier: the real API app over a real Redis, no workers.
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One embedded redis-server for the fast tier; each test starts from an empty database."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False)
+    url = server.start()
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+def make_client(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., TestClient]]:
+    """`make_client(API_KEYS="k1,k2", ...)`: a TestClient of a fresh app with these settings.
+
+    Settings come from the environment as in production; chunks sent to the queue stay there
+    (no worker), so jobs stay `queued`.
+    """
+    redis.Redis.from_url(redis_url).flushall()
+    clients: list[TestClient] = []
+
+    def make(**env: str) -> TestClient:
+        base = {"REDIS_URL": redis_url, "DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"}
+        for key, value in {**base, **env}.items():
+            monkeypatch.setenv(key, value)
+        reset_clients()
+        from api.main import create_app
+
+        client = TestClient(create_app(), raise_server_exceptions=False)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+    reset_clients()
+
+
+@pytest.fixture
+def app_client(make_client: Callable[..., TestClient]) -> TestClient:
+    """The API with default settings (open: no API keys) over the fast tier's Redis."""
+    return make_client()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url)
+
+
+# Full stack: real worker processes, HTTP.
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("stack"), flower=True) as s:
@@ -61,37 +88,3 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
     X, y = mnist_data()
     return X.reshape(-1, 28, 28).astype(np.uint8), y.astype(int)
-
-
-def png(image: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, fmt)
-    return buffer.getvalue()
-
-
-def make_zip(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/jobs/{job_id}").json()
-        if job["status"] in DONE:
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} not finished after {timeout}s: {job}")
-
-
-def all_results(client: httpx.Client, job_id: str) -> list[dict]:
-    items: list[dict] = []
-    url: str | None = f"/jobs/{job_id}/results?limit=1000"
-    while url:
-        page = client.get(url).json()
-        items += page["items"]
-        url = page["next"]
-    return items

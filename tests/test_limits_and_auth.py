@@ -5,8 +5,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from core.stack import Stack
-from tests.conftest import make_zip, png, running_stack
+from devstack.stack import Stack
+from tests.helpers import make_zip, png, running_stack
+
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
 KEY = "s3cret-key-1"
 
@@ -68,7 +70,7 @@ def test_oversized_zip_entry_is_an_item_error(client: httpx.Client, digits) -> N
     archive = make_zip({"ok.png": png(digits[0][0]), "huge.png": bytes(30000)})  # deflates small
     response = client.post("/jobs", files=[("files", ("a.zip", archive))])
     assert response.status_code == 202, response.text
-    from tests.conftest import all_results, wait_for_job
+    from tests.helpers import all_results, wait_for_job
 
     wait_for_job(client, response.json()["id"])
     items = {it["name"]: it for it in all_results(client, response.json()["id"])}

@@ -7,7 +7,7 @@ import pytest
 
 from core.blobs import LocalBlobStore, upload_key
 from core.jobs import new_job_id
-from tests.conftest import make_zip
+from tests.helpers import make_zip
 from worker import reading
 from worker.reading import PartReader, close_deleted_zips
 

@@ -13,8 +13,10 @@ import pytest
 import redis
 
 from core.jobs import PREFIX
-from core.stack import Stack
-from tests.conftest import all_results, make_zip, png, running_stack, wait_for_job
+from devstack.stack import Stack
+from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job
+
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
 IMAGES = 3000
 

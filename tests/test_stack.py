@@ -12,7 +12,9 @@ import httpx
 import pytest
 
 from core.config import PROJECT_ROOT
-from core.embedded_redis import free_port
+from devstack.embedded_redis import free_port
+
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
 
 def descendants(pid: int) -> set[int]:
@@ -39,7 +41,7 @@ def alive(pid: int) -> bool:
 def launch(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
     env = {**os.environ, "DATA_DIR": str(tmp_path), "REDIS_URL": "", "LOG_LEVEL": "WARNING", **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "core.stack"],
+        [sys.executable, "-m", "devstack.stack"],
         cwd=PROJECT_ROOT,
         env=env,
         stdout=subprocess.PIPE,

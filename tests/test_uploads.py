@@ -2,7 +2,7 @@
 
 import pytest
 
-from core.uploads import Item, chunks, is_junk, sniff, unsafe_reason
+from api.uploads import Item, chunks, is_junk, sniff, unsafe_reason
 
 
 @pytest.mark.parametrize(

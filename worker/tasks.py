@@ -8,8 +8,7 @@ from celery import Task
 from core.config import get_settings
 from core.connections import get_blob_store, get_job_store
 from core.jobs import TERMINAL, ItemResult, Recorded
-from core.queue import PROCESS_CHUNK
-from core.uploads import TaskItem
+from core.queue import PROCESS_CHUNK, TaskItem
 from worker import models
 from worker.app import app
 from worker.reading import PartReader, close_deleted_zips

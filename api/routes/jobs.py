@@ -14,11 +14,11 @@ from fastapi.responses import StreamingResponse
 from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobOut, Problem, ResultsPage
+from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
 from core import logs, metrics
 from core.blobs import upload_key
 from core.jobs import Job, JobStore, new_job_id
 from core.queue import PROCESS_CHUNK
-from core.uploads import ACCEPTED, Item, UploadError, chunks, part_items
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from moto.server import ThreadedMotoServer
 from ops_helpers import AWS_ENV, BUCKET, REGISTRY, Collector, local_model_dir
 
 from core.config import PROJECT_ROOT
-from core.embedded_redis import free_port
+from devstack.embedded_redis import free_port
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 
 from core.config import PROJECT_ROOT
-from core.embedded_redis import free_port
-from core.stack import Stack
+from devstack.embedded_redis import free_port
+from devstack.stack import Stack
 
 BUCKET = "digitq-ops"
 REGISTRY = f"s3://{BUCKET}/registry"

@@ -1,5 +1,5 @@
 """The container files: hadolint-clean Dockerfile, a compose file with every service, running
-the same commands as the local stack (core/stack.py). No Docker engine is needed."""
+the same commands as the local stack (devstack/stack.py). No Docker engine is needed."""
 
 import os
 import shutil
@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from core.config import PROJECT_ROOT
-from core.embedded_redis import free_port
+from devstack.embedded_redis import free_port
+
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
 DOCKERFILE = PROJECT_ROOT / "docker" / "Dockerfile"
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"

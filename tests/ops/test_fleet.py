@@ -31,6 +31,8 @@ from core.jobs import JobStore
 from core.queue import PROCESS_CHUNK, QUEUE, make_celery
 from ml.registry import S3Registry
 
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
+
 V2 = "2099.03.03-hogsvm-reloaded"
 BAD = "2099.03.04-hogsvm-corrupt"
 

@@ -12,10 +12,12 @@ import redis
 from ops_helpers import BUCKET
 
 from core.blobs import BlobStore, LocalBlobStore, S3BlobStore, upload_key
-from core.embedded_redis import EmbeddedRedis
 from core.jobs import ItemResult, JobStore, new_job_id
-from tests.conftest import running_stack
+from devstack.embedded_redis import EmbeddedRedis
+from tests.helpers import running_stack
 from worker.housekeeping import ORPHAN_AFTER_SECONDS, sweep_uploads
+
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from core.config import PROJECT_ROOT
 from ml import ModelIntegrityError
 from ml.registry import RegistryUnavailable, S3Registry, open_model_uri
 
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
+
 
 def ml_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -85,7 +87,7 @@ def test_corrupt_model_is_refused_and_not_cached(s3_server: str, tmp_path: Path)
 
 
 def test_unreachable_registry_fails_fast_with_a_retryable_error(aws_env, tmp_path: Path, monkeypatch) -> None:
-    from core.embedded_redis import free_port
+    from devstack.embedded_redis import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     registry = S3Registry(REGISTRY, tmp_path / "cache")

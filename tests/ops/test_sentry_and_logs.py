@@ -7,10 +7,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 from ops_helpers import API_KEY, AWS_ENV, Collector
 
 from core import logs
 from core.config import PROJECT_ROOT, Settings
+
+pytestmark = pytest.mark.stack  # subprocesses and a local Sentry endpoint
 
 SCRIPT = f"""
 import sentry_sdk

@@ -4,11 +4,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from moto.server import ThreadedMotoServer
 from ops_helpers import BUCKET, REGISTRY, copy_as_version, make_stack, wait_ready
 
-from core.embedded_redis import free_port
+from devstack.embedded_redis import free_port
 from ml.registry import S3Registry
+
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
 CORRUPT = "2099.04.04-hogsvm-tampered"
 

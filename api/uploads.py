@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from core.queue import TaskItem
+
 # Magic numbers of the image formats we accept, and of zip archives.
 IMAGE_SIGNATURES: dict[bytes, str] = {
     b"\x89PNG\r\n\x1a\n": "png",
@@ -22,9 +24,6 @@ IMAGE_SIGNATURES: dict[bytes, str] = {
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip, or an empty zip
 ACCEPTED = "PNG, JPEG, BMP, GIF, TIFF, WebP images or .zip archives of them"
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
-
-# What a task carries per item (a list once through JSON): index, part, zip member, preset error.
-TaskItem = tuple[int, int, str | None, str | None]
 
 
 class UploadError(ValueError):

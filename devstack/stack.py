@@ -1,4 +1,4 @@
-"""The whole local stack in one process tree: `make run` → `python -m core.stack`.
+"""The whole local stack in one process tree: `make run` → `python -m devstack`.
 
 Starts Redis (embedded unless REDIS_URL is set), the Celery worker(s), the API and Flower,
 prints the URLs, and on Ctrl-C or SIGTERM stops them all, process groups included, so no
@@ -16,7 +16,7 @@ import time
 import httpx
 
 from core.config import PROJECT_ROOT, Settings, get_settings
-from core.embedded_redis import EmbeddedRedis
+from devstack.embedded_redis import EmbeddedRedis
 
 
 class StackError(RuntimeError):

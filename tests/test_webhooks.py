@@ -11,6 +11,7 @@ from datetime import datetime
 
 import httpx
 import pytest
+import redis
 
 from devstack.stack import Stack
 from tests.helpers import make_zip, png, running_stack, wait_for_job, wait_until
@@ -136,6 +137,18 @@ def test_jsonl_and_failed_items_of_a_zip_with_corrupted_entries(api, image: byte
     page = api.get(f"{base}?status=failed&limit=1").json()
     assert [i["index"] for i in page["items"]] == [1] and page["next"]
     assert [i["index"] for i in api.get(page["next"]).json()["items"]] == [2]
+
+
+def test_webhook_and_listing_keys_expire(stack: Stack, api, receiver: Receiver, image: bytes) -> None:
+    events = "job.running,job.progress,job.succeeded"
+    job = submit(api, [("a.png", image)], webhook=receiver.url + "/keys", webhook_events=events)
+    wait_until(lambda: webhook_state(api, job["id"])["delivered"], what="the terminal event")
+    client = redis.Redis.from_url(stack.redis_url or "")
+    keys = [
+        k.decode() for pattern in ("digitq:webhook*", "digitq:owner:*") for k in client.scan_iter(pattern)
+    ]
+    assert any(k.startswith("digitq:webhook:msg:") for k in keys) and any("owner" in k for k in keys)
+    assert [k for k in keys if client.ttl(k) < 0] == []
 
 
 def test_a_worker_killed_mid_delivery_loses_no_event(

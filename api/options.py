@@ -6,6 +6,8 @@ Each parser answers a 4xx problem that says what to fix, never a 500.
 import json
 
 from api.problems import ProblemError
+from core import webhooks
+from core.config import Settings
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_CHARS = 512
@@ -36,3 +38,23 @@ def parse_metadata(raw: str | None) -> dict[str, str]:
                     f"{what} of {len(text)} characters ({key[:40]!r}); at most {MAX_METADATA_CHARS}"
                 )
     return value
+
+
+def parse_webhook(url: str | None, events: str | None, settings: Settings) -> dict[str, str]:
+    """The job fields of a webhook, or {}; the URL must not reach the service's own network."""
+    if not url:
+        if events:
+            raise ProblemError(422, "Invalid webhook", "webhook_events needs a webhook URL")
+        return {}
+    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+        detail = "webhooks are not enabled on this server (WEBHOOK_SECRET is unset); poll the job instead"
+        raise ProblemError(400, "Webhooks disabled", detail)
+    try:
+        kinds = webhooks.parse_events(events)
+    except ValueError as exc:
+        raise ProblemError(422, "Invalid webhook", f"webhook_events: {exc}") from None
+    try:
+        webhooks.check_url(url, settings.webhook_allow_private)
+    except webhooks.UnsafeURL as exc:
+        raise ProblemError(400, "Webhook refused", f"webhook {url[:200]!r}: {exc}") from None
+    return webhooks.job_fields(url, kinds)

@@ -13,11 +13,11 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
-from api.options import parse_metadata
+from api.options import parse_metadata, parse_webhook
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, Problem, ResultsPage
 from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
-from core import listing, logs, metrics
+from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
 from core.jobs import Job, JobStatus, JobStore, is_job_id, new_job_id
 from core.queue import PROCESS_CHUNK
@@ -97,12 +97,24 @@ def submit_job(
             'echoed on the job: {"batch": "2026-11-24", "customer": "acme"}'
         ),
     ] = None,
+    webhook: Annotated[
+        str | None,
+        Form(description="An http(s) URL that receives the job's events, signed (Standard Webhooks)"),
+    ] = None,
+    webhook_events: Annotated[
+        str | None,
+        Form(
+            description="Comma-separated, from job.running, job.progress, job.succeeded, job.failed, "
+            "job.cancelled; default: the three terminal ones"
+        ),
+    ] = None,
 ) -> JobOut:
     """Queue every image of the upload; answers at once with the job to poll.
 
     `curl -F files=@digits.zip -F files=@seven.png http://127.0.0.1:8000/jobs`
     """
     labels = parse_metadata(metadata)
+    hook = parse_webhook(webhook, webhook_events, settings)
     if not files:
         raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
     items = _list_items(files, settings.max_image_bytes)
@@ -123,7 +135,7 @@ def submit_job(
         for part, upload in enumerate(files):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
-        extra = {"metadata": json.dumps(labels)} if labels else {}
+        extra = {**hook, "metadata": json.dumps(labels)} if labels else hook
         store.create(job_id, [item.name for item in items], owner=caller, extra=extra)
         for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
             celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
@@ -191,6 +203,7 @@ def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep, caller: Cal
     _job_or_404(store, job_id, caller)
     if store.cancel(job_id):  # a job that already finished keeps its status
         blobs.delete_prefix(job_id)
+        webhooks.notify(store, job_id)  # job.cancelled
     return JobOut.of(_job_or_404(store, job_id, caller))
 
 

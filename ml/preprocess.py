@@ -17,6 +17,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
 
+# The only decoders Pillow may use: the formats the API accepts. Without this, Image.open tries
+# every registered plugin, e.g. EPS (runs Ghostscript on the bytes), PSD, ICNS, ...
+ACCEPTED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 MAX_PIXELS = 40_000_000  # refuse anything larger before decoding it
 WORK_SIDE = 512  # longer side we downscale big images to before any float work
 BOX_SIDE = 20  # MNIST: the digit's longer side
@@ -44,7 +47,7 @@ def decode_image(blob: bytes) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; make it an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(blob))
+            opened = Image.open(io.BytesIO(blob), formats=ACCEPTED_FORMATS)
             _check_size(opened.size)
             img = ImageOps.exif_transpose(_shrink_early(opened))
             return _to_luminance(img)
@@ -358,6 +361,19 @@ def _place_in_field(digit: np.ndarray) -> np.ndarray:
 def preprocess_bytes(blob: bytes) -> np.ndarray:
     """Raw upload bytes -> (28, 28) float32 MNIST-convention digit; raises ImageError."""
     return to_mnist(decode_image(blob))
+
+
+def preprocess_batch(grays: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
+    """`to_mnist` for a list of decoded images: (N, 28, 28) float32 digits and, per image, None
+    or the ImageError message (that image's row is then zeros)."""
+    out = np.zeros((len(grays), FIELD, FIELD), dtype=np.float32)
+    errors: list[str | None] = [None] * len(grays)
+    for i, gray in enumerate(grays):
+        try:
+            out[i] = to_mnist(gray)
+        except ImageError as exc:
+            errors[i] = str(exc)
+    return out, errors
 
 
 def to_mnist_batch(images: np.ndarray, desc: str | None = None) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 import zlib
@@ -197,6 +198,15 @@ def test_too_many_pixels(size):
 
 @pytest.mark.parametrize("blob", [b"", b"not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b"GIF89a"])
 def test_unreadable(blob):
+    with pytest.raises(ImageError, match="not a readable image"):
+        preprocess_bytes(blob)
+
+
+@pytest.mark.parametrize("fmt", ["EPS", "PPM", "TGA", "ICO"])
+def test_other_formats_are_never_decoded(seven, fmt):
+    """Only the six accepted formats reach a decoder: EPS would run Ghostscript on the bytes."""
+    blob = encode(paper(seven), fmt)
+    assert Image.open(io.BytesIO(blob)).format == fmt  # Pillow itself would open it
     with pytest.raises(ImageError, match="not a readable image"):
         preprocess_bytes(blob)
 

@@ -143,5 +143,8 @@ def test_delivery_checks_the_address_again(make_client, one_png: bytes) -> None:
         [call] = receiver.to("/private")
         assert call["verified"] and call["id"] == event_id and call["payload"]["type"] == "job.cancelled"
         assert client.get(f"/jobs/{job['id']}").json()["webhook"]["delivered"]
+        exported = client.get("/metrics").text
+        for outcome in ("retried", "delivered"):
+            assert f'digitq_webhook_deliveries_total{{outcome="{outcome}"}} 1.0' in exported
     finally:
         receiver.close()

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import httpx
 from standardwebhooks import Webhook
 
+from core import metrics
 from core.config import Settings
 from core.jobs import JobStore
 from core.webhooks import TERMINAL_EVENTS, Outbox, UnsafeURL, check_url, payload
@@ -109,6 +110,12 @@ class Sender:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._settle(event_id, event, kind, status, error, retry_after)
 
+    def _count(self, outcome: str) -> None:
+        try:
+            metrics.webhook_attempt(self.store.redis, outcome)
+        except Exception:
+            log.warning("could not count a webhook attempt", exc_info=True)
+
     def _settle(
         self,
         event_id: str,
@@ -121,11 +128,13 @@ class Sender:
         job_id = event["job"]
         terminal = kind in TERMINAL_EVENTS
         if not error:
+            self._count("delivered")
             self.outbox.finish(event_id)
             self.outbox.record_attempt(job_id, status, "", None, delivered=terminal, gone=False)
             log.info("webhook %s delivered (%s)", event_id, status)
             return
         if status == 410:
+            self._count("gone")
             self.outbox.finish(event_id)
             error = "410 Gone: the receiver wants no more events of this job"
             self.outbox.record_attempt(job_id, status, error, None, delivered=False, gone=True)
@@ -134,6 +143,7 @@ class Sender:
         attempt = int(event.get("attempts", 0)) + 1
         delays = self.settings.webhook_retry_delays
         if not terminal or attempt > len(delays):
+            self._count("gave_up" if terminal else "failed")
             self.outbox.finish(event_id)
             if terminal:
                 error = f"{error}; gave up after {attempt} attempts"
@@ -144,6 +154,7 @@ class Sender:
         if retry_after is not None:
             delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
         when = time.time() + delay
+        self._count("retried")
         self.outbox.retry_at(event_id, when)
         self.outbox.record_attempt(job_id, status, error, when, delivered=False, gone=False)
         log.info("webhook %s failed (%s), attempt %d; next in %.0fs", event_id, error, attempt, delay)

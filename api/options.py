@@ -46,8 +46,8 @@ def parse_webhook(url: str | None, events: str | None, settings: Settings) -> di
         if events:
             raise ProblemError(422, "Invalid webhook", "webhook_events needs a webhook URL")
         return {}
-    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
-        detail = "webhooks are not enabled on this server (WEBHOOK_SECRET is unset); poll the job instead"
+    if webhooks.signer(settings) is None:
+        detail = "webhooks are not enabled on this server (no usable WEBHOOK_SECRET); poll the job instead"
         raise ProblemError(400, "Webhooks disabled", detail)
     try:
         kinds = webhooks.parse_events(events)

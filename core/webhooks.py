@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
+from standardwebhooks import Webhook
 
 from core.config import Settings, get_settings
 from core.jobs import PREFIX, TERMINAL, JobStatus, JobStore
@@ -78,6 +79,32 @@ def check_url(url: str, allow_private: bool) -> None:
                 f"its host {parts.hostname!r} resolves to {address}, a loopback, private, link-local or "
                 "otherwise non-public address, which webhooks may not call (server-side request forgery)"
             )
+
+
+MIN_SECRET_BYTES = 24  # Standard Webhooks: secrets of 24 to 64 random bytes
+
+
+def signer(settings: Settings) -> Webhook | None:
+    """The signer for WEBHOOK_SECRET, or None if it is unset or unusable (too short, not base64).
+
+    The secret itself never appears in the log line or any error.
+    """
+    value = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    if not value:
+        return None
+    try:
+        raw = value.removeprefix("whsec_")
+        if len(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)) < MIN_SECRET_BYTES:
+            raise ValueError("too short")
+        return Webhook(value)
+    except ValueError as exc:
+        log.error(
+            "WEBHOOK_SECRET is unusable (%s): it must be whsec_ and the base64 of %d or more random bytes; "
+            "webhooks are off",
+            "too short" if str(exc) == "too short" else "not base64",
+            MIN_SECRET_BYTES,
+        )
+        return None
 
 
 def parse_events(raw: str | None) -> list[str]:

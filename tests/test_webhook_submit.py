@@ -9,8 +9,9 @@ import redis
 from fastapi.testclient import TestClient
 from standardwebhooks import Webhook
 
-from core.config import get_settings
+from core.config import Settings, get_settings
 from core.connections import get_job_store
+from core.logs import redact, secret_values
 from core.webhooks import DUE, MSG_PREFIX, ensure_secret
 from tests.helpers import png
 from tests.webhook_receiver import Receiver
@@ -96,9 +97,16 @@ def test_the_job_shows_its_webhook(client: TestClient, one_png: bytes) -> None:
     assert client.get("/jobs").json()["items"][0]["webhook"]["url"] == url
 
 
-def test_without_a_secret_webhooks_are_refused(make_client, one_png: bytes) -> None:
-    response = post(make_client(), one_png, webhook="https://93.184.216.34/")
+@pytest.mark.parametrize("secret", ["", "whsec_c2hvcnQ=", "whsec_not base64!"])
+def test_without_a_usable_secret_webhooks_are_refused(make_client, one_png: bytes, secret, caplog) -> None:
+    response = post(make_client(WEBHOOK_SECRET=secret), one_png, webhook="https://93.184.216.34/")
     assert response.status_code == 400 and "WEBHOOK_SECRET" in response.json()["detail"]
+    assert not secret or secret not in response.text + caplog.text
+
+
+def test_the_secret_is_redacted_from_logs() -> None:
+    assert SECRET in secret_values(Settings(webhook_secret=SECRET))  # type: ignore[arg-type]
+    assert SECRET not in redact(f"signing with {SECRET}", secret_values(Settings(webhook_secret=SECRET)))  # type: ignore[arg-type]
 
 
 def test_cancel_queues_one_signed_event(

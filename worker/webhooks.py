@@ -18,12 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
-from standardwebhooks import Webhook
 
 from core import metrics
 from core.config import Settings
 from core.jobs import JobStore
-from core.webhooks import TERMINAL_EVENTS, Outbox, UnsafeURL, check_url, payload
+from core.webhooks import TERMINAL_EVENTS, Outbox, UnsafeURL, check_url, payload, signer
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +50,7 @@ class Sender:
         self.store = store
         self.settings = settings
         self.outbox = Outbox(store.redis, settings)
-        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
-        self.signer = Webhook(secret) if secret else None
+        self.signer = signer(settings)
         self.http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
 
     def _body(self, event_id: str, event: dict[str, str]) -> str | None:
@@ -70,7 +68,7 @@ class Sender:
 
     def _post(self, url: str, event_id: str, body: str) -> httpx.Response:
         if self.signer is None:
-            raise RuntimeError("WEBHOOK_SECRET is not set on the workers: events cannot be signed")
+            raise RuntimeError("no usable WEBHOOK_SECRET on the workers: events cannot be signed")
         check_url(url, self.settings.webhook_allow_private)  # again: DNS may have changed
         now = datetime.now(UTC)
         headers = {

@@ -25,10 +25,7 @@ models/LATEST:
 bench: $(STAMP) models/LATEST  ## end-to-end throughput vs in-process
 	$(PY) bench/bench_e2e.py
 
-bench-test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml)
-	$(PY) -m pytest -m "not stack"
-
-model: $(STAMP) models/LATEST  ## per-image vs batched inference
+bench-model: $(STAMP) models/LATEST  ## in-process us/image per step (decode, preprocess, features, classify)
 	$(PY) bench/bench_model.py
 
 lint: $(STAMP)

@@ -46,11 +46,27 @@ class Settings(BaseSettings):
     # Auth: comma-separated API keys; empty means open (local development).
     api_keys: SecretStr = SecretStr("")
 
+    # Webhooks (issue 11, core/webhooks.py): Standard Webhooks signatures, delivered by the workers.
+    # `whsec_<base64>`; make run generates one into DATA_DIR/webhook-secret when unset.
+    webhook_secret: SecretStr | None = None
+    # Allow webhook URLs on loopback/private/link-local/metadata addresses (SSRF guard off): tests,
+    # or receivers inside a trusted network.
+    webhook_allow_private: bool = False
+    webhook_progress_seconds: float = Field(default=5, gt=0, description="at most one job.progress per")
+    webhook_timeout_seconds: float = Field(default=10, gt=0, description="one delivery attempt")
+    # Seconds to wait after each failed attempt of a terminal event (x 0.8-1.2 jitter), then give up:
+    # Standard Webhooks' suggested schedule (8 attempts over about 27 hours).
+    webhook_retry_seconds: str = Field(default="5,300,1800,7200,18000,36000,36000", pattern=r"^\d+(,\d+)*$")
+
     # Operations.
     sentry_dsn: SecretStr | None = None
     sentry_environment: str = "local"
     log_level: str = "INFO"
     log_json: bool = False
+
+    @property
+    def webhook_retry_delays(self) -> list[float]:
+        return [float(s) for s in self.webhook_retry_seconds.split(",")]
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -57,6 +57,8 @@ def secret_values(settings: Settings) -> list[str]:
     found = set(settings.api_key_set)
     if settings.sentry_dsn:
         found.add(settings.sentry_dsn.get_secret_value())
+    if settings.webhook_secret:
+        found.add(settings.webhook_secret.get_secret_value())
     for url in (settings.redis_url, settings.blob_url, settings.model_uri, settings.model_registry):
         if url and "://" in url and (password := urlparse(url).password):
             found.add(password)

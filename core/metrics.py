@@ -89,6 +89,14 @@ def job_maybe_finished(client: redis.Redis, job_id: str) -> str | None:
     return status
 
 
+WEBHOOK_OUTCOMES = ("delivered", "retried", "gone", "gave_up", "failed")
+
+
+def webhook_attempt(client: redis.Redis, outcome: str) -> None:
+    """One webhook delivery attempt (worker/webhooks.py): `failed` is a non-terminal event's only try."""
+    client.hincrby(KEY, f"webhook_deliveries:{outcome}", 1)
+
+
 class RedisCollector(Collector):
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -115,6 +123,12 @@ class RedisCollector(Collector):
             "digitq_items_processed", "Item results stored (digits and errors)", num("items_processed")
         )
         yield CounterMetricFamily("digitq_items_failed", "Item results that are errors", num("items_failed"))
+        webhooks = CounterMetricFamily(
+            "digitq_webhook_deliveries", "Webhook delivery attempts, by outcome", labels=["outcome"]
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            webhooks.add_metric([outcome], num(f"webhook_deliveries:{outcome}"))
+        yield webhooks
         for name, buckets in BUCKETS.items():
             cumulative, out = 0.0, []
             for bound in (*buckets, "+Inf"):

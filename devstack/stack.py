@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -44,6 +45,7 @@ class Stack:
         self.redis_url = settings.redis_url
         self.env = {**os.environ, **(env or {})}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.webhook_secret_file: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> "Stack":
@@ -101,6 +103,11 @@ class Stack:
         if flower:
             ensure_port_free(s.flower_host, s.flower_port, "FLOWER_PORT")
         self.start_redis()
+        if not self.settings.webhook_secret:  # webhooks signed with a secret kept in DATA_DIR
+            from core.webhooks import ensure_secret
+
+            self.webhook_secret_file = ensure_secret(self.settings.data_dir)
+            self.env["WEBHOOK_SECRET"] = self.webhook_secret_file.read_text().strip()
         for n in range(self.settings.workers):
             self.start_worker(f"worker{n + 1}")
         self.start_api()
@@ -175,7 +182,8 @@ def main() -> int:
             f"\ndigitq is up (Redis {stack.redis_url})\n"
             f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
             f"  Flower  {stack.flower_url}\n"
-            "Ctrl-C stops everything.\n",
+            + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
+            + "Ctrl-C stops everything.\n",
             flush=True,
         )
         while not stopping:

@@ -35,12 +35,10 @@ from __future__ import annotations
 
 import platform
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from sklearn.calibration import CalibratedClassifierCV
-from sklearn.frozen import FrozenEstimator
+from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from tqdm import tqdm
 
@@ -48,98 +46,62 @@ from ml import data
 from ml.artifacts import save_model
 from ml.deskew import Deskew
 from ml.evaluate import choose_threshold, classification_metrics, summary, upload_like_metrics
-from ml.fast import features_batch
 from ml.hog import HogFeatures
 from ml.preprocess import to_mnist_batch
-from ml.svm import VoteMarginSVC
+from ml.svm import CalibratedKernelSVC
 
 CALIBRATION_SIZE = 500
-CALIBRATION_SEED = 11
 TARGET_CONFIDENT_ACCURACY = 0.995
 
-DEFAULT_PARAMS: dict = {
-    "deskew": True,
-    "hog": {"orientations": 12, "cell_sizes": (4, 7), "cells_per_block": 2, "pixel_pool": 2},
-    "svc": {"C": 5.0, "gamma": "scale", "kernel": "rbf", "decision_function_shape": "ovo"},
-    "augment": {"copies": 2, "max_rotate": 12.0, "elastic": 1.0, "seed": 3},
-    "calibration": {"method": "temperature", "size": CALIBRATION_SIZE, "refit_all": True},
-}
+# Training data, not model: how many distorted copies of each training digit to add.
+DEFAULT_AUGMENT: dict = {"copies": 2, "max_rotate": 12.0, "elastic": 1.0, "seed": 3}
 
 
-def build_features(params: dict) -> Pipeline:
-    """The feature half of the model (stateless transformers)."""
-    return Pipeline([("deskew", Deskew(enabled=params["deskew"])), ("hog", HogFeatures(**params["hog"]))])
+def build_pipeline(**params) -> Pipeline:
+    """The model. Every parameter lives in one step's __init__; override with Pipeline
+    parameter names, e.g. build_pipeline(hog__orientations=9, pca__n_components=100)."""
+    pipeline = Pipeline(
+        [
+            ("deskew", Deskew()),
+            ("hog", HogFeatures(orientations=12, cell_sizes=(4, 7), cells_per_block=2, pixel_pool=2)),
+            ("pca", PCA(n_components=64, random_state=0)),
+            ("clf", CalibratedKernelSVC(C=5.0, calibration_size=CALIBRATION_SIZE, random_state=11)),
+        ]
+    )
+    return pipeline.set_params(**params)
 
 
-def transform_chunked(params: dict, X: np.ndarray, desc: str, chunk: int = 1000) -> np.ndarray:
-    """Training features via the vectorised path (tests pin it to the skimage reference)."""
-    hog_params = {"deskew": params["deskew"], **params["hog"]}
-    parts = [
-        features_batch(X[i : i + chunk], hog_params)
-        for i in tqdm(range(0, len(X), chunk), desc=desc, unit="chunk", leave=False)
-    ]
-    return np.concatenate(parts)
+def fit_model(
+    X: np.ndarray, y: np.ndarray, augment: dict, pipeline: Pipeline | None = None
+) -> tuple[Pipeline, float]:
+    """Augment and preprocess the training digits, `pipeline.fit` them; returns the fitted
+    pipeline and the low-confidence threshold chosen on its calibration digits."""
+    pipeline = pipeline if pipeline is not None else build_pipeline()
+    groups = np.arange(len(y))  # one group per source digit: copies never leak into calibration
+    if augment["copies"]:
+        extra = data.augment(
+            X, augment["copies"], augment["seed"], augment["max_rotate"], augment["elastic"], True
+        )
+        X = np.concatenate([X, extra])
+        y = np.tile(y, augment["copies"] + 1)
+        groups = np.tile(groups, augment["copies"] + 1)
+    # Same preprocessing as serving (re-crop, 20 px box, COM-centre, ink normalisation).
+    X = to_mnist_batch(X, "preprocess").astype(np.float32).reshape(len(X), -1)
+    tqdm.write(f"fitting the pipeline on {len(X)} digits ...")
+    pipeline.fit(X, y, clf__groups=groups)
+    clf = pipeline[-1]
+    y_cal = np.searchsorted(clf.classes_, clf.calibration_y_)
+    threshold = choose_threshold(clf.calibration_proba_, y_cal, TARGET_CONFIDENT_ACCURACY)
+    return pipeline, threshold
 
 
-def fit_pipeline(
-    X_fit, y_fit, X_cal, y_cal, params: dict, X_final=None, y_final=None
-) -> tuple[Pipeline, np.ndarray, float]:
-    """Fit SVC on the fit split, temperature-calibrate it on the calibration split.
-
-    With `X_final`/`y_final` (fit + calibration digits), the served SVC is then refitted on
-    those and reuses the temperature found above (a single scalar: it transfers between
-    SVCs trained the same way on 3,500 vs 4,000 digits). Returns the whole Pipeline, the
-    calibration split's calibrated probabilities (from the SVC that never saw it, so the
-    low-confidence threshold is chosen honestly) and the temperature's inverse `beta`.
-    """
-    features = build_features(params).fit(X_fit[:2])  # stateless: fit only marks it fitted
-    F_fit = transform_chunked(params, X_fit, "features (fit)")
-    F_cal = transform_chunked(params, X_cal, "features (calibration)")
-    F_final = None if X_final is None else transform_chunked(params, X_final, "features (final)")
-    sizes = " and ".join(f"{F.shape[0]}" for F in (F_fit, F_final) if F is not None)
-    tqdm.write(f"fitting SVC on {sizes} x {F_fit.shape[1]} features ...")
-    # libsvm releases the GIL: the calibration SVC and the final SVC train in parallel.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fit_job = pool.submit(VoteMarginSVC(**params["svc"]).fit, F_fit, y_fit)
-        final_job = None
-        if F_final is not None:
-            final_job = pool.submit(VoteMarginSVC(**params["svc"]).fit, F_final, y_final)
-        svc = fit_job.result()
-        final_svc = None if final_job is None else final_job.result()
-    calibrated = CalibratedClassifierCV(FrozenEstimator(svc), method="temperature")
-    calibrated.fit(F_cal, y_cal)
-    cal_proba = calibrated.predict_proba(F_cal)
-    beta = float(np.asarray(calibrated.calibrated_classifiers_[0].calibrators[0].beta_))
-    if final_svc is not None:
-        calibrated = CalibratedClassifierCV(FrozenEstimator(final_svc), method="temperature")
-        calibrated.fit(F_cal, y_cal)  # builds the calibrator object; its beta is replaced:
-        calibrated.calibrated_classifiers_[0].calibrators[0].beta_ = beta
-    pipeline = Pipeline([*features.steps, ("clf", calibrated)])
-    return pipeline, cal_proba, beta
-
-
-def train(models_dir: Path, params: dict | None = None, set_latest: bool = True) -> Path:
-    params = params or DEFAULT_PARAMS
+def train(models_dir: Path, augment: dict | None = None, set_latest: bool = True, **params) -> Path:
+    augment = augment or DEFAULT_AUGMENT
     started = time.perf_counter()
     splits = data.load_splits()
-    X_fit, X_cal, y_fit, y_cal = data.split_off(
-        splits.X_train, splits.y_train, CALIBRATION_SIZE, CALIBRATION_SEED
-    )
-    aug = params["augment"]
-    refit_all = params["calibration"].get("refit_all", False)
-    X_fit_aug, y_fit_aug = _augmented(X_fit, y_fit, aug, aug["seed"])
-    # Same preprocessing as serving (re-crop, 20 px box, COM-centre, ink normalisation).
-    X_fit_aug = to_mnist_batch(X_fit_aug, "preprocess (fit)")
-    X_cal_pre = to_mnist_batch(X_cal, "preprocess (calibration)")
-    X_final = y_final = None
-    if refit_all:  # the calibration digits (+ their own augmented copies) join the final fit
-        X_cal_aug, y_cal_aug = _augmented(X_cal, y_cal, aug, aug["seed"] + 1)
-        X_final = np.concatenate([X_fit_aug, X_cal_pre, to_mnist_batch(X_cal_aug[len(X_cal) :])])
-        y_final = np.concatenate([y_fit_aug, y_cal_aug])
-    pipeline, cal_proba, beta = fit_pipeline(X_fit_aug, y_fit_aug, X_cal_pre, y_cal, params, X_final, y_final)
-    y_fit = y_fit_aug if y_final is None else y_final
-    threshold = choose_threshold(cal_proba, y_cal, TARGET_CONFIDENT_ACCURACY)
+    pipeline, threshold = fit_model(splits.X_train, splits.y_train, augment, build_pipeline(**params))
     fit_seconds = time.perf_counter() - started
+    clf = pipeline[-1]
 
     from ml.model import DigitModel  # evaluate through the serving path
 
@@ -153,26 +115,25 @@ def train(models_dir: Path, params: dict | None = None, set_latest: bool = True)
         model.predict_proba_arrays(splits.X_holdout), splits.y_holdout, threshold
     )
     upload = upload_like_metrics(model, splits.X_holdout, splits.y_holdout)
+    y_cal = np.searchsorted(clf.classes_, clf.calibration_y_)
     metadata = {
         "training_data": data.DATA_DESCRIPTION,
-        "params": _jsonable(params),
+        "params": {"pipeline": pipeline_params(pipeline), "augment": augment},
         "low_confidence_threshold": threshold,
         "low_confidence_rule": (
             "smallest calibrated confidence t such that calibration-split predictions with "
             f"confidence >= t are >= {TARGET_CONFIDENT_ACCURACY:.1%} correct (clamped 0.5..0.99)"
         ),
-        "n_fit": int(len(y_fit)),
+        "n_fit": int(len(splits.y_train) * (augment["copies"] + 1)),
         "n_calibration": int(len(y_cal)),
-        "temperature_beta": beta,
-        "n_support_vectors": int(
-            pipeline[-1].calibrated_classifiers_[0].estimator.estimator.support_vectors_.shape[0]
-        ),
+        "temperature_beta": float(clf.beta_),
+        "n_support_vectors": int(clf.support_vectors_.shape[0]),
         "metrics": {
             "holdout": summary(holdout),
             "holdout_confusion_matrix": holdout["confusion_matrix"],
             "holdout_raw_arrays": summary(holdout_raw),
             "upload_like": {**summary(upload), "errors": upload["errors"]},
-            "calibration_split": summary(classification_metrics(cal_proba, y_cal, threshold)),
+            "calibration_split": summary(classification_metrics(clf.calibration_proba_, y_cal, threshold)),
             "train_seconds": round(fit_seconds, 1),
         },
         "library_versions": _library_versions(),
@@ -186,12 +147,14 @@ def train(models_dir: Path, params: dict | None = None, set_latest: bool = True)
     return out
 
 
-def _augmented(X: np.ndarray, y: np.ndarray, aug: dict, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The digits followed by `aug["copies"]` distorted copies of them, with labels."""
-    if not aug["copies"]:
-        return X, y
-    extra = data.augment(X, aug["copies"], seed, aug["max_rotate"], aug["elastic"], progress=True)
-    return np.concatenate([X, extra]), np.tile(y, aug["copies"] + 1)
+def pipeline_params(pipeline: Pipeline) -> dict:
+    """The steps' constructor parameters (JSON-friendly), e.g. {"hog__orientations": 12, ...}."""
+    params = pipeline.get_params(deep=True)
+    return {
+        k: _jsonable(v)
+        for k, v in params.items()
+        if "__" in k and isinstance(v, int | float | str | bool | tuple | type(None))
+    }
 
 
 def _jsonable(obj):

@@ -33,6 +33,7 @@ app.conf.include = ["worker.tasks"]
 log = logging.getLogger(__name__)
 sentry.init(get_settings(), "worker")  # before the fork: the pool processes inherit it
 _watcher: Any = None
+_webhooks: Any = None
 _started: dict[str, float] = {}
 
 
@@ -77,12 +78,25 @@ def start_watcher(sender: Any = None, **_: Any) -> None:
     _watcher = models.Watcher(sender.hostname, get_settings())
     _watcher.tick()  # /ready sees this worker at once
     _watcher.start()
+    start_webhooks()
+
+
+def start_webhooks() -> None:
+    """Webhook events are sent by a thread of each worker's main process (worker/webhooks.py)."""
+    global _webhooks
+    from core.connections import get_job_store
+    from worker.webhooks import Deliverer
+
+    _webhooks = Deliverer(get_job_store(), get_settings())
+    _webhooks.start()
 
 
 @worker_shutdown.connect
 def stop_watcher(**_: Any) -> None:
     if _watcher is not None:
         _watcher.stop()
+    if _webhooks is not None:
+        _webhooks.stop()
 
 
 @task_prerun.connect

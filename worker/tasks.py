@@ -9,6 +9,7 @@ from core.config import get_settings
 from core.connections import get_blob_store, get_job_store
 from core.jobs import TERMINAL, ItemResult, Recorded
 from core.queue import PROCESS_CHUNK, TaskItem
+from core.webhooks import notify
 from worker import models
 from worker.app import app
 from worker.reading import PartReader, close_deleted_zips
@@ -58,6 +59,7 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
         return _outcome(NOTHING_NEW)  # a redelivered chunk whose results were all written
     version = store.pin_model_version(job_id, models.current().version)
     store.mark_running(job_id, version)
+    notify(store, job_id)  # webhooks: job.running
     try:
         results = classify(job_id, items, version)
     except Exception as exc:
@@ -70,6 +72,7 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
         store.fail(job_id, "some items could not be processed because of an internal error")
         results = [ItemResult(i[0], error=INTERNAL_ERROR) for i in items]
     recorded = store.record(job_id, results)
+    notify(store, job_id, progressed=recorded.added > 0)  # webhooks: job.progress, or the terminal event
     if recorded.closed_job:
         get_blob_store().delete_prefix(job_id)  # every item has its result: the upload can go
     return _outcome(recorded)

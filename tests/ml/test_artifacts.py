@@ -58,7 +58,11 @@ def test_real_model_metadata(model_dir):
     assert 0.5 <= meta["low_confidence_threshold"] < 1.0
     assert meta["metrics"]["holdout"]["accuracy"] >= 0.98
     assert meta["metrics"]["upload_like"]["accuracy"] >= 0.97
-    assert meta["params"]["hog"]["cell_sizes"]
+    # The metadata records the pipeline's own parameters (one place: the steps' __init__).
+    pipeline = DigitModel.load(model_dir).pipeline
+    recorded = meta["params"]["pipeline"]
+    assert recorded["hog__cell_sizes"] == list(pipeline.get_params()["hog__cell_sizes"])
+    assert recorded["pca__n_components"] == pipeline.get_params()["pca__n_components"]
 
 
 def test_real_model_tampered_copy_refused(model_dir, tmp_path):

@@ -74,7 +74,7 @@ def test_upload_like_accuracy(model, splits):
 
 def test_ml_imports_no_service_stack():
     code = (
-        "import sys, ml, ml.cli, ml.train, ml.evaluate, ml.fast, ml.data;"
+        "import sys, ml, ml.cli, ml.train, ml.evaluate, ml.svm, ml.hog, ml.data;"
         "bad = {'fastapi', 'celery', 'redis', 'boto3', 'kombu'} & set(sys.modules);"
         "print(sorted(bad)); sys.exit(1 if bad else 0)"
     )

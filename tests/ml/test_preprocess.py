@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 import zlib
@@ -201,7 +202,69 @@ def test_unreadable(blob):
         preprocess_bytes(blob)
 
 
+@pytest.mark.parametrize("fmt", ["EPS", "PPM", "TGA", "ICO"])
+def test_other_formats_are_never_decoded(seven, fmt):
+    """Only the six accepted formats reach a decoder: EPS would run Ghostscript on the bytes."""
+    blob = encode(paper(seven), fmt)
+    assert Image.open(io.BytesIO(blob)).format == fmt  # Pillow itself would open it
+    with pytest.raises(ImageError, match="not a readable image"):
+        preprocess_bytes(blob)
+
+
 def test_truncated_file(seven):
     blob = encode(paper(seven), "PNG")
     with pytest.raises(ImageError, match="not a readable image"):
         preprocess_bytes(blob[: len(blob) // 2])
+
+
+def test_small_grey_png_fast_decode_equals_pillow(splits):
+    for digit in splits.X_holdout[:50]:
+        blob = encode(digit)
+        np.testing.assert_array_equal(
+            decode_image(blob), np.asarray(Image.open(io.BytesIO(blob)), np.float32)
+        )
+
+
+@pytest.mark.parametrize("size", [28, 64])
+def test_small_png_truncated_or_corrupt_is_an_image_error(seven, size):
+    blob = encode(upscale(seven, size))
+    with pytest.raises(ImageError, match="not a readable image"):
+        decode_image(blob[: len(blob) // 2])
+    corrupt = bytearray(blob)
+    corrupt[-30] ^= 0xFF  # inside the IDAT data: CRC and zlib stream are now wrong
+    with pytest.raises(ImageError, match="not a readable image"):
+        decode_image(bytes(corrupt))
+
+
+def test_batch_preprocessing_equals_to_mnist(splits):
+    """28x28 inputs go through the whole-batch path: same digits as `to_mnist` one by one."""
+    from ml.preprocess import _to_mnist_fields, preprocess_batch
+
+    grays = [decode_image(encode(d)) for d in splits.X_holdout[:400]]
+    ref = np.stack([to_mnist(g) for g in grays])
+    _, ok = _to_mnist_fields(np.stack(grays))
+    assert ok.mean() > 0.9  # the batch path really is the common one
+    out, errors = preprocess_batch(grays)
+    assert errors == [None] * len(grays)
+    np.testing.assert_allclose(out, ref, atol=1e-3)
+
+
+def test_batch_preprocessing_mixed_inputs(seven):
+    """Dark-on-light and unevenly lit 28x28s, blanks, other sizes: each as `to_mnist` says."""
+    from ml.preprocess import preprocess_batch
+
+    shaded = 255.0 - seven + np.linspace(0, -60, 28)[None, :]
+    speck = seven.copy()
+    speck[1, 1] = 200.0  # dust far from the digit
+    grays = [seven, 255.0 - seven, shaded, np.full((28, 28), 200.0), paper(seven), speck, np.zeros((28, 28))]
+    out, errors = preprocess_batch([g.astype(np.float32) for g in grays])
+    for i, gray in enumerate(grays):
+        try:
+            expected = to_mnist(gray.astype(np.float32))
+        except ImageError as exc:
+            assert errors[i] == str(exc) and not out[i].any()
+            continue
+        assert errors[i] is None
+        np.testing.assert_allclose(out[i], expected, atol=1e-3)
+    assert errors[3] and "blank" in errors[3] and errors[6]
+    assert out[5][1:3, 1:3].max() == 0  # the speck was dropped

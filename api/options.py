@@ -1,0 +1,60 @@
+"""Optional form fields of `POST /jobs` besides the files: `metadata` (and the webhook fields).
+
+Each parser answers a 4xx problem that says what to fix, never a 500.
+"""
+
+import json
+
+from api.problems import ProblemError
+from core import webhooks
+from core.config import Settings
+
+MAX_METADATA_KEYS = 16
+MAX_METADATA_CHARS = 512
+
+
+def _bad_metadata(detail: str) -> ProblemError:
+    return ProblemError(422, "Invalid metadata", f"metadata: {detail}")
+
+
+def parse_metadata(raw: str | None) -> dict[str, str]:
+    """A JSON object of at most 16 string keys and string values of at most 512 characters each."""
+    if raw is None or raw == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise _bad_metadata(f'not valid JSON ({exc}); send an object like {{"batch": "42"}}') from None
+    if not isinstance(value, dict):
+        raise _bad_metadata(f"a JSON object is needed, not {type(value).__name__}")
+    if len(value) > MAX_METADATA_KEYS:
+        raise _bad_metadata(f"{len(value)} keys; at most {MAX_METADATA_KEYS}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise _bad_metadata(f"the value of {key[:40]!r} is {type(item).__name__}; values must be strings")
+        for what, text in (("key", key), ("value", item)):
+            if len(text) > MAX_METADATA_CHARS:
+                raise _bad_metadata(
+                    f"{what} of {len(text)} characters ({key[:40]!r}); at most {MAX_METADATA_CHARS}"
+                )
+    return value
+
+
+def parse_webhook(url: str | None, events: str | None, settings: Settings) -> dict[str, str]:
+    """The job fields of a webhook, or {}; the URL must not reach the service's own network."""
+    if not url:
+        if events:
+            raise ProblemError(422, "Invalid webhook", "webhook_events needs a webhook URL")
+        return {}
+    if webhooks.signer(settings) is None:
+        detail = "webhooks are not enabled on this server (no usable WEBHOOK_SECRET); poll the job instead"
+        raise ProblemError(400, "Webhooks disabled", detail)
+    try:
+        kinds = webhooks.parse_events(events)
+    except ValueError as exc:
+        raise ProblemError(422, "Invalid webhook", f"webhook_events: {exc}") from None
+    try:
+        webhooks.check_url(url, settings.webhook_allow_private)
+    except webhooks.UnsafeURL as exc:
+        raise ProblemError(400, "Webhook refused", f"webhook {url[:200]!r}: {exc}") from None
+    return webhooks.job_fields(url, kinds)

@@ -1,0 +1,267 @@
+"""Webhooks: a job's events, signed per Standard Webhooks, queued in Redis for the workers to send.
+
+- A job submitted with `webhook=<url>` keeps `webhook_*` fields in its hash (url, events, and the
+  delivery state shown on the job). `notify()` is called where a job starts, progresses or closes
+  (the chunk task, the cancel route): it queues an event if the job asked for that type.
+- An event is a hash `digitq:webhook:msg:<id>` and a member of the sorted set `digitq:webhooks:due`
+  scored by when it is due. Its id is the `webhook-id` header of every attempt; terminal and
+  `job.running` ids are derived from the job (`<job>.succeeded`), so a hook called twice queues
+  one event. Retries are rescheduled in that set, never as Celery countdowns (a long countdown is
+  redelivered at the broker's visibility timeout: celery/celery #2599, #7009).
+- Workers claim due events with a lease (`claim()` moves them LEASE seconds into the future in the
+  same script), so a worker killed mid-delivery loses nothing: the event comes due again and
+  another worker sends it with the same id (at least once; receivers dedupe on `webhook-id`).
+- Every key expires: events after the retry horizon, the due set a horizon after the last event,
+  the progress throttle after WEBHOOK_PROGRESS_SECONDS; job fields go with the job.
+- SSRF: `check_url()` refuses hosts resolving to loopback, private, link-local (cloud metadata),
+  shared, reserved or multicast addresses unless WEBHOOK_ALLOW_PRIVATE; at submit and again before
+  every attempt (DNS answers change). A rebinding between that check and the connection is not
+  covered: where that matters, send webhooks through an egress proxy.
+"""
+
+import base64
+import ipaddress
+import json
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+from standardwebhooks import Webhook
+
+from core.config import Settings, get_settings
+from core.jobs import PREFIX, TERMINAL, JobStatus, JobStore
+
+log = logging.getLogger(__name__)
+
+EVENTS = ("job.running", "job.progress", "job.succeeded", "job.failed", "job.cancelled")
+DEFAULT_EVENTS = ("job.succeeded", "job.failed", "job.cancelled")
+TERMINAL_EVENTS = frozenset(DEFAULT_EVENTS)
+DUE = "digitq:webhooks:due"
+MSG_PREFIX = "digitq:webhook:msg:"
+THROTTLE_PREFIX = "digitq:webhook:progress:"
+MAX_URL_CHARS = 2048
+
+
+class UnsafeURL(ValueError):
+    """A webhook URL the service will not call; the message says why."""
+
+
+def check_url(url: str, allow_private: bool) -> None:
+    """Refuse URLs that are not http(s) or whose host resolves to a non-public address."""
+    if len(url) > MAX_URL_CHARS:
+        raise UnsafeURL(f"the URL has {len(url)} characters; at most {MAX_URL_CHARS}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise UnsafeURL(f"not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeURL("an http:// or https:// URL with a host is needed")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UnsafeURL(f"its host {parts.hostname!r} does not resolve ({exc})") from None
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not address.is_global or address.is_multicast:
+            raise UnsafeURL(
+                f"its host {parts.hostname!r} resolves to {address}, a loopback, private, link-local or "
+                "otherwise non-public address, which webhooks may not call (server-side request forgery)"
+            )
+
+
+MIN_SECRET_BYTES = 24  # Standard Webhooks: secrets of 24 to 64 random bytes
+
+
+def signer(settings: Settings) -> Webhook | None:
+    """The signer for WEBHOOK_SECRET, or None if it is unset or unusable (too short, not base64).
+
+    The secret itself never appears in the log line or any error.
+    """
+    value = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    if not value:
+        return None
+    try:
+        raw = value.removeprefix("whsec_")
+        if len(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)) < MIN_SECRET_BYTES:
+            raise ValueError("too short")
+        return Webhook(value)
+    except ValueError as exc:
+        log.error(
+            "WEBHOOK_SECRET is unusable (%s): it must be whsec_ and the base64 of %d or more random bytes; "
+            "webhooks are off",
+            "too short" if str(exc) == "too short" else "not base64",
+            MIN_SECRET_BYTES,
+        )
+        return None
+
+
+def parse_events(raw: str | None) -> list[str]:
+    if not raw or not raw.strip():
+        return list(DEFAULT_EVENTS)
+    events = [e.strip() for e in raw.split(",") if e.strip()]
+    unknown = [e for e in events if e not in EVENTS]
+    if unknown:
+        raise ValueError(f"unknown event(s) {', '.join(unknown)[:200]}; choose from {', '.join(EVENTS)}")
+    return list(dict.fromkeys(events))
+
+
+def job_fields(url: str, events: Iterable[str]) -> dict[str, str]:
+    """The fields a job with a webhook starts with (the delivery state is added as it goes)."""
+    return {"webhook_url": url, "webhook_events": ",".join(events), "webhook_attempts": "0"}
+
+
+def horizon_seconds(settings: Settings) -> int:
+    """How long an event may live: every retry with the longest jitter, plus leases and margin."""
+    return int(sum(settings.webhook_retry_delays) * 1.2) + 3600
+
+
+def lease_seconds(settings: Settings) -> float:
+    """How long a claimed event is left to its worker before another may send it."""
+    return 2 * settings.webhook_timeout_seconds + 5
+
+
+# KEYS: event hash, due set. ARGV: event id, job id, type, now, event ttl, due-set ttl.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'job', ARGV[2], 'type', ARGV[3], 'created', ARGV[4], 'attempts', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+return 1
+"""
+
+# KEYS: due set. ARGV: now, lease end, how many. Due events, pushed to the lease's end at once.
+_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
+return ids
+"""
+
+# KEYS: job hash. ARGV: last status, last error, next attempt at, delivered 0/1, gone 0/1.
+# Never recreates a job that expired meanwhile (it would live forever without a TTL).
+_ATTEMPTED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
+redis.call('HSET', KEYS[1], 'webhook_last_status', ARGV[1], 'webhook_last_error', ARGV[2],
+           'webhook_next_at', ARGV[3])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'webhook_delivered', '1') end
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'webhook_gone', '1') end
+return 1
+"""
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+class Outbox:
+    """The Redis side of webhooks: queue, claim, reschedule and record events."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._claim = client.register_script(_CLAIM)
+        self._attempted = client.register_script(_ATTEMPTED)
+
+    def enqueue(self, event_id: str, job_id: str, kind: str, now: float | None = None) -> bool:
+        """Queue an event once (an id already queued is not queued again)."""
+        ttl = horizon_seconds(self.settings)
+        args: list[str | float] = [event_id, job_id, kind, now or time.time(), ttl, ttl]
+        return self._enqueue(keys=[MSG_PREFIX + event_id, DUE], args=args) == 1
+
+    def claim(self, count: int, now: float | None = None) -> list[str]:
+        now = now or time.time()
+        ids = self._claim(keys=[DUE], args=[now, now + lease_seconds(self.settings), count])
+        return [_text(i) for i in ids]
+
+    def event(self, event_id: str) -> dict[str, str]:
+        return {_text(k): _text(v) for k, v in self.redis.hgetall(MSG_PREFIX + event_id).items()}
+
+    def keep_body(self, event_id: str, body: str) -> None:
+        """The first attempt's body, sent again on every retry (same id, same content)."""
+        self.redis.hset(MSG_PREFIX + event_id, "body", body)
+
+    def finish(self, event_id: str) -> None:
+        """No more attempts: delivered, refused for good, or given up."""
+        self.redis.zrem(DUE, event_id)
+
+    def retry_at(self, event_id: str, when: float) -> None:
+        pipe = self.redis.pipeline()
+        pipe.hincrby(MSG_PREFIX + event_id, "attempts", 1)
+        pipe.zadd(DUE, {event_id: when})
+        pipe.execute()
+
+    def record_attempt(
+        self, job_id: str, status: int | None, error: str, next_at: float | None, delivered: bool, gone: bool
+    ) -> None:
+        args: list[str | float] = [status or "", error[:500], next_at or "", int(delivered), int(gone)]
+        self._attempted(keys=[PREFIX + job_id], args=args)
+
+
+def notify(store: JobStore, job_id: str, progressed: bool = False) -> None:
+    """Queue the events a job asked for, after it may have started, progressed or closed.
+
+    Called from the chunk task and the cancel route; never raises (a webhook problem must not
+    fail a chunk), but logs.
+    """
+    try:
+        _notify(store.redis, job_id, progressed, get_settings())
+    except Exception:
+        log.warning("could not queue the webhook event of job %s", job_id, exc_info=True)
+
+
+def _notify(client: redis.Redis, job_id: str, progressed: bool, settings: Settings) -> None:
+    raw = client.hmget(PREFIX + job_id, ["status", "webhook_url", "webhook_events", "webhook_gone"])
+    status, url, events, gone = (_text(v) for v in raw)
+    if not url or gone or not status:
+        return
+    wanted = set(events.split(","))
+    outbox = Outbox(client, settings)
+    if JobStatus(status) in TERMINAL:
+        if f"job.{status}" in wanted:
+            outbox.enqueue(f"{job_id}.{status}", job_id, f"job.{status}")
+        return
+    if status != JobStatus.running.value:
+        return
+    if "job.running" in wanted:
+        outbox.enqueue(f"{job_id}.running", job_id, "job.running")
+    throttle_ms = math.ceil(settings.webhook_progress_seconds * 1000)
+    if (
+        progressed
+        and "job.progress" in wanted
+        and client.set(THROTTLE_PREFIX + job_id, 1, nx=True, px=throttle_ms)
+    ):
+        outbox.enqueue(f"{job_id}.progress.{time.time_ns()}", job_id, "job.progress")
+
+
+def payload(kind: str, created: float, job: dict) -> str:
+    """Standard Webhooks' thin payload: type, timestamp, and the job as GET /jobs/{id} shows it."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps({"type": kind, "timestamp": when, "data": job}, separators=(",", ":"))
+
+
+def ensure_secret(data_dir: Path) -> Path:
+    """`make run` without WEBHOOK_SECRET: one generated once into DATA_DIR (mode 0600) and reused."""
+    path = data_dir / "webhook-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+    return path

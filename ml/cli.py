@@ -33,6 +33,13 @@ def register_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="held-out + upload-like metrics, confusion plots")
     p.add_argument("--model", type=Path, default=DEFAULT_MODELS_DIR, help="models dir or version dir")
     p.add_argument("--out", type=Path, default=None, help="report dir (default <model>/evaluation)")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write confusion.png, reliability.png, worst_confused.png and report.md there",
+    )
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -54,6 +61,11 @@ def cmd_evaluate(args) -> int:
     print(f"report: {json_path}")
     for plot in plots:
         print(f"confusion matrix plot: {plot}")
+    if args.report:
+        from ml.evaluate import write_model_report
+
+        for what, path in write_model_report(model, args.report, report).items():
+            print(f"{what}: {path}")
     return 0
 
 

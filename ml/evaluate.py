@@ -120,6 +120,112 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, list[Path]]:
     return json_path, plots
 
 
+def plot_reliability(proba: np.ndarray, y: np.ndarray, path: Path, bins: int = ECE_BINS) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, with counts."""
+    plt = _pyplot()
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    centres, accuracy, counts = [], [], []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            centres.append(conf[mask].mean())
+            accuracy.append(correct[mask].mean())
+            counts.append(int(mask.sum()))
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.5, 6.5), height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.plot(centres, accuracy, "o-", label="model")
+    ece = expected_calibration_error(proba, y, bins)
+    ax.set(ylabel="accuracy", title=f"reliability (ECE {ece:.4f}, {len(y)} digits)", ylim=(0, 1.02))
+    ax.legend(loc="upper left")
+    ax_n.bar(centres, counts, width=0.8 / bins)
+    ax_n.set(xlabel="confidence (mean of bin)", ylabel="digits", yscale="log", xlim=(0, 1.02))
+    return _save(fig, path)
+
+
+def plot_worst(images: np.ndarray, proba: np.ndarray, y: np.ndarray, path: Path, limit: int = 24) -> Path:
+    """The misclassified digits the model was surest about, as a grid (true -> predicted)."""
+    plt = _pyplot()
+    pred = proba.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y)
+    wrong = wrong[np.argsort(-proba[wrong, pred[wrong]])][:limit]
+    cols = 6
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.7))
+    for ax in np.atleast_1d(axes).ravel():
+        ax.axis("off")
+    for ax, i in zip(np.atleast_1d(axes).ravel(), wrong, strict=False):
+        ax.imshow(images[i], cmap="gray_r")
+        ax.set_title(f"{y[i]} -> {pred[i]} ({proba[i, pred[i]]:.2f})", fontsize=8)
+    fig.suptitle("worst-confused held-out digits: true -> predicted (confidence)", fontsize=9)
+    return _save(fig, path)
+
+
+def write_markdown(report: dict, path: Path, pictures: dict[str, str]) -> Path:
+    """Headline metrics per set, per-class precision/recall of the held-out set, the plots."""
+    lines = [f"# Model report: {report['version']}", ""]
+    lines += [
+        "| set | n | accuracy | ECE | Brier | log-loss | low-confidence |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in report["sets"].items():
+        lines.append(
+            f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['ece']:.4f} | {m['brier']:.4f} | "
+            f"{m['log_loss']:.4f} | {m.get('low_confidence_rate', 0):.3f} |"
+        )
+    lines += ["", "## Per class (held-out MNIST digits)", ""]
+    lines += ["| digit | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    for k, c in report["sets"]["holdout"]["per_class"].items():
+        lines.append(f"| {k} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {c['support']} |")
+    lines.append("")
+    for title, file in pictures.items():
+        lines += [f"## {title}", "", f"![{title}]({file})", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_model_report(model, out_dir: Path, report: dict | None = None) -> dict[str, Path]:
+    """`python -m ml evaluate --report DIR`: confusion matrix, reliability diagram and
+    worst-confused grid (PNGs) of the held-out digits, and a Markdown summary."""
+    from ml.data import load_splits
+    from ml.preprocess import to_mnist_batch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_splits()
+    digits = to_mnist_batch(splits.X_holdout)
+    proba = model.predict_proba_arrays(digits)
+    report = report or evaluate_model(model)
+    holdout = report["sets"]["holdout"]
+    files = {
+        "confusion matrix": plot_confusion(
+            holdout["confusion_matrix"], out_dir / "confusion.png", "held-out"
+        ),
+        "reliability": plot_reliability(proba, splits.y_holdout, out_dir / "reliability.png"),
+        "worst-confused digits": plot_worst(digits, proba, splits.y_holdout, out_dir / "worst_confused.png"),
+    }
+    files["summary"] = write_markdown(report, out_dir / "report.md", {k: p.name for k, p in files.items()})
+    return files
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def evaluate_model(model, upload_like: bool = True) -> dict:
     """Held-out MNIST digits as arrays, and the same digits rendered as upload-like files."""
     from ml.data import load_splits

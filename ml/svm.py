@@ -144,21 +144,27 @@ class CalibratedKernelSVC(ClassifierMixin, BaseEstimator):
 
     def _keep(self, svc: SVC) -> None:
         """What prediction needs, from the SVC's public attributes."""
-        # float64: after PCA the vectors are short, so the X @ SV.T product is cheap anyway,
-        # and ||x||^2 + ||sv||^2 - 2 x.sv keeps its precision.
-        self.support_vectors_ = np.asarray(svc.support_vectors_, dtype=np.float64)
-        self.support_sq_norms_ = np.einsum("ij,ij->i", self.support_vectors_, self.support_vectors_)
-        self.pair_coef_, self.intercept_ = _pair_coefficients(svc.dual_coef_, svc.intercept_, svc.n_support_)
+        # float32 throughout prediction: half the memory traffic and twice the SIMD width of
+        # float64 for the (N, n_SV) kernel, decision values within ~1e-4 of libsvm's (tested).
+        sv = np.asarray(svc.support_vectors_, dtype=np.float64)
+        self.support_vectors_ = np.ascontiguousarray(sv, dtype=np.float32)
+        self.support_sq_norms_ = np.einsum("ij,ij->i", sv, sv).astype(np.float32)
+        pair_coef, self.intercept_ = _pair_coefficients(svc.dual_coef_, svc.intercept_, svc.n_support_)
+        self.pair_coef_ = pair_coef.astype(np.float32)
 
     def decision_ovo(self, X) -> np.ndarray:
         """libsvm's one-vs-one decision values (N, n_pairs); positive favours the first class."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
-        sq = np.einsum("ij,ij->i", X, X)
-        cross = X @ self.support_vectors_.T
-        dist = sq[:, None] + self.support_sq_norms_[None, :] - 2.0 * cross
-        np.maximum(dist, 0.0, out=dist)
-        kernel = np.exp(-self.gamma_ * dist)
+        X = validate_data(self, X, reset=False, dtype=np.float32)
+        # exp(-gamma * ||x - sv||^2) with ||x - sv||^2 = ||x||^2 + ||sv||^2 - 2 x.sv: one matrix
+        # product, then in-place passes over the (N, n_SV) array.
+        kernel = X @ self.support_vectors_.T
+        kernel *= -2.0
+        kernel += np.einsum("ij,ij->i", X, X)[:, None]
+        kernel += self.support_sq_norms_[None, :]
+        np.maximum(kernel, 0.0, out=kernel)
+        kernel *= np.float32(-self.gamma_)
+        np.exp(kernel, out=kernel)
         return kernel @ self.pair_coef_ + self.intercept_
 
     def class_scores(self, X) -> np.ndarray:

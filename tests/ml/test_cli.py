@@ -51,11 +51,23 @@ def test_predict_zip_to_file(tmp_path, seven, model_dir):
     assert rows == [{**rows[0], "name": "x/one.png", "digit": "7"}]
 
 
-def test_evaluate_writes_json_and_png(tmp_path, capsys, model_dir):
-    assert main(["evaluate", "--model", str(model_dir), "--out", str(tmp_path)]) == 0
+def test_evaluate_writes_json_png_and_report(tmp_path, capsys, model_dir):
+    report_dir = tmp_path / "report"
+    args = ["evaluate", "--model", str(model_dir), "--out", str(tmp_path), "--report", str(report_dir)]
+    assert main(args) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "evaluation.json").read_text())
     assert report["sets"]["holdout"]["accuracy"] >= 0.98
     assert len(report["sets"]["holdout"]["confusion_matrix"]) == 10
     assert (tmp_path / "confusion_holdout.png").stat().st_size > 1000
     assert str(tmp_path / "confusion_holdout.png") in out
+    # The model report (--report): three pictures and a Markdown summary that shows them.
+    for name in ("confusion.png", "reliability.png", "worst_confused.png"):
+        picture = report_dir / name
+        assert picture.read_bytes().startswith(b"\x89PNG") and picture.stat().st_size > 5000
+        assert str(picture) in out
+    summary = (report_dir / "report.md").read_text()
+    assert "| holdout | 1000 |" in summary
+    assert summary.count("\n| 7 |") == 1 and "precision" in summary and "recall" in summary
+    for name in ("confusion.png", "reliability.png", "worst_confused.png"):
+        assert f"]({name})" in summary

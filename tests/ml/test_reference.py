@@ -58,6 +58,18 @@ def test_hog_exact_bin_edges_like_skimage():
         np.testing.assert_allclose(fast[0], skimage_hog(img[None], orientations, (4,))[0], atol=1e-6)
 
 
+def test_hog_gradients_a_hair_below_180_degrees():
+    """A gradient pointing left with a vertical part of one float32 ulp: its pseudo-angle
+    rounds to exactly 2.0; skimage puts it in the last bin."""
+    img = np.zeros((8, 8), dtype=np.float32)
+    img[:, 2] = 1.0  # g_col = -1 at column 3
+    img[2, 3] = 0.25
+    img[4, 3] = np.float32(0.25) + np.float32(2**-25)  # g_row = one ulp at (3, 3)
+    img[7, 7] = 1.0
+    fast = HogFeatures(orientations=9, cell_sizes=(4,), side=8).transform(img[None])
+    np.testing.assert_allclose(fast[0], skimage_hog(img[None], 9, (4,))[0], atol=1e-6)
+
+
 def test_pixel_pool_appends_pooled_pixels(digits):
     images = digits[0][:5]
     with_pool = HogFeatures(pixel_pool=2).transform(images)

@@ -139,6 +139,27 @@ def test_jsonl_and_failed_items_of_a_zip_with_corrupted_entries(api, image: byte
     assert [i["index"] for i in api.get(page["next"]).json()["items"]] == [2]
 
 
+def test_a_chunk_redelivered_after_closing_its_job_sends_the_event(stack: Stack, receiver: Receiver) -> None:
+    """A pool process that stored a job's last result and died before queuing the event: the job is
+    closed, and its redelivered chunk (acks_late) is what queues the event."""
+    from celery import Celery
+
+    from api.uploads import Item, chunks
+    from core.jobs import ItemResult, JobStore, new_job_id
+    from core.queue import PROCESS_CHUNK, QUEUE
+    from core.webhooks import job_fields
+
+    client = redis.Redis.from_url(stack.redis_url or "")
+    store, job_id = JobStore(client, 3600), new_job_id()
+    store.create(job_id, ["a.png"], extra=job_fields(receiver.url + "/redelivered", ["job.succeeded"]))
+    assert store.record(job_id, [ItemResult(0, 3, 0.9)]).closed_job  # what the dead process did
+    celery = Celery("digitq", broker=stack.redis_url)
+    [chunk] = chunks([Item(name="a.png", part=0)], 250, 2**20)  # the API's own task payload
+    celery.send_task(PROCESS_CHUNK, args=[job_id, chunk], queue=QUEUE)  # the redelivery
+    [call] = wait_until(lambda: receiver.to("/redelivered"), what="the event")
+    assert call["verified"] and call["id"] == f"{job_id}.succeeded"
+
+
 def test_webhook_and_listing_keys_expire(stack: Stack, api, receiver: Receiver, image: bytes) -> None:
     events = "job.running,job.progress,job.succeeded"
     job = submit(api, [("a.png", image)], webhook=receiver.url + "/keys", webhook_events=events)

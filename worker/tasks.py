@@ -52,6 +52,7 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
     store = get_job_store()
     status = store.status(job_id)
     if status is None or status in TERMINAL:
+        notify(store, job_id)  # webhooks: a redelivery of the chunk that closed the job, then died
         return _outcome(NOTHING_NEW)  # expired, cancelled or already closed: nothing to do
     todo = set(store.missing(job_id, [i[0] for i in items]))
     items = [i for i in items if i[0] in todo]

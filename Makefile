@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast model bench bench-model lint format clean install
+.PHONY: run test test-fast model bench bench-model lint format clean install browser
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
 
-test: $(STAMP) models/LATEST  ## every test (and the linter, which is quick)
+test: $(STAMP) models/LATEST browser  ## every test (and the linter, which is quick)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
@@ -38,6 +38,13 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 install: $(STAMP)
+
+# The browser test drives Debian's chromium (Playwright cannot download its own here). Installing
+# needs root; when it cannot, the browser test fails and says how to install it.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "could not install chromium: the browser test will fail (as root: apt-get install -y chromium)"
 
 # Reinstall when pyproject.toml or the constraints change.
 $(STAMP): pyproject.toml constraints.txt

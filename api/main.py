@@ -5,7 +5,7 @@ from fastapi import Depends, FastAPI
 from api import problems
 from api.deps import require_api_key
 from api.limits import BodySizeLimit
-from api.routes import health, jobs, ops
+from api.routes import health, jobs, ops, ui
 from core.config import get_settings
 
 DESCRIPTION = """
@@ -32,6 +32,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     ops.install(app)  # /ready, /metrics, /admin/reload, logging, Sentry
+    ui.install(app)  # the web page at / and its static files
     return app
 
 

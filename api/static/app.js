@@ -1,0 +1,239 @@
+// The digitq page: upload with progress, follow the job, page through results, download CSV.
+// Plain JS, no build step. Everything from the server or the user is written with textContent
+// (a zip entry's name is user input), and the API key lives in sessionStorage: this tab only.
+"use strict";
+
+const PAGE = 50; // rows per results page: a 10,000-image job is 200 pages, never 10,000 rows
+const KEY = "digitq-api-key";
+const $ = (id) => document.getElementById(id);
+
+const state = { files: [], job: null, offset: 0, thumbs: new Map(), timer: null, pageDone: false };
+
+function headers() {
+  const key = sessionStorage.getItem(KEY);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function newKey() {
+  if (window.crypto && crypto.randomUUID) return crypto.randomUUID(); // secure contexts only
+  return Array.from({ length: 32 }, () => Math.floor(Math.random() * 16).toString(16)).join("");
+}
+
+function say(text) { $("status").textContent = text; }
+
+async function problemText(response) {
+  try {
+    const body = await response.json();
+    return `${body.title || response.status}: ${body.detail || ""}`;
+  } catch { return `HTTP ${response.status}`; }
+}
+
+function askForKey(why) {
+  $("key-why").textContent = why;
+  $("key-form").hidden = false;
+  $("api-key").focus();
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (response.status === 401) {
+    askForKey("This server needs an API key (the one given was refused).");
+    throw new Error("API key needed");
+  }
+  if (!response.ok) throw new Error(await problemText(response));
+  return response;
+}
+
+// Upload ------------------------------------------------------------------------------------
+
+function showThumbs(files) {
+  const box = $("thumbs");
+  box.replaceChildren();
+  for (const url of state.thumbs.values()) URL.revokeObjectURL(url);
+  state.thumbs.clear();
+  for (const file of files) {
+    if (!file.type.startsWith("image/")) continue;
+    const url = URL.createObjectURL(file);
+    state.thumbs.set(file.name, url);
+    if (box.children.length < 60) { // the rest still show in the table
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = file.name;
+      box.append(img);
+    }
+  }
+}
+
+function submit(files) {
+  if (!files.length) return;
+  state.files = files;
+  showThumbs(files);
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  const xhr = new XMLHttpRequest(); // fetch has no upload progress events
+  xhr.open("POST", "/jobs");
+  for (const [name, value] of Object.entries(headers())) xhr.setRequestHeader(name, value);
+  xhr.setRequestHeader("Idempotency-Key", newKey());
+  const bar = $("upload-progress");
+  bar.value = 0;
+  xhr.upload.onprogress = (event) => {
+    if (event.lengthComputable) { bar.max = event.total; bar.value = event.loaded; }
+  };
+  xhr.onload = () => {
+    if (xhr.status === 401) { askForKey("This server needs an API key."); say("Waiting for an API key."); return; }
+    let body = {};
+    try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+    if (xhr.status >= 400) { say(`Upload refused — ${body.title || xhr.status}: ${body.detail || ""}`); return; }
+    bar.value = bar.max;
+    start(body);
+  };
+  xhr.onerror = () => say("Upload failed: the server could not be reached.");
+  say(`Uploading ${files.length} file(s)…`);
+  xhr.send(form);
+}
+
+// Job ---------------------------------------------------------------------------------------
+
+function start(job) {
+  state.job = job;
+  state.offset = 0;
+  state.pageDone = false;
+  $("csv").hidden = false;
+  $("csv").href = job.links.csv;
+  $("cancel").hidden = false;
+  showJob(job);
+  poll();
+}
+
+function showJob(job) {
+  const c = job.counts;
+  $("job-progress").max = Math.max(c.total, 1);
+  $("job-progress").value = c.done;
+  const failed = c.failed ? `, ${c.failed} failed` : "";
+  say(`Job ${job.id}: ${job.status} — ${c.done} of ${c.total} done${failed}${job.error ? ` (${job.error})` : ""}`);
+  $("results").dataset.status = job.status;
+  $("cancel").hidden = ["succeeded", "failed", "cancelled"].includes(job.status);
+}
+
+async function poll() {
+  clearTimeout(state.timer);
+  const id = state.job.id;
+  try {
+    const job = await (await api(`/jobs/${id}`)).json();
+    if (!state.job || state.job.id !== id) return; // another upload started meanwhile
+    state.job = job;
+    showJob(job);
+    const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
+    if (!state.pageDone || finished) await loadPage();
+    if (!finished) state.timer = setTimeout(poll, 700);
+  } catch (error) {
+    say(`Could not read the job: ${error.message}`);
+    state.timer = setTimeout(poll, 3000);
+  }
+}
+
+// Results -----------------------------------------------------------------------------------
+
+async function loadPage() {
+  const job = state.job;
+  const page = await (await api(`/jobs/${job.id}/results?offset=${state.offset}&limit=${PAGE}`)).json();
+  state.pageDone = page.items.every((item) => item.status !== "pending");
+  renderRows(page.items);
+  const pages = Math.max(1, Math.ceil(page.total / PAGE));
+  const current = Math.floor(state.offset / PAGE) + 1;
+  $("page-info").textContent = `Page ${current} of ${pages} (${page.total} images)`;
+  $("prev").disabled = state.offset === 0;
+  $("next").disabled = !page.next;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  row.append(td);
+  return td;
+}
+
+function renderRows(items) {
+  const body = $("results").tBodies[0];
+  const rows = items.map((item) => {
+    const row = document.createElement("tr");
+    row.className = item.status + (item.low_confidence ? " low" : "");
+    const thumb = cell(row, "");
+    const url = state.thumbs.get(item.name);
+    if (url) {
+      const img = document.createElement("img");
+      img.src = url;
+      img.alt = "";
+      thumb.append(img);
+    }
+    cell(row, String(item.index));
+    cell(row, item.name, "name");
+    cell(row, item.digit ?? (item.status === "pending" ? "…" : ""), "digit");
+    cell(row, item.confidence == null ? "" : item.confidence.toFixed(3));
+    cell(row, item.low_confidence ? "low" : "", "flag");
+    cell(row, item.error || "", "error");
+    return row;
+  });
+  body.replaceChildren(...rows);
+}
+
+async function turnPage(delta) {
+  if (!state.job) return;
+  state.offset = Math.max(0, state.offset + delta * PAGE);
+  state.pageDone = false;
+  try { await loadPage(); } catch (error) { say(error.message); }
+}
+
+// CSV: a plain link cannot send the API key, so fetch it and hand the browser a Blob.
+async function downloadCsv(event) {
+  event.preventDefault();
+  if (!state.job) return;
+  try {
+    const blob = await (await api(state.job.links.csv)).blob();
+    const url = URL.createObjectURL(blob);
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `digitq-${state.job.id}.csv`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (error) { say(`CSV download failed: ${error.message}`); }
+}
+
+// Wiring ------------------------------------------------------------------------------------
+
+function wire() {
+  const drop = $("drop");
+  drop.addEventListener("click", () => $("files").click());
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); $("files").click(); }
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
+  }
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    submit(Array.from(event.dataTransfer.files));
+  });
+  $("files").addEventListener("change", (event) => submit(Array.from(event.target.files)));
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(KEY, $("api-key").value.trim());
+    $("key-form").hidden = true;
+    if (state.job) poll();
+    else submit(state.files);
+  });
+  $("prev").addEventListener("click", () => turnPage(-1));
+  $("next").addEventListener("click", () => turnPage(1));
+  $("csv").addEventListener("click", downloadCsv);
+  $("cancel").addEventListener("click", async () => {
+    try { showJob(await (await api(`/jobs/${state.job.id}`, { method: "DELETE" })).json()); }
+    catch (error) { say(error.message); }
+  });
+}
+
+wire();

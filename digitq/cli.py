@@ -146,9 +146,8 @@ def _follow(client: Client, job: Job, out: Output) -> Job:
 
     def progress(current: Job) -> None:
         bar.total = current.counts.total
-        bar.n = current.counts.done
         bar.set_postfix(failed=current.counts.failed, refresh=False)
-        bar.refresh()
+        bar.update(current.counts.done - bar.n)
 
     try:
         return client.wait(job, progress=progress)
@@ -186,8 +185,7 @@ def _submit(client: Client, args: argparse.Namespace, out: Output) -> int:
 
     def upload_progress(sent: int, total: int) -> None:
         bar.total = total
-        bar.n = sent
-        bar.refresh()
+        bar.update(sent - bar.n)  # update, not refresh: tqdm redraws at most every 0.1 s
 
     key = args.idempotency_key or str(uuid.uuid4())  # one key for every retry of this run
     try:

@@ -6,12 +6,15 @@ Ctrl-C handling are the ones a user gets.
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import tracemalloc
 import zipfile
@@ -365,8 +368,9 @@ def on_a_terminal(stack: Stack, *args: str) -> str:
     import pty
 
     controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column one
     env = {**os.environ, "DIGITQ_URL": stack.api_url}
-    with subprocess.Popen([DIGITQ, *args], env=env, stdout=terminal, stderr=subprocess.DEVNULL) as proc:
+    with subprocess.Popen([DIGITQ, *args], env=env, stdout=terminal, stderr=terminal) as proc:
         os.close(terminal)
         output = b""
         with contextlib.suppress(OSError):  # EIO once the command exits
@@ -384,6 +388,8 @@ def test_human_output_on_a_terminal_json_when_forced(stack: Stack, folder: Path)
     assert human.startswith(f"job {job.id} succeeded: 30/30 done, 0 failed"), human
     forced = on_a_terminal(stack, "status", job.id, "--json")
     assert json.loads(forced)["id"] == job.id
+    bars = on_a_terminal(stack, "submit", str(folder), "--wait")  # progress bars on stderr
+    assert "uploading: 100%" in bars and "recognising: 100%" in bars and "30/30" in bars, bars
 
 
 def test_cli_retry_after_network_error_makes_one_job(stack: Stack, folder: Path) -> None:

@@ -12,8 +12,12 @@ DESCRIPTION = """
 Recognise handwritten digits in images, one at a time or tens of thousands in a zip.
 
 1. `POST /jobs` with one or more multipart parts named `files` (images or zips) → `202` and a job.
-2. Poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `cancelled`.
-3. Read `GET /jobs/{id}/results` (paged JSON) or `?format=csv`.
+2. Poll `GET /jobs/{id}` until `status` is `succeeded`, `failed` or `cancelled` — or pass a
+   `webhook` URL and receive the job's events, signed per Standard Webhooks.
+3. Read `GET /jobs/{id}/results` (paged JSON), `?format=csv` or `?format=jsonl`; `?status=failed`
+   keeps only the errors.
+
+`GET /jobs` lists your jobs, newest first (`metadata` sent with a job is echoed there).
 
 Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details.
 When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`.

@@ -328,3 +328,59 @@ def test_api_key_is_sent(tmp_path: Path, folder: Path) -> None:
         env = {**os.environ, "DIGITQ_URL": keyed.api_url, "DIGITQ_API_KEY": "k-one"}
         listed = subprocess.run([DIGITQ, "status", "x" * 32], env=env, capture_output=True, text=True)
         assert listed.returncode == 2 and "404" in listed.stderr  # authorised, just unknown
+
+
+def test_metadata_failed_items_and_listing(stack: Stack, folder: Path, tmp_path: Path, digits) -> None:
+    X, _ = digits
+    archive = tmp_path / "mixed.zip"
+    archive.write_bytes(make_zip({"ok/1.png": png(255 - X[0]), "ok/2.png": png(255 - X[900]),
+                                  "broken.png": b"\x89PNG\r\n\x1a\n not really"}))  # fmt: skip
+    done = digitq(stack, "submit", str(archive), "--wait", "--metadata", "batch=7", "--metadata", "by=cli")
+    assert done.returncode == 0, done.stderr  # a bad item is an error on that item, not the job
+    job = json.loads(done.stdout)
+    assert job["metadata"] == {"batch": "7", "by": "cli"} and job["counts"]["failed"] == 1
+
+    failed = digitq(stack, "results", job["id"], "--failed")
+    items = [json.loads(line) for line in failed.stdout.splitlines()]
+    assert [i["name"] for i in items] == ["broken.png"] and items[0]["error"]
+    out = tmp_path / "failed.csv"
+    assert digitq(stack, "results", job["id"], "--failed", "--out", str(out)).returncode == 0
+    assert [r["name"] for r in csv.DictReader(out.open())] == ["broken.png"]
+
+    listed = digitq(stack, "list", "--limit", "100")
+    assert job["id"] in [json.loads(line)["id"] for line in listed.stdout.splitlines()]
+    with Client(stack.api_url) as dq:
+        assert job["id"] in [j.id for j in dq.list(status="succeeded", page_size=2)]  # follows `next`
+        assert all(j.status == "succeeded" for j in dq.list(status="succeeded", limit=5))
+
+
+def test_webhook_option_reaches_the_server(stack: Stack, folder: Path) -> None:
+    # This stack has no WEBHOOK_SECRET: the server refuses the webhook field, which proves it was sent.
+    done = digitq(stack, "submit", str(folder), "--webhook", "https://example.org/hook")
+    assert done.returncode == 2 and "webhook" in done.stderr.lower()
+
+
+def on_a_terminal(stack: Stack, *args: str) -> str:
+    """Run the command with its stdout on a pseudo-terminal, as a person sees it."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "DIGITQ_URL": stack.api_url}
+    with subprocess.Popen([DIGITQ, *args], env=env, stdout=terminal, stderr=subprocess.DEVNULL) as proc:
+        os.close(terminal)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the command exits
+            while chunk := os.read(controller, 4096):
+                output += chunk
+        assert proc.wait(timeout=60) == 0
+    os.close(controller)
+    return output.decode()
+
+
+def test_human_output_on_a_terminal_json_when_forced(stack: Stack, folder: Path) -> None:
+    with Client(stack.api_url) as dq:
+        job = dq.submit([folder], wait=True)
+    human = on_a_terminal(stack, "status", job.id)
+    assert human.startswith(f"job {job.id} succeeded: 30/30 done, 0 failed"), human
+    forced = on_a_terminal(stack, "status", job.id, "--json")
+    assert json.loads(forced)["id"] == job.id

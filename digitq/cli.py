@@ -11,9 +11,9 @@ nothing to install, and tqdm's bars turn themselves off when stderr is not a ter
 
 Settings: `--url` or `DIGITQ_URL` (default http://127.0.0.1:8000), `--api-key` or `DIGITQ_API_KEY`.
 Output: human lines on a terminal, JSON when piped (`--json` forces it; lists and results are JSON
-lines). Exit codes: 0 succeeded (or done), 1 the job failed, was cancelled or expired, 2 usage (a bad
-argument, or the server refused the request as a 4xx), 3 the server cannot be reached (or answers
-5xx), 130 interrupted without cancelling.
+lines). Exit codes: 0 succeeded (or done), 1 the job failed, was cancelled or expired (a 404: the
+server keeps no trace of expired jobs), 2 usage (a bad argument, or the server refused the request
+as another 4xx), 3 the server cannot be reached (or answers 5xx), 130 interrupted without cancelling.
 """
 
 from __future__ import annotations
@@ -273,7 +273,8 @@ def run(argv: list[str] | None = None) -> int:
         except Unreachable as exc:
             return _fail(UNREACHABLE, f"{exc}\n(is the server running? set DIGITQ_URL or --url)")
         except ProblemError as exc:
-            code = USAGE if exc.status < 500 else UNREACHABLE
+            # The server cannot tell an expired job from an unknown one: both are 404, "expired" (1).
+            code = FAILED if exc.status == 404 else USAGE if exc.status < 500 else UNREACHABLE
             return _fail(code, f"{exc.status} {exc.title}: {exc.detail}")
         except FileNotFoundError as exc:
             return _fail(USAGE, str(exc))

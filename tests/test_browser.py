@@ -145,3 +145,19 @@ def test_asks_for_the_api_key_and_keeps_it_in_the_tab(tmp_path: Path, browser, u
         assert page.evaluate("sessionStorage.getItem('digitq-api-key')") == "page-key"
         assert context.cookies() == []  # a header, never a cookie: nothing for CSRF to ride on
         context.close()
+
+
+def test_keyboard_only_upload(stack: Stack, browser, upload, tmp_path: Path) -> None:
+    """Tab to the drop zone, Enter opens the file chooser; the rest follows without a mouse."""
+    image = tmp_path / "photo.png"
+    image.write_bytes(upload["photo.png"])
+    page = browser.new_page()
+    page.goto(stack.api_url + "/")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "drop"  # first in the tab order
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(image))
+    wait_succeeded(page)
+    assert page.locator("#results tbody tr td.name").inner_text() == "photo.png"
+    page.close()

@@ -125,7 +125,7 @@ def test_problem_details_are_one_exception(stack: Stack, tmp_path: Path) -> None
             dq.submit([text])
         assert refused.value.status == 415 and "zip" in refused.value.detail
     cli = digitq(stack, "status", "0" * 32)
-    assert cli.returncode == 2 and "404" in cli.stderr
+    assert cli.returncode == 1 and "404" in cli.stderr  # unknown or expired: the server cannot tell
 
 
 def test_failed_and_cancelled_jobs_exit_1(stack: Stack, folder: Path) -> None:
@@ -327,7 +327,7 @@ def test_api_key_is_sent(tmp_path: Path, folder: Path) -> None:
             assert dq.submit([folder], wait=True).status == "succeeded"
         env = {**os.environ, "DIGITQ_URL": keyed.api_url, "DIGITQ_API_KEY": "k-one"}
         listed = subprocess.run([DIGITQ, "status", "x" * 32], env=env, capture_output=True, text=True)
-        assert listed.returncode == 2 and "404" in listed.stderr  # authorised, just unknown
+        assert listed.returncode == 1 and "404" in listed.stderr  # authorised, just unknown
 
 
 def test_metadata_failed_items_and_listing(stack: Stack, folder: Path, tmp_path: Path, digits) -> None:

@@ -384,3 +384,19 @@ def test_human_output_on_a_terminal_json_when_forced(stack: Stack, folder: Path)
     assert human.startswith(f"job {job.id} succeeded: 30/30 done, 0 failed"), human
     forced = on_a_terminal(stack, "status", job.id, "--json")
     assert json.loads(forced)["id"] == job.id
+
+
+def test_cli_retry_after_network_error_makes_one_job(stack: Stack, folder: Path) -> None:
+    proxy = DropFirstResponse(int(stack.api_url.rsplit(":", 1)[1]))
+    try:
+        done = digitq(stack, "submit", str(folder), "--url", f"http://127.0.0.1:{proxy.port}")
+    finally:
+        proxy.close()
+    assert done.returncode == 0, done.stderr
+    keys = {line.split(b":", 1)[1].strip() for r in proxy.requests for line in r.split(b"\r\n")
+            if line.lower().startswith(b"idempotency-key:")}  # fmt: skip
+    assert len(proxy.requests) == 2 and len(keys) == 1  # two attempts, one key
+    job_id = json.loads(done.stdout)["id"]
+    with Client(stack.api_url) as dq:
+        assert dq.submit([folder], idempotency_key=keys.pop().decode()).id == job_id
+        dq.wait(job_id, timeout=60)

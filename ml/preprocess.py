@@ -473,12 +473,16 @@ def _drop_dust_fields(ink: np.ndarray) -> np.ndarray:
     if count == 0:
         return ink
     mass = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1)
-    owner = np.zeros(count + 1, dtype=np.intp)  # which image each label lies in
-    owner[labels.ravel()] = np.repeat(np.arange(len(ink)), FIELD * FIELD)
+    # Which image each label lies in: labels are numbered in scan order and never span two
+    # images, so image n holds the labels after image n-1's largest, up to its own.
+    largest = np.maximum.accumulate(labels.reshape(len(ink), -1).max(axis=1))
+    owner = np.searchsorted(largest, np.arange(count + 1), side="left")
     heaviest = np.zeros(len(ink))
     np.maximum.at(heaviest, owner[1:], mass[1:])
     keep = mass >= MIN_COMPONENT * heaviest[owner]
     keep[0] = False  # the background (no ink there anyway)
+    if keep[1:].all():
+        return ink
     return np.where(keep[labels], ink, np.float32(0.0))
 
 

@@ -265,12 +265,16 @@ class Client:
 
     def download_csv(self, job: Job | str, out: IO[bytes]) -> None:
         """Stream every item as the server's CSV into `out`."""
-        with self.http.stream("GET", f"/jobs/{_job_id(job)}/results", params={"format": "csv"}) as response:
-            if not response.is_success:
-                response.read()
-                _raise_for_problem(response)
-            for block in response.iter_bytes():
-                out.write(block)
+        url = f"/jobs/{_job_id(job)}/results"
+        try:
+            with self.http.stream("GET", url, params={"format": "csv"}) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for_problem(response)
+                for block in response.iter_bytes():
+                    out.write(block)
+        except httpx.TransportError as exc:  # not retried: part of the file may be written already
+            raise Unreachable(f"cannot reach {self.http.base_url}: {exc}") from exc
 
     def cancel(self, job: Job | str) -> Job:
         return Job.of(self._request("DELETE", f"/jobs/{_job_id(job)}").json())

@@ -24,6 +24,30 @@ class JobLinks(BaseModel):
     csv: str
 
 
+class WebhookOut(BaseModel):
+    url: str
+    events: list[str] = Field(description="the events sent to this URL")
+    delivered: bool = Field(description="the job's terminal event was answered with a 2xx")
+    attempts: int = Field(description="delivery attempts so far, every event of the job")
+    last_status: int | None = Field(description="HTTP status of the last attempt, if one was answered")
+    last_error: str | None = Field(description="why the last attempt failed, if it did")
+    next_attempt_at: datetime | None = Field(description="when the next retry is due, if one is")
+
+    @classmethod
+    def of(cls, state: dict[str, str] | None) -> "WebhookOut | None":
+        if not state or "url" not in state:
+            return None
+        return cls(
+            url=state["url"],
+            events=state.get("events", "").split(","),
+            delivered=state.get("delivered") == "1",
+            attempts=int(state.get("attempts", 0)),
+            last_status=int(state["last_status"]) if state.get("last_status") else None,
+            last_error=state.get("last_error") or None,
+            next_attempt_at=_time(float(state["next_at"])) if state.get("next_at") else None,
+        )
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatus
@@ -34,6 +58,8 @@ class JobOut(BaseModel):
     model_version: str | None = Field(description="the model that produced the results")
     error: str | None = Field(description="why the job failed, when it did")
     expires_at: datetime | None = Field(description="when the job and its results are deleted")
+    metadata: dict[str, str] = Field(description="the labels sent with the job, as sent")
+    webhook: WebhookOut | None = Field(description="where the job's events are sent, and how that went")
     links: JobLinks
 
     model_config = {
@@ -49,6 +75,8 @@ class JobOut(BaseModel):
                     "model_version": "2026.11.22-hogsvm-1a2b3c",
                     "error": None,
                     "expires_at": "2026-11-29T10:00:00Z",
+                    "metadata": {"batch": "2026-11-22-scans"},
+                    "webhook": None,
                     "links": {
                         "self": "/jobs/3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b",
                         "results": "/jobs/3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b/results",
@@ -72,6 +100,8 @@ class JobOut(BaseModel):
             model_version=job.model_version,
             error=job.error,
             expires_at=_time(job.expires_at),
+            metadata=job.metadata or {},
+            webhook=WebhookOut.of(job.webhook),
             links=JobLinks(self=base, results=f"{base}/results", csv=f"{base}/results?format=csv"),
         )
 
@@ -99,6 +129,11 @@ class ResultsPage(BaseModel):
     limit: int
     total: int
     items: list[ItemOut]
+    next: str | None = Field(description="URL of the next page, if any")
+
+
+class JobList(BaseModel):
+    items: list[JobOut] = Field(description="the caller's jobs, newest first")
     next: str | None = Field(description="URL of the next page, if any")
 
 

@@ -8,13 +8,15 @@ loses an item, and the counters always equal the number of stored results.
 import json
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import redis
 from redis.typing import EncodableT, FieldT
+
+from core import listing
 
 PREFIX = "digitq:job:"
 IDEMPOTENCY_PREFIX = "digitq:idempotency:"
@@ -45,6 +47,8 @@ class Job:
     error: str | None
     owner: str | None = None  # who submitted it (a digest of their API key), when keys are on
     expires_at: float | None = None  # when Redis deletes the job and its results
+    metadata: dict[str, str] | None = None  # the client's own labels, echoed back (issue 11)
+    webhook: dict[str, str] | None = None  # `webhook_*` hash fields, prefix removed (core/webhooks.py)
 
 
 @dataclass(frozen=True)
@@ -160,14 +164,24 @@ class JobStore:
         base = PREFIX + job_id
         return base, base + ":names", base + ":results"
 
-    def create(self, job_id: str, names: Sequence[str], owner: str | None = None) -> None:
+    def create(
+        self,
+        job_id: str,
+        names: Sequence[str],
+        owner: str | None = None,
+        extra: Mapping[str, EncodableT] | None = None,
+    ) -> None:
+        """`extra`: more hash fields (`metadata`, `webhook_*`)."""
         job, names_key, results = self._keys(job_id)
         pipe = self.redis.pipeline()
-        fields: dict[FieldT, EncodableT] = {"status": JobStatus.queued.value, "created_at": time.time()}
+        created_at = time.time()
+        fields: dict[FieldT, EncodableT] = {"status": JobStatus.queued.value, "created_at": created_at}
         fields.update(total=len(names), done=0, failed=0)
         if owner:
             fields["owner"] = owner
+        fields.update(extra or {})
         pipe.hset(job, mapping=fields)
+        listing.add(pipe, owner, job_id, created_at, self.ttl)
         for start in range(0, len(names), 10_000):
             pipe.rpush(names_key, *names[start : start + 10_000])
         for key in (job, names_key, results):
@@ -175,11 +189,20 @@ class JobStore:
         pipe.execute()
 
     def get(self, job_id: str) -> Job | None:
-        key = self._keys(job_id)[0]
+        return self.get_many([job_id])[0]
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job | None]:
+        """Several jobs in one round trip (listings)."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(key)
-        pipe.pttl(key)
-        raw, ttl_ms = pipe.execute()
+        for job_id in job_ids:
+            key = self._keys(job_id)[0]
+            pipe.hgetall(key)
+            pipe.pttl(key)
+        replies = pipe.execute()
+        return [self._job(i, r, t) for i, r, t in zip(job_ids, replies[::2], replies[1::2], strict=True)]
+
+    @staticmethod
+    def _job(job_id: str, raw: dict, ttl_ms: int) -> Job | None:
         if not raw:
             return None
         h = {_text(k): v for k, v in raw.items()}
@@ -196,6 +219,8 @@ class JobStore:
             error=_opt_str(h.get("error")),
             owner=_opt_str(h.get("owner")),
             expires_at=time.time() + ttl_ms / 1000 if ttl_ms > 0 else None,
+            metadata=json.loads(h["metadata"]) if h.get("metadata") else None,
+            webhook={k[8:]: _text(v) for k, v in h.items() if k.startswith("webhook_")} or None,
         )
 
     def status(self, job_id: str) -> JobStatus | None:

@@ -3,21 +3,23 @@
 import csv
 import hashlib
 import io
+import json
 import logging
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, File, Header, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
 from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
+from api.options import parse_metadata
 from api.problems import ProblemError
-from api.schemas import ItemOut, ItemStatus, JobOut, Problem, ResultsPage
+from api.schemas import ItemOut, ItemStatus, JobList, JobOut, Problem, ResultsPage
 from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
-from core import logs, metrics
+from core import listing, logs, metrics
 from core.blobs import upload_key
-from core.jobs import Job, JobStore, new_job_id
+from core.jobs import Job, JobStatus, JobStore, new_job_id
 from core.queue import PROCESS_CHUNK
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -31,10 +33,11 @@ PROBLEMS = {
         409: "A submission with this Idempotency-Key is still being created",
         413: "The upload, an image, or the number of images is over the limit",
         415: "A part that is neither an image nor a zip",
-        422: "A malformed parameter",
+        422: "A malformed parameter or metadata",
     }.items()
 }
 CSV_PAGE = 1000
+FILTER_BUDGET = 10_000  # items one filtered results page may read (the page may then be short)
 MAX_OFFSET = 2**31 - 1  # Redis list indices are 64-bit; anything near is past every job's end
 
 
@@ -83,11 +86,19 @@ def submit_job(
             "instead of creating another (kept as long as jobs are)",
         ),
     ] = None,
+    metadata: Annotated[
+        str | None,
+        Form(
+            description="A JSON object of at most 16 string keys and values (<= 512 characters each), "
+            'echoed on the job: {"batch": "2026-11-24", "customer": "acme"}'
+        ),
+    ] = None,
 ) -> JobOut:
     """Queue every image of the upload; answers at once with the job to poll.
 
     `curl -F files=@digits.zip -F files=@seven.png http://127.0.0.1:8000/jobs`
     """
+    labels = parse_metadata(metadata)
     if not files:
         raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
     items = _list_items(files, settings.max_image_bytes)
@@ -108,7 +119,8 @@ def submit_job(
         for part, upload in enumerate(files):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
-        store.create(job_id, [item.name for item in items], owner=caller)
+        extra = {"metadata": json.dumps(labels)} if labels else {}
+        store.create(job_id, [item.name for item in items], owner=caller, extra=extra)
         for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
             celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
     except Exception:
@@ -120,6 +132,31 @@ def submit_job(
         log.info("job submitted")
     response.headers["Location"] = f"/jobs/{job_id}"
     return JobOut.of(_job_or_404(store, job_id, caller))
+
+
+@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 422)})
+def list_jobs(
+    store: JobStoreDep,
+    caller: CallerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(max_length=64, description="the previous page's last job id")] = None,
+    status: JobStatus | None = None,
+) -> JobList:
+    """The caller's jobs, newest first (with API keys, only the jobs its key submitted).
+
+    Follow `next` for the following page; with `status=`, a page may hold fewer than `limit` jobs
+    while more follow (each request reads a bounded number of jobs).
+    """
+    try:
+        found = listing.page(store, caller, limit, after=after, status=status)
+    except listing.UnknownCursor:
+        detail = f"after={after!r} is not one of your jobs (expired?); list again without 'after'"
+        raise ProblemError(400, "Unknown cursor", detail) from None
+    next_url = None
+    if found.next_after:
+        query = f"&status={status.value}" if status else ""
+        next_url = f"/jobs?limit={limit}&after={found.next_after}{query}"
+    return JobList(items=[JobOut.of(job) for job in found.jobs], next=next_url)
 
 
 def idempotency_claim(caller: str | None, idempotency_key: str) -> str:
@@ -156,6 +193,7 @@ def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep, caller: Cal
 class ResultFormat(StrEnum):
     json = "json"
     csv = "csv"
+    jsonl = "jsonl"
 
 
 def _items(store: JobStore, job_id: str, offset: int, limit: int) -> list[ItemOut]:
@@ -181,28 +219,72 @@ def _items(store: JobStore, job_id: str, offset: int, limit: int) -> list[ItemOu
     return out
 
 
-def _csv_rows(store: JobStore, job: Job) -> Iterator[str]:
+def _filtered(
+    store: JobStore, job: Job, offset: int, limit: int, status: ItemStatus | None, budget: int
+) -> tuple[list[ItemOut], int]:
+    """Up to `limit` items from `offset` on (of `status` only, if given), reading at most `budget`
+    items; returns them and the offset where reading stopped."""
+    if status is None:
+        items = _items(store, job.id, offset, limit)
+        return items, offset + len(items)
+    found: list[ItemOut] = []
+    position = offset
+    while position < job.total and position - offset < budget and len(found) < limit:
+        page = _items(store, job.id, position, min(CSV_PAGE, budget))
+        if not page:
+            break
+        for item in page:
+            position = item.index + 1
+            if item.status is status:
+                found.append(item)
+                if len(found) == limit:
+                    break
+    return found, position
+
+
+def _all_items(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[list[ItemOut]]:
+    for offset in range(0, job.total, CSV_PAGE):
+        yield [item for item in _items(store, job.id, offset, CSV_PAGE) if status in (None, item.status)]
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    """A spreadsheet opening the CSV must not run a name as a formula (CSV injection): prefix `'`."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _csv_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["index", "name", "status", "digit", "confidence", "low_confidence", "error"])
-    for offset in range(0, job.total, CSV_PAGE):
-        for item in _items(store, job.id, offset, CSV_PAGE):
+    for items in _all_items(store, job, status):
+        for item in items:
             confidence = "" if item.confidence is None else f"{item.confidence:.4f}"
             digit = "" if item.digit is None else item.digit
             writer.writerow(
-                [item.index, item.name, item.status.value, digit, confidence,
-                 str(item.low_confidence).lower(), item.error or ""]
+                [item.index, _cell(item.name), item.status.value, digit, confidence,
+                 str(item.low_confidence).lower(), _cell(item.error or "")]
             )  # fmt: skip
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
 
 
+def _jsonl_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[str]:
+    for items in _all_items(store, job, status):
+        yield "".join(item.model_dump_json() + "\n" for item in items)
+
+
 @router.get(
     "/{job_id}/results",
     response_model=ResultsPage,
     responses={
-        200: {"content": {"text/csv": {}}, "description": "A page of results, or all as CSV"},
+        200: {
+            "content": {"text/csv": {}, "application/jsonl": {}},
+            "description": "A page of results, or all of them as CSV or JSON Lines",
+        },
         **{k: PROBLEMS[k] for k in (401, 404, 422)},
     },
 )
@@ -213,15 +295,26 @@ def get_results(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     format: ResultFormat = ResultFormat.json,
+    status: Annotated[
+        ItemStatus | None, Query(description="only the items in this state: `failed` reads the errors alone")
+    ] = None,
 ) -> ResultsPage | StreamingResponse:
-    """One item per input image, in input order. `?format=csv` streams every item as CSV."""
+    """One item per input image, in input order. `?format=csv` or `?format=jsonl` streams every
+    item (one JSON object per line); `?status=failed` keeps only the items that failed, in any format.
+
+    With `status=`, a JSON page may hold fewer than `limit` items while `next` says more follow.
+    """
     job = _job_or_404(store, job_id, caller)
-    if format is ResultFormat.csv:
-        headers = {"Content-Disposition": f'attachment; filename="digitq-{job_id}.csv"'}
-        return StreamingResponse(_csv_rows(store, job), media_type="text/csv", headers=headers)
-    items = _items(store, job_id, offset, limit)
-    end = offset + len(items)
-    next_url = f"/jobs/{job_id}/results?offset={end}&limit={limit}" if end < job.total else None
+    if format is not ResultFormat.json:
+        rows, media_type = {
+            ResultFormat.csv: (_csv_rows, "text/csv"),
+            ResultFormat.jsonl: (_jsonl_rows, "application/jsonl"),
+        }[format]
+        headers = {"Content-Disposition": f'attachment; filename="digitq-{job_id}.{format.value}"'}
+        return StreamingResponse(rows(store, job, status), media_type=media_type, headers=headers)
+    items, end = _filtered(store, job, offset, limit, status, FILTER_BUDGET)
+    query = f"&status={status.value}" if status else ""
+    next_url = f"/jobs/{job_id}/results?offset={end}&limit={limit}{query}" if end < job.total else None
     return ResultsPage(
         job_id=job_id, status=job.status, offset=offset, limit=limit, total=job.total,
         items=items, next=next_url,

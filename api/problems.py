@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.blobs import BlobStoreUnavailable
+
 PROBLEM_JSON = "application/problem+json"
 TITLES = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 413: "Upload too large"}
 # Starlette's multipart parser stops at 1,000 parts (its message says so, not what to do instead).
@@ -49,6 +51,12 @@ def install(app: FastAPI) -> None:
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
         # Not the user's fault and not a bug of theirs to fix: say so, and when to come back.
         response = problem(503, "Service unavailable", "the job store is unreachable; retry shortly")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.exception_handler(BlobStoreUnavailable)
+    async def _no_blobs(_: Request, exc: BlobStoreUnavailable) -> JSONResponse:
+        response = problem(503, "Service unavailable", "the upload store is unreachable; retry shortly")
         response.headers["Retry-After"] = "5"
         return response
 

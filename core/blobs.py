@@ -17,6 +17,10 @@ from urllib.parse import urlparse
 from core.config import Settings
 
 
+class BlobStoreUnavailable(Exception):
+    """The blob store could not take an upload (S3 down, credentials, bucket): not the client's fault."""
+
+
 def upload_key(job_id: str, part: int) -> str:
     """Where part `part` (0-based) of a job's upload is stored."""
     return f"{job_id}/part-{part}"
@@ -35,7 +39,10 @@ class LocalBlobStore:
         self.root = root
 
     def _path(self, key: str) -> Path:
-        return self.root / key  # keys are built by digitq, never from user input
+        # Keys are built by digitq from validated job ids; refuse anything else all the same.
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root / key
 
     def put(self, key: str, data: BinaryIO) -> None:
         path = self._path(key)
@@ -76,8 +83,12 @@ class LocalBlobStore:
 class S3BlobStore:
     def __init__(self, bucket: str, prefix: str, cache_dir: Path) -> None:
         import boto3  # only when S3 is configured
+        from botocore.config import Config
 
-        self.s3 = boto3.client("s3")  # endpoint from AWS_ENDPOINT_URL, credentials from env
+        # Endpoint from AWS_ENDPOINT_URL, credentials from env. Fail in seconds, not minutes: the
+        # client is waiting on the other end of a POST and gets a 503 to retry.
+        config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"})
+        self.s3 = boto3.client("s3", config=config)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.cache = LocalBlobStore(cache_dir)
@@ -86,7 +97,13 @@ class S3BlobStore:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put(self, key: str, data: BinaryIO) -> None:
-        self.s3.upload_fileobj(data, self.bucket, self._key(key))
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.s3.upload_fileobj(data, self.bucket, self._key(key))
+        except (BotoCoreError, ClientError) as exc:
+            # The message names the endpoint or the error code, never the credentials.
+            raise BlobStoreUnavailable(f"{type(exc).__name__}") from exc
 
     def local_path(self, key: str) -> Path:
         path = self.cache._path(key)

@@ -4,6 +4,10 @@ Keys (all small):
 - `digitq:worker:<hostname>`: JSON heartbeat written every HEARTBEAT_SECONDS by each worker's
   main process once its model is loaded, expiring after HEARTBEAT_TTL: hostname, pid,
   model_version, and the state of the last reload request it handled.
+- `digitq:workers`: the index of heartbeats, a sorted set of hostnames scored by their last
+  beat, so that /ready and /metrics read the workers without SCANning the whole keyspace (which
+  costs O(every job key) on a busy Redis). Stale members are pruned on every beat and read, and
+  the set expires with the last heartbeat: it is bounded by the live workers.
 - `digitq:model:current`: the version every worker serves (set by a successful reload). Pool
   processes compare it with their model before each chunk; new workers start on it.
 - `digitq:model:candidate`: `{"id", "version"}` of a reload in progress. Each worker's main
@@ -22,6 +26,7 @@ from typing import Any
 import redis
 
 WORKER_PREFIX = "digitq:worker:"
+WORKERS_INDEX = "digitq:workers"
 CURRENT_KEY = "digitq:model:current"
 CANDIDATE_KEY = "digitq:model:candidate"
 HEARTBEAT_SECONDS = 2.0
@@ -29,21 +34,31 @@ HEARTBEAT_TTL = 10
 
 
 def beat(client: redis.Redis, hostname: str, info: dict[str, Any]) -> None:
-    payload = {**info, "hostname": hostname, "ts": time.time()}
-    client.set(WORKER_PREFIX + hostname, json.dumps(payload), ex=HEARTBEAT_TTL)
+    now = time.time()
+    payload = {**info, "hostname": hostname, "ts": now}
+    pipe = client.pipeline(transaction=False)
+    pipe.set(WORKER_PREFIX + hostname, json.dumps(payload), ex=HEARTBEAT_TTL)
+    pipe.zadd(WORKERS_INDEX, {hostname: now})
+    pipe.zremrangebyscore(WORKERS_INDEX, "-inf", now - HEARTBEAT_TTL)
+    pipe.expire(WORKERS_INDEX, HEARTBEAT_TTL)
+    pipe.execute()
 
 
 def forget(client: redis.Redis, hostname: str) -> None:
-    client.delete(WORKER_PREFIX + hostname)
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(WORKER_PREFIX + hostname)
+    pipe.zrem(WORKERS_INDEX, hostname)
+    pipe.execute()
 
 
 def workers(client: redis.Redis) -> list[dict[str, Any]]:
     """Live workers (those whose heartbeat has not expired), by hostname."""
-    keys = sorted(client.scan_iter(match=WORKER_PREFIX + "*", count=1000))
-    if not keys:
+    client.zremrangebyscore(WORKERS_INDEX, "-inf", time.time() - HEARTBEAT_TTL)
+    hostnames = sorted(text(h) or "" for h in client.zrange(WORKERS_INDEX, 0, -1))
+    if not hostnames:
         return []
     found = []
-    for raw in client.mget(keys):
+    for raw in client.mget([WORKER_PREFIX + h for h in hostnames]):
         if raw:
             found.append(json.loads(raw))
     return sorted(found, key=lambda w: w["hostname"])

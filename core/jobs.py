@@ -6,6 +6,7 @@ loses an item, and the counters always equal the number of stored results.
 """
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,19 @@ from core import listing
 
 PREFIX = "digitq:job:"
 IDEMPOTENCY_PREFIX = "digitq:idempotency:"
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # what new_job_id() makes; anything else names no job
+# Names and error texts are stored for a week (names once, errors per item): cap them.
+MAX_NAME_CHARS = 512
+MAX_ERROR_CHARS = 512
+
+
+def cap(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with a marker saying so."""
+    return text if len(text) <= limit else text[: limit - 15] + "…[truncated]"
+
+
+def is_job_id(value: str) -> bool:
+    return JOB_ID.fullmatch(value) is not None
 
 
 class JobStatus(StrEnum):
@@ -60,9 +74,8 @@ class ItemResult:
     error: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(
-            [self.digit, self.confidence, self.low_confidence, self.error], separators=(",", ":")
-        )
+        error = None if self.error is None else cap(self.error, MAX_ERROR_CHARS)
+        return json.dumps([self.digit, self.confidence, self.low_confidence, error], separators=(",", ":"))
 
     @classmethod
     def from_json(cls, index: int, raw: bytes | str) -> "ItemResult":
@@ -88,6 +101,9 @@ for i = 2, #ARGV, 3 do
     if ARGV[i + 2] == '1' then failed = failed + 1 end
   end
 end
+-- HSETNX may have just created the results hash: it dies with its job (EXPIRE before it existed was a no-op).
+local ttl = redis.call('PTTL', job)
+if ttl > 0 then redis.call('PEXPIRE', results, ttl) end
 redis.call('HINCRBY', job, 'done', added)
 redis.call('HINCRBY', job, 'failed', failed)
 local status = redis.call('HGET', job, 'status')
@@ -181,6 +197,7 @@ class JobStore:
             fields["owner"] = owner
         fields.update(extra or {})
         pipe.hset(job, mapping=fields)
+        names = [cap(name, MAX_NAME_CHARS) for name in names]
         listing.add(pipe, owner, job_id, created_at, self.ttl)
         for start in range(0, len(names), 10_000):
             pipe.rpush(names_key, *names[start : start + 10_000])
@@ -278,4 +295,4 @@ class JobStore:
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""
-        self.redis.hset(self._keys(job_id)[0], "error", error)
+        self.redis.hset(self._keys(job_id)[0], "error", cap(error, MAX_ERROR_CHARS))

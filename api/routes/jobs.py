@@ -19,7 +19,7 @@ from api.schemas import ItemOut, ItemStatus, JobList, JobOut, Problem, ResultsPa
 from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
 from core import listing, logs, metrics
 from core.blobs import upload_key
-from core.jobs import Job, JobStatus, JobStore, new_job_id
+from core.jobs import Job, JobStatus, JobStore, is_job_id, new_job_id
 from core.queue import PROCESS_CHUNK
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -42,6 +42,10 @@ MAX_OFFSET = 2**31 - 1  # Redis list indices are 64-bit; anything near is past e
 
 
 def _job_or_404(store: JobStore, job_id: str, caller: str | None) -> Job:
+    # Every /jobs/{id} route comes here first: an id we could not have made is never looked up
+    # in Redis (`<id>:names` would be another key type) nor used in a path (cancel's delete).
+    if not is_job_id(job_id):
+        raise ProblemError(404, "Not found", "there is no such job: job ids are 32 hexadecimal characters")
     job = store.get(job_id)
     # Another key's job is "not found" too: its existence is not the caller's business.
     if job is None or (caller is not None and job.owner is not None and job.owner != caller):

@@ -1,0 +1,53 @@
+"""Every key digitq leaves in Redis expires or is a known bounded structure (issue 8, item 4).
+
+Redis runs without `maxmemory` and keeps an append-only file: a key that neither expires nor is
+bounded grows both forever. This runs real jobs end to end (with an Idempotency-Key, a cancel,
+a scrape of /ready and /metrics) and then inspects every key in the database.
+"""
+
+import fnmatch
+
+import httpx
+import pytest
+import redis
+
+from tests.helpers import make_zip, png, running_stack, wait_for_job
+
+pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
+
+# Keys allowed to live without a TTL, each with why it is bounded. Anything else must expire.
+BOUNDED = {
+    "digitq": "the Celery queue: drained by the workers; each job adds at most MAX_ITEMS/CHUNK_SIZE",
+    "digitq:metrics": "one hash with a fixed set of fields (counters and histogram buckets)",
+    "digitq:model:current": "one version name",
+    "unacked": "kombu: messages being worked on, at most one per pool process (prefetch 1)",
+    "unacked_index": "kombu: the index of `unacked`, same size",
+    "unacked_mutex": "kombu: a lock, short-lived",
+    "_kombu.binding*": "kombu: exchange bindings, one set per queue, fixed",
+}
+
+
+def _bounded(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in BOUNDED)
+
+
+def test_every_key_expires_or_is_bounded(tmp_path, digits) -> None:
+    with running_stack(tmp_path, WORKER_PROCESSES="1") as stack:
+        with httpx.Client(base_url=stack.api_url, timeout=30) as api:
+            archive = make_zip({f"d/{i}.png": png(digits[0][i]) for i in range(20)} | {"bad.png": b"nope"})
+            files = [("files", ("a.zip", archive)), ("files", ("b.png", png(digits[0][30])))]
+            first = api.post("/jobs", files=files, headers={"Idempotency-Key": "expiry-test"})
+            assert first.status_code == 202, first.text
+            job = wait_for_job(api, first.json()["id"])
+            assert job["counts"] == {"total": 22, "done": 22, "failed": 1}
+            cancelled = api.post("/jobs", files=files[1:]).json()["id"]
+            api.delete(f"/jobs/{cancelled}")
+            wait_for_job(api, cancelled)
+            assert api.get("/metrics").status_code == 200
+            assert api.get("/ready").status_code == 200
+
+        client = redis.Redis.from_url(stack.redis_url or "")
+        keys = sorted(k.decode() for k in client.scan_iter(count=1000))
+        assert f"digitq:job:{job['id']}:results" in keys  # the test saw what it is about
+        forever = [k for k in keys if client.ttl(k) == -1 and not _bounded(k)]
+        assert forever == [], f"keys without a TTL that are not known to be bounded: {forever}"

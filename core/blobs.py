@@ -6,6 +6,7 @@ is `s3://bucket/prefix`. Workers read a part through a local path; for S3 it is 
 once per worker machine and reused by every chunk of the job.
 """
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -45,11 +46,16 @@ class LocalBlobStore:
 
     def put(self, key: str, data: BinaryIO) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._private_parent(path)
         tmp = path.with_suffix(".part")
-        with tmp.open("wb") as out:
+        # Uploads are other people's images: owner-only (0600 in 0700 dirs), whatever the umask.
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             shutil.copyfileobj(data, out, 1 << 20)
         tmp.replace(path)
+
+    def _private_parent(self, path: Path) -> None:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)
@@ -102,9 +108,10 @@ class S3BlobStore:
     def local_path(self, key: str) -> Path:
         path = self.cache._path(key)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self.cache._private_parent(path)
             tmp = path.with_suffix(f".{id(self)}.part")
             self.s3.download_file(self.bucket, self._key(key), str(tmp))
+            tmp.chmod(0o600)
             tmp.replace(path)
         return path
 

@@ -24,12 +24,10 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import secrets
 import socket
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
@@ -255,13 +253,6 @@ def payload(kind: str, created: float, job: dict) -> str:
     return json.dumps({"type": kind, "timestamp": when, "data": job}, separators=(",", ":"))
 
 
-def ensure_secret(data_dir: Path) -> Path:
-    """`make run` without WEBHOOK_SECRET: one generated once into DATA_DIR (mode 0600) and reused."""
-    path = data_dir / "webhook-secret"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
-    return path
+def new_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

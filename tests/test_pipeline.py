@@ -206,7 +206,8 @@ def test_job_state_survives_api_restart(stack: Stack, api: httpx.Client, holdout
 
 
 def test_flower_sees_the_worker(stack: Stack) -> None:
-    workers = httpx.get(f"{stack.flower_url}/api/workers", params={"refresh": "true"}, timeout=30)
+    login = tuple(stack.flower_basic_auth().split(":", 1))
+    workers = httpx.get(f"{stack.flower_url}/api/workers", params={"refresh": "true"}, auth=login, timeout=30)
     assert workers.status_code == 200
     assert any(name.startswith("worker1@") for name in workers.json()), workers.text
 

@@ -12,7 +12,8 @@ from standardwebhooks import Webhook
 from core.config import Settings, get_settings
 from core.connections import get_job_store
 from core.logs import redact, secret_values
-from core.webhooks import DUE, MSG_PREFIX, ensure_secret
+from core.webhooks import DUE, MSG_PREFIX, new_secret
+from devstack.secret_files import read_or_create
 from tests.helpers import png
 from tests.webhook_receiver import Receiver
 from worker.webhooks import Sender
@@ -124,11 +125,11 @@ def test_cancel_queues_one_signed_event(
 
 
 def test_make_run_generates_a_private_secret(tmp_path: Path) -> None:
-    path = ensure_secret(tmp_path / "data")
-    secret = path.read_text().strip()
+    path = tmp_path / "data" / "webhook-secret"
+    secret = read_or_create(path, new_secret)
     assert secret.startswith("whsec_") and stat.S_IMODE(path.stat().st_mode) == 0o600
     Webhook(secret)  # a secret standardwebhooks accepts
-    assert ensure_secret(tmp_path / "data").read_text().strip() == secret  # kept across runs
+    assert read_or_create(path, new_secret) == secret  # kept across runs
 
 
 def test_delivery_checks_the_address_again(make_client, one_png: bytes) -> None:

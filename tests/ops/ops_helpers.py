@@ -123,15 +123,9 @@ class LoggedStack(Stack):
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        env = {**self.env, "REDIS_URL": self.redis_url or "", "DATA_DIR": str(self.settings.data_dir)}
-        out = (self.log_dir / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            args, env=env, cwd=PROJECT_ROOT, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
-        )
-        out.close()
-        self.processes[name] = process
-        return process
+    def _spawn(self, name: str, args: list[str], **popen) -> subprocess.Popen[bytes]:
+        with (self.log_dir / f"{name}.log").open("ab") as out:
+            return super()._spawn(name, args, stdout=out, stderr=subprocess.STDOUT, **popen)
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")

@@ -48,7 +48,7 @@ def test_compose_has_every_service(compose: dict) -> None:
     assert {"redis", "api", "worker", "flower", "minio", "minio-init", "model-push", "prometheus"} <= set(
         services
     )
-    assert "--appendonly" in services["redis"]["command"] and "yes" in services["redis"]["command"]
+    assert "--appendonly yes" in " ".join(services["redis"]["command"])
     assert "mc mb" in " ".join(services["minio-init"]["command"])
     push = " ".join(services["model-push"]["command"])
     assert "python -m ml train" in push and "python -m ml push" in push
@@ -66,8 +66,23 @@ def test_compose_runs_the_local_stack_commands(compose: dict) -> None:
     env = services["worker"]["environment"]
     assert env["MODEL_URI"].startswith("s3://") and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert services["api"]["environment"]["BLOB_URL"].startswith("s3://")
-    stack = (PROJECT_ROOT / "core" / "stack.py").read_text()
+    stack = (PROJECT_ROOT / "devstack" / "stack.py").read_text()
     assert '"api.main:app"' in stack and '"worker.app", "worker"' in stack and '"flower"' in stack
+
+
+def test_compose_redis_and_flower_need_credentials(compose: dict) -> None:
+    services = compose["services"]
+    redis_command = " ".join(services["redis"]["command"])
+    assert "requirepass" in redis_command and "redis-server -" in redis_command  # password on stdin
+    assert "REDIS_PASSWORD:?" in services["redis"]["environment"]["REDISCLI_AUTH"]  # no default
+    for name in ("api", "worker", "flower", "model-push"):
+        assert services[name]["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+    flower = services["flower"]
+    assert "FLOWER_UNAUTHENTICATED_API" not in flower["environment"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    assert "--broker" not in flower["command"]  # the broker URL (its password) stays out of `ps`
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]  # not published on every interface
+    assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
 
 
 def test_prometheus_scrapes_the_api_and_flower() -> None:

@@ -139,11 +139,12 @@ def test_results_paging_and_csv(api: httpx.Client, holdout) -> None:
 
 
 def test_unknown_job_is_404_problem(api: httpx.Client) -> None:
-    for path in ("/jobs/nope", "/jobs/nope/results"):
+    unknown = "0123456789abcdef" * 2  # well-formed, never issued
+    for path in (f"/jobs/{unknown}", f"/jobs/{unknown}/results"):
         response = api.get(path)
         assert response.status_code == 404
         assert response.headers["content-type"] == "application/problem+json"
-        assert "nope" in response.json()["detail"]
+        assert unknown in response.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -179,7 +180,7 @@ def test_redis_outage_is_503_not_500(tmp_path) -> None:
         client = httpx.Client(base_url=stack.api_url)
         assert stack.redis is not None
         stack.redis.stop()
-        response = client.get("/jobs/abc")
+        response = client.get("/jobs/" + "ab" * 16)  # a well-formed id: the store is asked
         assert response.status_code == 503 and response.headers["retry-after"]
         assert response.headers["content-type"] == "application/problem+json"
 

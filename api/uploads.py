@@ -2,12 +2,20 @@
 
 Nothing is extracted here: a zip is stored as uploaded and workers read its members by name,
 so entry names (absolute paths, `..`) never become file system paths.
+
+What a chunk costs a worker is bounded here, before anything is queued: by item count, by
+uncompressed bytes (the zip's `file_size`, which the worker's read cannot exceed) and by decoded
+pixels, read from each image's header (the first bytes of the entry; nothing is decoded).
 """
 
+import io
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from PIL import Image
 
 from core.queue import TaskItem
 
@@ -24,6 +32,15 @@ IMAGE_SIGNATURES: dict[bytes, str] = {
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip, or an empty zip
 ACCEPTED = "PNG, JPEG, BMP, GIF, TIFF, WebP images or .zip archives of them"
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
+# The decoders Pillow may use to read a header: the accepted formats only (as ml/preprocess.py).
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+# ml/preprocess.py refuses larger images before decoding them: no image costs a chunk more.
+MAX_PIXELS = 40_000_000
+HEADER_BYTES = 64 * 1024  # enough for every header but a TIFF's whose directory is at the end
+# Workers read stored and deflated entries only: bzip2 and lzma decompress ~10-100x slower
+# per byte and reach ratios (20 MiB from 37 KB) that make the compressed size meaningless.
+READABLE_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+COMPRESSION_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma", 9: "deflate64"}
 
 
 class UploadError(ValueError):
@@ -50,7 +67,8 @@ class Item:
     name: str
     part: int
     member: str | None = None
-    size: int = 0
+    size: int = 0  # uncompressed bytes
+    pixels: int = 0  # decoded pixels, from the header (MAX_PIXELS when unknown)
     error: str | None = None  # known before any worker looks at it
 
     def to_task(self, index: int) -> TaskItem:
@@ -78,7 +96,84 @@ def unsafe_reason(name: str) -> str | None:
     return None
 
 
-def zip_items(data: BinaryIO, part: int, max_image_bytes: int) -> Iterator[Item]:
+def header_pixels(head: bytes) -> int:
+    """Pixels of the image whose first bytes are `head`, from its header alone; MAX_PIXELS when
+    the header cannot be read there (the worker then finds out, and bounds it the same way)."""
+    if len(head) >= 24 and head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":  # ~1 us
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return min(width * height, MAX_PIXELS)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression-bomb warning: the size is what we want
+            width, height = Image.open(io.BytesIO(head), formats=PIL_FORMATS).size
+    except Exception:  # noqa: BLE001 - truncated, unknown or broken: assume the worst
+        return MAX_PIXELS
+    return min(width * height, MAX_PIXELS)
+
+
+def _count_entries(data: BinaryIO, most: int) -> int:
+    """The number of central directory entries, read before zipfile turns each into objects
+    (~400 B and ~5 us apiece); counting stops once past `most`.
+
+    The end-of-central-directory record (zip64 too) declares the count; as it may lie, the
+    directory's entry signatures are counted as well, 1 MiB at a time (a name or extra field
+    holding the 4-byte signature can only overcount).
+    """
+    end = zipfile._EndRecData(data)  # the stdlib's own reader of the record, zip64 included
+    if end is None:
+        return 0  # not a zip after all: zipfile says why
+    declared, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    if declared > most:
+        return declared
+    start = end[zipfile._ECD_LOCATION] - size
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    data.seek(max(0, start))
+    counted, tail, left = 0, b"", size
+    while left > 0 and counted <= most:
+        block = data.read(min(left, 1 << 20))
+        if not block:
+            break
+        left -= len(block)
+        counted += (tail + block).count(b"PK\x01\x02")
+        tail = block[-3:]
+    data.seek(0)
+    return max(declared, counted)
+
+
+def _entry_pixels(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    try:
+        with archive.open(info) as entry:
+            return header_pixels(entry.read(HEADER_BYTES))
+    except Exception:  # noqa: BLE001 - a corrupt entry: the worker reports it on the item
+        return MAX_PIXELS
+
+
+@dataclass
+class EntryBudget:
+    """Zip directory entries (folders and junk included) a job may still list: listing costs
+    per entry, whatever the entry is. Twice MAX_ITEMS_PER_JOB leaves room for the `__MACOSX/`
+    twin macOS adds to every file; the exact image count is checked after listing."""
+
+    max_items: int
+    left: int = -1
+
+    def __post_init__(self) -> None:
+        if self.left < 0:
+            self.left = 2 * self.max_items + 1000
+
+    def take(self, part: int, entries: int) -> None:
+        if entries > self.left:
+            raise UploadError(
+                413,
+                f"part {part + 1} holds more than {self.left} zip entries; a job takes at most "
+                f"{self.max_items} images: split the upload",
+            )
+        self.left -= entries
+
+
+def zip_items(data: BinaryIO, part: int, max_image_bytes: int, budget: EntryBudget) -> Iterator[Item]:
+    budget.take(part, _count_entries(data, budget.left))
     try:
         archive = zipfile.ZipFile(data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -91,13 +186,21 @@ def zip_items(data: BinaryIO, part: int, max_image_bytes: int) -> Iterator[Item]
             error = unsafe_reason(name)
             if error is None and info.flag_bits & 0x1:
                 error = "encrypted zip entry; cannot be read"
+            if error is None and info.compress_type not in READABLE_COMPRESSION:
+                method = COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
+                error = f"entry is compressed with {method}; only stored and deflate entries are read"
             if error is None and info.file_size > max_image_bytes:
                 error = f"entry is {info.file_size} bytes; the limit per image is {max_image_bytes}"
-            yield Item(name=name, part=part, member=name, size=info.compress_size, error=error)
+            pixels = _entry_pixels(archive, info) if error is None else 0
+            yield Item(name=name, part=part, member=name, size=info.file_size, pixels=pixels, error=error)
 
 
-def part_items(data: BinaryIO, filename: str, part: int, max_image_bytes: int) -> tuple[str, list[Item]]:
-    """Sniff one uploaded part and list its items; raises UploadError for a part we can't take."""
+def part_items(
+    data: BinaryIO, filename: str, part: int, max_image_bytes: int, budget: EntryBudget | None = None
+) -> tuple[str, list[Item]]:
+    """Sniff one uploaded part and list its items; raises UploadError for a part we can't take.
+
+    `budget` bounds what listing zips may cost (shared by a job's parts)."""
     head = data.read(16)
     data.seek(0, 2)
     size = data.tell()
@@ -109,23 +212,31 @@ def part_items(data: BinaryIO, filename: str, part: int, max_image_bytes: int) -
     if kind is None:
         raise UploadError(415, f"{label} is neither an image nor a zip; send {ACCEPTED}")
     if kind == "zip":
-        items = list(zip_items(data, part, max_image_bytes))
+        budget = budget or EntryBudget(100_000)
+        items = list(zip_items(data, part, max_image_bytes, budget))
         data.seek(0)
         return kind, items
     if size > max_image_bytes:
         raise UploadError(413, f"{label} is {size} bytes; the limit per image is {max_image_bytes}")
-    return kind, [Item(name=filename, part=part, size=size)]
+    pixels = header_pixels(data.read(HEADER_BYTES))
+    data.seek(0)
+    return kind, [Item(name=filename, part=part, size=size, pixels=pixels)]
 
 
-def chunks(items: list[Item], max_items: int, max_bytes: int) -> Iterator[list[TaskItem]]:
-    """Split items in index order into task payloads bounded by count and compressed bytes."""
+def chunks(
+    items: list[Item], max_items: int, max_bytes: int, max_pixels: int = MAX_PIXELS
+) -> Iterator[list[TaskItem]]:
+    """Split items in index order into task payloads bounded by count, uncompressed bytes and
+    decoded pixels (an item over a bound alone is a chunk of its own)."""
     chunk: list[TaskItem] = []
-    chunk_bytes = 0
+    chunk_bytes = chunk_pixels = 0
     for index, item in enumerate(items):
-        if chunk and (len(chunk) >= max_items or chunk_bytes + item.size > max_bytes):
+        over = chunk_bytes + item.size > max_bytes or chunk_pixels + item.pixels > max_pixels
+        if chunk and (len(chunk) >= max_items or over):
             yield chunk
-            chunk, chunk_bytes = [], 0
+            chunk, chunk_bytes, chunk_pixels = [], 0, 0
         chunk.append(item.to_task(index))
         chunk_bytes += item.size
+        chunk_pixels += item.pixels
     if chunk:
         yield chunk

@@ -32,11 +32,17 @@ class Settings(BaseSettings):
     job_ttl_seconds: int = 7 * 24 * 3600
 
     # Work distribution and reliability.
+    # A chunk's cost is bounded by count, uncompressed bytes and decoded pixels so that a healthy
+    # one always finishes well within its time limit (core/queue.py says why each matters).
     chunk_size: int = Field(default=250, ge=1, description="images per Celery task")
-    chunk_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="bytes per task")
+    chunk_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="uncompressed bytes per task")
+    chunk_max_pixels: int = Field(default=100_000_000, ge=1, description="decoded pixels per task")
     visibility_timeout: int = Field(
         default=30, ge=5, description="seconds before an unacknowledged chunk is redelivered"
     )
+    # A chunk whose pool process dies (OOM kill) or that runs out of time is redelivered; after this
+    # many deliveries its remaining items fail instead of killing process after process (poison).
+    max_chunk_deliveries: int = Field(default=3, ge=1)
 
     # Model.
     model_uri: str = str(PROJECT_ROOT / "models")  # a local dir, or s3://bucket/prefix/<version|latest>

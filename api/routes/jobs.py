@@ -16,7 +16,7 @@ from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDe
 from api.options import parse_metadata, parse_webhook
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, Problem, ResultsPage
-from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
+from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, part_items
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
 from core.jobs import Job, JobStatus, JobStore, is_job_id, new_job_id
@@ -53,11 +53,13 @@ def _job_or_404(store: JobStore, job_id: str, caller: str | None) -> Job:
     return job
 
 
-def _list_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
+def _list_items(files: list[UploadFile], max_image_bytes: int, max_items: int) -> list[Item]:
     items: list[Item] = []
+    budget = EntryBudget(max_items)  # refuses a huge zip before listing it
     for part, upload in enumerate(files):
+        name = upload.filename or f"file-{part + 1}"
         try:
-            _, found = part_items(upload.file, upload.filename or f"file-{part + 1}", part, max_image_bytes)
+            _, found = part_items(upload.file, name, part, max_image_bytes, budget)
         except UploadError as exc:
             raise ProblemError(exc.status, "Unusable upload", str(exc)) from exc
         items += found
@@ -117,7 +119,7 @@ def submit_job(
     hook = parse_webhook(webhook, webhook_events, settings)
     if not files:
         raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
-    items = _list_items(files, settings.max_image_bytes)
+    items = _list_items(files, settings.max_image_bytes, settings.max_items_per_job)
     if not items:
         raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
     if len(items) > settings.max_items_per_job:
@@ -137,7 +139,7 @@ def submit_job(
             blobs.put(upload_key(job_id, part), upload.file)
         extra = {**hook, "metadata": json.dumps(labels)} if labels else hook
         store.create(job_id, [item.name for item in items], owner=caller, extra=extra)
-        for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
+        for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels):
             celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
     except Exception:
         if claim:

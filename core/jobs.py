@@ -1,4 +1,5 @@
-"""Job state in Redis: one hash per job, the item names in input order, one result per item.
+"""Job state in Redis: one hash per job, the item names in input order, one result per item
+(and, per chunk, how often it was started: `:deliveries`).
 
 Results are written per item with HSETNX inside a Lua script that also bumps the counters and
 closes the job when the last item lands. A chunk delivered twice therefore never duplicates or
@@ -292,6 +293,18 @@ class JobStore:
         return (
             self._finish(keys=[self._keys(job_id)[0]], args=[time.time(), JobStatus.cancelled.value, ""]) == 1
         )
+
+    def count_delivery(self, job_id: str, chunk: int) -> int:
+        """How many times the chunk starting at item `chunk` has been started, this one included.
+
+        One small hash per job (`:deliveries`, a field per chunk), expiring with the job: kept
+        apart from the job hash, which the API reads whole.
+        """
+        key = self._keys(job_id)[0] + ":deliveries"
+        pipe = self.redis.pipeline()
+        pipe.hincrby(key, str(chunk), 1)
+        pipe.expire(key, self.ttl)
+        return int(pipe.execute()[0])
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""

@@ -5,9 +5,27 @@ Reliability settings, and why:
   are written; if the pool process dies mid-chunk, the message goes back to the queue at once.
 - visibility_timeout (Redis transport): when a whole worker dies (SIGKILL, lost machine) its
   unacknowledged chunks are redelivered after this many seconds instead of kombu's default
-  hour. Chunks are small (CHUNK_SIZE images, a few MB) so one takes well under a second or two,
-  far below the timeout: a healthy chunk is never redelivered while it runs. If it ever were,
-  results are written per item with HSETNX, so a second delivery cannot duplicate anything.
+  hour. kombu cannot tell a dead worker from a slow one: it requeues ANY delivery unacknowledged
+  for that long, even while a live process works on it, and every other process then takes the
+  same chunk in turn. So no chunk may run that long:
+- task_soft_time_limit (1/2 of the visibility timeout) and task_time_limit (2/3): a chunk still
+  running at the soft limit gets SoftTimeLimitExceeded and is retried (counted, see below); one
+  stuck inside a decoder's C call past the hard limit has its pool process killed. Both stop
+  it before kombu would hand it to a second process.
+- task_acks_on_timeout=False: after a hard time limit the message is requeued, not acknowledged
+  (Celery's default would drop the chunk: its items would never get a result and the job would
+  stay running until it expires). The requeued chunk is a delivery like any other.
+- Chunks are bounded so that a healthy one always fits well within the soft limit: at most
+  CHUNK_SIZE images, CHUNK_MAX_BYTES uncompressed bytes and CHUNK_MAX_PIXELS decoded pixels
+  (api/uploads.py, from each image's header). Measured, the slowest decoders cost ~20 ns per
+  pixel (a 40-megapixel 1-bit BMP: 0.8 s; float TIFF 0.36 s; JPEG 0.01 s thanks to draft mode),
+  so 100 megapixels take ~2 s and 250 small images ~0.1 s: 15 s of soft limit leaves a margin
+  of 5x or more for a loaded machine. Only a chunk that is not healthy reaches the limit.
+- Poison chunks: each start of a chunk is counted in Redis (`digitq:job:<id>:deliveries`); after
+  MAX_CHUNK_DELIVERIES starts (a pool process OOM-killed each time, or out of time each time)
+  its remaining items fail with an error saying so, instead of killing process after process
+  until the job expires. Results are written per item with HSETNX, so a chunk started twice
+  never duplicates anything.
 - unacked_restore_interval/throttle: sweep for expired unacked messages every few seconds.
 - worker_cancel_long_running_tasks_on_connection_loss: when the connection to Redis drops, a
   running chunk can no longer be acknowledged and is redelivered after the reconnect; stop it
@@ -28,14 +46,23 @@ TaskItem = tuple[int, int, str | None, str | None]
 QUEUE = "digitq"
 
 
+def chunk_time_limits(settings: Settings) -> tuple[float, float]:
+    """(soft, hard) seconds a chunk may run: both below the visibility timeout (see above)."""
+    return settings.visibility_timeout / 2, settings.visibility_timeout * 2 / 3
+
+
 def make_celery(settings: Settings) -> Celery:
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
     app = Celery("digitq", broker=settings.redis_url)
     restore_every = max(1, min(5, settings.visibility_timeout // 3))
+    soft_limit, hard_limit = chunk_time_limits(settings)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_soft_time_limit=soft_limit,
+        task_time_limit=hard_limit,
+        task_acks_on_timeout=False,
         task_ignore_result=True,
         task_default_queue=QUEUE,
         task_serializer="json",

@@ -8,6 +8,7 @@ Two tiers of tests:
 """
 
 import io
+import os
 import struct
 import time
 import zipfile
@@ -82,6 +83,20 @@ def peak_rss_bytes(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def pool_children(pid: int) -> list[int]:
+    """A Celery worker's pool processes."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (user + system); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def png(image: np.ndarray, fmt: str = "PNG") -> bytes:

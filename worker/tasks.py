@@ -4,37 +4,62 @@ import logging
 from collections.abc import Sequence
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from core.config import get_settings
 from core.connections import get_blob_store, get_job_store
-from core.jobs import TERMINAL, ItemResult, Recorded
+from core.jobs import TERMINAL, ItemResult, JobStore, Recorded
 from core.queue import PROCESS_CHUNK, TaskItem
 from core.webhooks import notify
+from ml.model import DigitModel, Prepared
 from worker import models
 from worker.app import app
 from worker.reading import PartReader, close_deleted_zips
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal error while processing this item; the operators have been told"
+POISON_ERROR = (
+    "not processed: its chunk was started {n} times and never finished (its worker process died or "
+    "ran out of time, e.g. out of memory); it is not retried. Resubmit the image alone to find out"
+)
+
+
+def _prepare(model: DigitModel, reader: PartReader, item: TaskItem) -> Prepared | str:
+    """One item read and brought down to 28x28 (its bytes are let go on return), or its error."""
+    index, part, member, _ = item
+    try:
+        data = reader.read(part, member)  # other errors (S3, a cancelled job's upload) end the chunk
+    except ValueError as exc:
+        return str(exc)  # a bad zip entry
+    try:
+        return model.prepare(data)
+    except ValueError as exc:  # ImageError: not an image, blank, too large
+        return str(exc)
+    except SoftTimeLimitExceeded:
+        raise  # the chunk's time is up: not this item's fault
+    except Exception:  # a decoder bug must not sink the whole chunk
+        log.exception("item %d of job %s could not be decoded", index, reader.job_id)
+        return "could not process image"
 
 
 def classify(job_id: str, items: Sequence[TaskItem], model_version: str) -> list[ItemResult]:
+    """Read, decode and shrink one item at a time (a chunk never holds more than one full-size
+    image), then classify the small arrays as one batch."""
     settings = get_settings()
     model = models.get(model_version)
     results: dict[int, ItemResult] = {}
-    readable: list[tuple[int, bytes]] = []
+    ready: list[tuple[int, Prepared]] = []
     close_deleted_zips()
     reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes)
-    for index, part, member, error in items:
-        if error:
-            results[index] = ItemResult(index, error=error)
-            continue
-        try:
-            readable.append((index, reader.read(part, member)))
-        except ValueError as exc:
-            results[index] = ItemResult(index, error=str(exc))
-    predictions = model.predict_images([data for _, data in readable])
-    for (index, _), p in zip(readable, predictions, strict=True):
+    for item in items:
+        index, error = item[0], item[3]
+        prepared = error or _prepare(model, reader, item)
+        if isinstance(prepared, str):
+            results[index] = ItemResult(index, error=prepared)
+        else:
+            ready.append((index, prepared))
+    predictions = model.predict_prepared([prepared for _, prepared in ready])
+    for (index, _), p in zip(ready, predictions, strict=True):
         results[index] = ItemResult(index, p.digit, p.confidence, p.low_confidence, p.error)
     return [results[item[0]] for item in items]
 
@@ -55,9 +80,17 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
         notify(store, job_id)  # webhooks: a redelivery of the chunk that closed the job, then died
         return _outcome(NOTHING_NEW)  # expired, cancelled or already closed: nothing to do
     todo = set(store.missing(job_id, [i[0] for i in items]))
+    chunk = items[0][0] if items else 0
     items = [i for i in items if i[0] in todo]
     if not items:
         return _outcome(NOTHING_NEW)  # a redelivered chunk whose results were all written
+    # A chunk that kills its pool process (OOM) or runs out of time comes back; it must not do so
+    # forever, taking a process with it each time (poison message): its items fail instead.
+    deliveries = store.count_delivery(job_id, chunk)
+    if deliveries > get_settings().max_chunk_deliveries:
+        log.error("chunk of job %s started %d times without finishing: failing its items", job_id, deliveries)
+        error = POISON_ERROR.format(n=deliveries - 1)
+        return _store(store, job_id, [ItemResult(i[0], error=error) for i in items])
     version = store.pin_model_version(job_id, models.current().version)
     store.mark_running(job_id, version)
     notify(store, job_id)  # webhooks: job.running
@@ -72,6 +105,10 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
         log.exception("chunk of job %s failed for good", job_id)
         store.fail(job_id, "some items could not be processed because of an internal error")
         results = [ItemResult(i[0], error=INTERNAL_ERROR) for i in items]
+    return _store(store, job_id, results)
+
+
+def _store(store: JobStore, job_id: str, results: list[ItemResult]) -> dict[str, int]:
     recorded = store.record(job_id, results)
     notify(store, job_id, progressed=recorded.added > 0)  # webhooks: job.progress, or the terminal event
     if recorded.closed_job:

@@ -8,10 +8,14 @@ Reliability settings, and why:
   hour. kombu cannot tell a dead worker from a slow one: it requeues ANY delivery unacknowledged
   for that long, even while a live process works on it, and every other process then takes the
   same chunk in turn. So no chunk may run that long:
-- task_soft_time_limit (1/2 of the visibility timeout) and task_time_limit (2/3): a chunk still
-  running at the soft limit gets SoftTimeLimitExceeded and is retried (counted, see below); one
-  stuck inside a decoder's C call past the hard limit has its pool process killed. Both stop
-  it before kombu would hand it to a second process.
+- A chunk's deadline (1/2 of the visibility timeout) and task_time_limit (2/3): a chunk still
+  running at its deadline stops before its next item and is retried (counted, see below); one
+  stuck past the hard limit (deep in a decoder's C call, swapping, stopped) has its pool process
+  killed. Both stop it before kombu would hand it to a second process. The deadline is checked
+  by the task between items rather than being Celery's task_soft_time_limit: that one raises an
+  exception wherever the task happens to be, and raised inside redis-py while it held its
+  connection pool's lock it left the lock taken, so the task's next Redis call hung until the
+  hard limit (seen in tests/test_worker_bounds.py).
 - task_acks_on_timeout=False: after a hard time limit the message is requeued, not acknowledged
   (Celery's default would drop the chunk: its items would never get a result and the job would
   stay running until it expires). The requeued chunk is a delivery like any other.
@@ -20,7 +24,7 @@ Reliability settings, and why:
   (api/uploads.py, from each image's header). Measured, the slowest decoders cost ~20 ns per
   pixel (a 40-megapixel 1-bit BMP: 0.8 s; float TIFF 0.36 s; JPEG 0.01 s thanks to draft mode),
   so 100 megapixels take ~2 s and 250 small images ~0.1 s: 15 s of soft limit leaves a margin
-  of 5x or more for a loaded machine. Only a chunk that is not healthy reaches the limit.
+  of 5x or more for a loaded machine. Only a chunk that is not healthy reaches its deadline.
 - Poison chunks: each start of a chunk is counted in Redis (`digitq:job:<id>:deliveries`); after
   MAX_CHUNK_DELIVERIES starts (a pool process OOM-killed each time, or out of time each time)
   its remaining items fail with an error saying so, instead of killing process after process
@@ -47,7 +51,7 @@ QUEUE = "digitq"
 
 
 def chunk_time_limits(settings: Settings) -> tuple[float, float]:
-    """(soft, hard) seconds a chunk may run: both below the visibility timeout (see above)."""
+    """(deadline, hard limit): seconds a chunk may run, both below the visibility timeout."""
     return settings.visibility_timeout / 2, settings.visibility_timeout * 2 / 3
 
 
@@ -56,11 +60,10 @@ def make_celery(settings: Settings) -> Celery:
         raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
     app = Celery("digitq", broker=settings.redis_url)
     restore_every = max(1, min(5, settings.visibility_timeout // 3))
-    soft_limit, hard_limit = chunk_time_limits(settings)
+    _, hard_limit = chunk_time_limits(settings)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_soft_time_limit=soft_limit,
         task_time_limit=hard_limit,
         task_acks_on_timeout=False,
         task_ignore_result=True,

@@ -1,15 +1,15 @@
 """The one task: classify a chunk of a job's images and store a result per item."""
 
 import logging
+import time
 from collections.abc import Sequence
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
 
 from core.config import get_settings
 from core.connections import get_blob_store, get_job_store
 from core.jobs import TERMINAL, ItemResult, JobStore, Recorded
-from core.queue import PROCESS_CHUNK, TaskItem
+from core.queue import PROCESS_CHUNK, TaskItem, chunk_time_limits
 from core.webhooks import notify
 from ml.model import DigitModel, Prepared
 from worker import models
@@ -35,16 +35,18 @@ def _prepare(model: DigitModel, reader: PartReader, item: TaskItem) -> Prepared 
         return model.prepare(data)
     except ValueError as exc:  # ImageError: not an image, blank, too large
         return str(exc)
-    except SoftTimeLimitExceeded:
-        raise  # the chunk's time is up: not this item's fault
     except Exception:  # a decoder bug must not sink the whole chunk
         log.exception("item %d of job %s could not be decoded", index, reader.job_id)
         return "could not process image"
 
 
-def classify(job_id: str, items: Sequence[TaskItem], model_version: str) -> list[ItemResult]:
+class OutOfTime(Exception):
+    """The chunk reached its deadline (core/queue.py): it is retried, and counted as a delivery."""
+
+
+def classify(job_id: str, items: Sequence[TaskItem], model_version: str, deadline: float) -> list[ItemResult]:
     """Read, decode and shrink one item at a time (a chunk never holds more than one full-size
-    image), then classify the small arrays as one batch."""
+    image), then classify the small arrays as one batch; stops at `deadline` (monotonic)."""
     settings = get_settings()
     model = models.get(model_version)
     results: dict[int, ItemResult] = {}
@@ -52,6 +54,8 @@ def classify(job_id: str, items: Sequence[TaskItem], model_version: str) -> list
     close_deleted_zips()
     reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes)
     for item in items:
+        if time.monotonic() > deadline:
+            raise OutOfTime(f"chunk stopped at its deadline, before item {item[0]}")
         index, error = item[0], item[3]
         prepared = error or _prepare(model, reader, item)
         if isinstance(prepared, str):
@@ -74,6 +78,7 @@ def _outcome(recorded: Recorded) -> dict[str, int]:
 
 @app.task(name=PROCESS_CHUNK, bind=True, max_retries=3)
 def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, int]:
+    deadline = time.monotonic() + chunk_time_limits(get_settings())[0]
     store = get_job_store()
     status = store.status(job_id)
     if status is None or status in TERMINAL:
@@ -95,7 +100,7 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
     store.mark_running(job_id, version)
     notify(store, job_id)  # webhooks: job.running
     try:
-        results = classify(job_id, items, version)
+        results = classify(job_id, items, version, deadline)
     except Exception as exc:
         if store.status(job_id) in TERMINAL:
             return _outcome(NOTHING_NEW)  # cancelled meanwhile (its upload may be gone already)

@@ -4,7 +4,7 @@ from fastapi import Depends, FastAPI
 
 from api import problems
 from api.deps import require_api_key
-from api.limits import BodySizeLimit
+from api.limits import FORM_LIMITS, BodyLimits
 from api.routes import health, jobs, ops, ui
 from core.config import get_settings
 
@@ -30,8 +30,14 @@ def create_app() -> FastAPI:
         title="digitq",
         version="0.1.0",
         description=DESCRIPTION,
+        form_limits=FORM_LIMITS,
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_upload_bytes,
+        read_timeout=settings.body_read_timeout_seconds,
+        max_concurrent=settings.max_concurrent_uploads,
+    )
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])

@@ -4,6 +4,8 @@ Real HTTP against the API alone (uvicorn over an embedded Redis, no workers), so
 own memory can be read from /proc and bodies can be sent as slowly as an attacker would.
 """
 
+import select
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import httpx
 import pytest
 
 from devstack.stack import Stack
-from tests.helpers import empty_entries_zip, peak_rss_bytes, running_api
+from tests.helpers import empty_entries_zip, peak_rss_bytes, png, running_api, wait_until
 
 pytestmark = pytest.mark.stack  # processes of their own (see tests/helpers.py)
 
@@ -38,3 +40,76 @@ def test_a_zip_of_a_million_entries_is_413_before_it_is_listed(api_only: Stack, 
     assert grown < 100 * 2**20, f"the API's peak memory grew by {grown / 2**20:.0f} MiB"
     assert "zip entries; a job takes at most 100000 images" in answer.json()["detail"]
     assert elapsed < 30, f"{elapsed:.1f}s"  # loose: the upload itself is most of it
+
+
+def _multipart(files: list[tuple[str, tuple[str, bytes]]]) -> tuple[bytes, bytes]:
+    """(request head, body) of a POST /jobs, as httpx would send it."""
+    request = httpx.Request("POST", "http://digitq/jobs", files=files)
+    body = request.read()
+    head = (
+        f"POST /jobs HTTP/1.1\r\nHost: digitq\r\nContent-Type: {request.headers['Content-Type']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode(), body
+
+
+def _connect(stack: Stack) -> socket.socket:
+    return socket.create_connection((stack.settings.api_host, stack.settings.api_port), timeout=30)
+
+
+def test_a_body_sent_slowly_is_cut_off_with_408(tmp_path: Path, digits) -> None:
+    """Slowloris: a byte now and then kept the connection (and an upload's buffers) forever."""
+    with running_api(tmp_path, BODY_READ_TIMEOUT_SECONDS="2") as stack, _connect(stack) as sock:
+        head, body = _multipart([("files", ("a.png", png(digits[0][0])))])
+        sock.sendall(head + body[:100])
+        started = time.monotonic()
+        answer = b""
+        for byte in body[100:]:  # 5 bytes a second: the whole body would take over a minute
+            if select.select([sock], [], [], 0.2)[0]:
+                answer = sock.recv(65536)
+                break
+            sock.send(bytes([byte]))
+            assert time.monotonic() - started < 20, "no answer while the body trickled in"
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 2 seconds" in answer
+        assert time.monotonic() - started < 10
+
+
+def test_uploads_over_the_limit_are_503_until_one_ends(tmp_path: Path, digits) -> None:
+    """Every upload was received at once, however many: a few slow clients held the API's RAM."""
+    image = [("files", ("a.png", png(digits[0][0])))]
+    with running_api(tmp_path, MAX_CONCURRENT_UPLOADS="2") as stack:
+        head, body = _multipart(image)
+        stalled = [_connect(stack) for _ in range(2)]
+        for sock in stalled:
+            sock.sendall(head + body[:50])  # and then nothing: two uploads being received
+        with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+            busy = wait_until(
+                lambda: (r := client.post("/jobs", files=image)).status_code == 503 and r, 10, 0.1, "a 503"
+            )
+            assert busy.headers["Retry-After"] and "2 uploads are being received" in busy.json()["detail"]
+            assert client.get("/health").status_code == 200  # requests without a body are not counted
+            for sock in stalled:
+                sock.close()
+            wait_until(lambda: client.post("/jobs", files=image).status_code == 202, 10, 0.1, "a free slot")
+
+
+@pytest.mark.parametrize("kind", ["files", "fields"])
+def test_many_small_parts_do_not_stay_in_memory(api_only: Stack, kind: str) -> None:
+    """Starlette kept every part under 1 MiB in RAM: 120 such parts held ~110 MB per request."""
+    part = b"x" * 900_000
+    if kind == "files":
+        request = httpx.Request(
+            "POST", f"{api_only.api_url}/jobs", files=[("files", (f"{i}", part)) for i in range(120)]
+        )
+    else:
+        request = httpx.Request(
+            "POST", f"{api_only.api_url}/jobs", data={f"f{i}": part.decode() for i in range(120)}
+        )
+    pid = api_only.processes["api"].pid
+    before = peak_rss_bytes(pid)
+    with httpx.Client(timeout=60) as client:
+        answer = client.send(request)
+    assert answer.status_code in (400, 415), answer.text  # not an image / too many fields
+    grown = peak_rss_bytes(pid) - before
+    assert grown < 40 * 2**20, f"the API's peak memory grew by {grown / 2**20:.0f} MiB"

@@ -11,6 +11,7 @@ pixels, read from each image's header (the first bytes of the entry; nothing is 
 import io
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -141,10 +142,24 @@ def _count_entries(data: BinaryIO, most: int) -> int:
     return max(declared, counted)
 
 
-def _entry_pixels(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+def _entry_head(data: BinaryIO, info: zipfile.ZipInfo) -> bytes:
+    """The first HEADER_BYTES of a stored or deflated entry, read past its local header as
+    zipfile would (at a third of the cost of `ZipFile.open`: this runs once per entry)."""
+    data.seek(info.header_offset)
+    local = data.read(30)
+    if len(local) < 30 or not local.startswith(b"PK\x03\x04"):
+        raise zipfile.BadZipFile("bad local header")
+    name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    data.seek(info.header_offset + 30 + name_length + extra_length)
+    raw = data.read(min(info.compress_size, HEADER_BYTES))
+    if info.compress_type == zipfile.ZIP_STORED:
+        return raw
+    return zlib.decompressobj(-15).decompress(raw, HEADER_BYTES)  # raw deflate, as in zips
+
+
+def _entry_pixels(data: BinaryIO, info: zipfile.ZipInfo) -> int:
     try:
-        with archive.open(info) as entry:
-            return header_pixels(entry.read(HEADER_BYTES))
+        return header_pixels(_entry_head(data, info))
     except Exception:  # noqa: BLE001 - a corrupt entry: the worker reports it on the item
         return MAX_PIXELS
 
@@ -191,7 +206,7 @@ def zip_items(data: BinaryIO, part: int, max_image_bytes: int, budget: EntryBudg
                 error = f"entry is compressed with {method}; only stored and deflate entries are read"
             if error is None and info.file_size > max_image_bytes:
                 error = f"entry is {info.file_size} bytes; the limit per image is {max_image_bytes}"
-            pixels = _entry_pixels(archive, info) if error is None else 0
+            pixels = _entry_pixels(data, info) if error is None else 0
             yield Item(name=name, part=part, member=name, size=info.file_size, pixels=pixels, error=error)
 
 

@@ -19,12 +19,12 @@ Reliability settings, and why:
 - task_acks_on_timeout=False: after a hard time limit the message is requeued, not acknowledged
   (Celery's default would drop the chunk: its items would never get a result and the job would
   stay running until it expires). The requeued chunk is a delivery like any other.
-- Chunks are bounded so that a healthy one always fits well within the soft limit: at most
+- Chunks are bounded so that a healthy one always ends well before its deadline: at most
   CHUNK_SIZE images, CHUNK_MAX_BYTES uncompressed bytes and CHUNK_MAX_PIXELS decoded pixels
   (api/uploads.py, from each image's header). Measured, the slowest decoders cost ~20 ns per
   pixel (a 40-megapixel 1-bit BMP: 0.8 s; float TIFF 0.36 s; JPEG 0.01 s thanks to draft mode),
-  so 100 megapixels take ~2 s and 250 small images ~0.1 s: 15 s of soft limit leaves a margin
-  of 5x or more for a loaded machine. Only a chunk that is not healthy reaches its deadline.
+  so 100 megapixels take ~2 s and 250 small images ~0.1 s: a 15 s deadline leaves a margin of
+  5x or more for a loaded machine. Only a chunk that is not healthy reaches its deadline.
 - Poison chunks: each start of a chunk is counted in Redis (`digitq:job:<id>:deliveries`); after
   MAX_CHUNK_DELIVERIES starts (a pool process OOM-killed each time, or out of time each time)
   its remaining items fail with an error saying so, instead of killing process after process

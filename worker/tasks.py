@@ -19,8 +19,9 @@ from worker.reading import PartReader, close_deleted_zips
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal error while processing this item; the operators have been told"
 POISON_ERROR = (
-    "not processed: its chunk was started {n} times and never finished (its worker process died or "
-    "ran out of time, e.g. out of memory); it is not retried. Resubmit the image alone to find out"
+    "not processed: its chunk was started {n} times and never finished (its worker process was "
+    "killed, e.g. out of memory, or it ran out of time); it is not retried. Resubmit the image alone "
+    "to find out which one it was"
 )
 
 

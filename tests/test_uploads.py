@@ -6,7 +6,17 @@ import zipfile
 import numpy as np
 import pytest
 
-from api.uploads import MAX_PIXELS, Item, chunks, header_pixels, is_junk, part_items, sniff, unsafe_reason
+from api.uploads import (
+    MAX_PIXELS,
+    PIL_FORMATS,
+    Item,
+    chunks,
+    header_pixels,
+    is_junk,
+    part_items,
+    sniff,
+    unsafe_reason,
+)
 from ml import preprocess
 from tests.helpers import png
 
@@ -94,6 +104,7 @@ def test_header_pixels() -> None:
     assert header_pixels(b"not an image") == MAX_PIXELS  # unknown: the worst an image may cost
     assert header_pixels(png(np.zeros((2, 2), np.uint8))[:20]) == MAX_PIXELS  # truncated
     assert MAX_PIXELS == preprocess.MAX_PIXELS  # the worker refuses larger ones before decoding
+    assert PIL_FORMATS == preprocess.ACCEPTED_FORMATS  # and opens only these
 
 
 @pytest.mark.parametrize(

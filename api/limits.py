@@ -10,7 +10,7 @@ received at once, and how much of it stays in memory.
   once per API process; one more is answered 503 + Retry-After before its body is read.
 - Memory: multipart files are spooled to disk past SPOOL_BYTES (Starlette keeps up to 1 MiB of
   each in RAM: 1,000 parts of 1 MiB were 1 GB per request), and form fields are few and small
-  (FORM_LIMITS), so a request holds at most ~17 MB of RAM, whatever it sends.
+  (MAX_FORM_FIELDS of MAX_FORM_FIELD_BYTES), so a request holds at most ~17 MB of RAM, whatever it sends.
 """
 
 import asyncio
@@ -23,7 +23,8 @@ from api.problems import problem
 
 SPOOL_BYTES = 16 * 1024  # a 28x28 PNG is ~300 B: small images still skip the disk
 # Non-file fields: metadata, webhook, webhook_events (and a few spare), each at most 64 KiB.
-FORM_LIMITS = {"max_fields": 16, "max_part_size": 64 * 1024}
+MAX_FORM_FIELDS = 16
+MAX_FORM_FIELD_BYTES = 64 * 1024
 MultiPartParser.spool_max_size = SPOOL_BYTES  # Starlette's documented knob (a class attribute)
 
 

@@ -4,7 +4,7 @@ from fastapi import Depends, FastAPI
 
 from api import problems
 from api.deps import require_api_key
-from api.limits import FORM_LIMITS, BodyLimits
+from api.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_FIELDS, BodyLimits
 from api.routes import health, jobs, ops, ui
 from core.config import get_settings
 
@@ -30,7 +30,7 @@ def create_app() -> FastAPI:
         title="digitq",
         version="0.1.0",
         description=DESCRIPTION,
-        form_limits=FORM_LIMITS,
+        form_limits={"max_fields": MAX_FORM_FIELDS, "max_part_size": MAX_FORM_FIELD_BYTES},
     )
     app.add_middleware(
         BodyLimits,

@@ -9,6 +9,7 @@ pixels, read from each image's header (the first bytes of the entry; nothing is 
 """
 
 import io
+import struct
 import warnings
 import zipfile
 import zlib
@@ -112,31 +113,48 @@ def header_pixels(head: bytes) -> int:
     return min(width * height, MAX_PIXELS)
 
 
-def _count_entries(data: BinaryIO, most: int) -> int:
-    """The number of central directory entries, read before zipfile turns each into objects
-    (~400 B and ~5 us apiece); counting stops once past `most`.
+# End of central directory record, and zip64's locator and record (APPNOTE 4.3.14-16).
+END = struct.Struct("<4s4H2LH")  # signature, disk numbers, entries (disk, total), size, offset, comment
+END64_LOCATOR = struct.Struct("<4sLQL")
+END64 = struct.Struct("<4sQ2H2L4Q")  # ..., entries (disk, total), directory size, offset
+ENTRY_SIGNATURE = b"PK\x01\x02"  # starts every central directory entry
 
-    The end-of-central-directory record (zip64 too) declares the count; as it may lie, the
-    directory's entry signatures are counted as well, 1 MiB at a time (a name or extra field
-    holding the 4-byte signature can only overcount).
+
+def _declared_entries(data: BinaryIO) -> int:
+    """The entry count the zip's end record declares (zip64's when there is one), found as
+    zipfile finds it: the last signature in the final 64 KiB + 22 bytes; 0 if none."""
+    data.seek(0, 2)
+    tail_start = max(0, data.tell() - END.size - 0xFFFF)
+    data.seek(tail_start)
+    tail = data.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < END.size:
+        return 0
+    entries = END.unpack_from(tail, at)[4]
+    locator = at - END64_LOCATOR.size
+    if locator >= END64.size and tail[locator : locator + 4] == b"PK\x06\x07":
+        record = tail[locator - END64.size : locator]
+        if record.startswith(b"PK\x06\x06"):
+            entries = END64.unpack(record)[7]
+    return entries
+
+
+def _count_entries(data: BinaryIO, most: int) -> int:
+    """How many central directory entries zipfile would build (~400 B and ~5 us apiece), known
+    before it builds any; counting stops once past `most`.
+
+    The end record declares the count: an honest huge zip is refused from it at once. As it may
+    lie, the entry signatures in the whole file are counted too, 1 MiB at a time (zipfile
+    refuses an entry without one, so no more can be listed; a chance match in image data can
+    only overcount, by one in ~4 GB).
     """
-    end = zipfile._EndRecData(data)  # the stdlib's own reader of the record, zip64 included
-    if end is None:
-        return 0  # not a zip after all: zipfile says why
-    declared, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+    declared = _declared_entries(data)
     if declared > most:
         return declared
-    start = end[zipfile._ECD_LOCATION] - size
-    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
-        start -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
-    data.seek(max(0, start))
-    counted, tail, left = 0, b"", size
-    while left > 0 and counted <= most:
-        block = data.read(min(left, 1 << 20))
-        if not block:
-            break
-        left -= len(block)
-        counted += (tail + block).count(b"PK\x01\x02")
+    data.seek(0)
+    counted, tail = 0, b""
+    while counted <= most and (block := data.read(1 << 20)):
+        counted += (tail + block).count(ENTRY_SIGNATURE)
         tail = block[-3:]
     data.seek(0)
     return max(declared, counted)

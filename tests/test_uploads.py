@@ -9,7 +9,9 @@ import pytest
 from api.uploads import (
     MAX_PIXELS,
     PIL_FORMATS,
+    EntryBudget,
     Item,
+    UploadError,
     chunks,
     header_pixels,
     is_junk,
@@ -18,7 +20,7 @@ from api.uploads import (
     unsafe_reason,
 )
 from ml import preprocess
-from tests.helpers import png
+from tests.helpers import empty_entries_zip, png
 
 
 @pytest.mark.parametrize(
@@ -119,3 +121,21 @@ def test_header_pixels() -> None:
 def test_only_stored_and_deflated_entries_are_read(method: int, error: str | None) -> None:
     _, [item] = part_items(_zip({"a.png": png(np.zeros((28, 28), np.uint8))}, method), "a.zip", 0, 2**20)
     assert item.error == error
+
+
+@pytest.mark.parametrize("declared", [None, 1], ids=["honest", "end-record-lies"])
+def test_a_zip_with_too_many_entries_is_refused_before_it_is_listed(declared: int | None) -> None:
+    archive = io.BytesIO(empty_entries_zip(70_000, declared))  # zip64 end records when honest
+    with pytest.raises(UploadError) as refused:
+        part_items(archive, "a.zip", 0, 2**20, EntryBudget(max_items=100))
+    assert refused.value.status == 413 and "more than 1200 zip entries" in str(refused.value)
+
+
+def test_the_entry_budget_leaves_room_for_macos_twins_and_is_shared_by_parts() -> None:
+    image = png(np.zeros((28, 28), np.uint8))
+    macos = _zip({f"{i}.png": image for i in range(100)} | {f"__MACOSX/._{i}.png": b"x" for i in range(100)})
+    budget = EntryBudget(max_items=100)
+    _, items = part_items(macos, "a.zip", 0, 2**20, budget)
+    assert len(items) == 100 and budget.left == 1000
+    with pytest.raises(UploadError):
+        part_items(io.BytesIO(empty_entries_zip(1001)), "b.zip", 1, 2**20, budget)

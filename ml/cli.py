@@ -146,11 +146,23 @@ def register_push(subparsers) -> None:
 
 
 def cmd_push(args) -> int:
+    # MODEL_SIGNING_KEY is a setting (core/config.py, also read from .env); imported here so ml
+    # itself stays free of core.
+    from core.config import get_settings
     from ml.registry import S3Registry
+    from ml.trust import ModelTrust
 
-    registry = S3Registry(_registry_uri(args.registry))
+    trust = ModelTrust.from_settings(get_settings())
+    registry = S3Registry(_registry_uri(args.registry), trust=trust)
     version = registry.push(args.model_dir, set_latest=not args.no_latest)
     print(f"pushed {version} to {registry.uri}/{version}" + ("" if args.no_latest else " (latest)"))
+    if trust.signing_key is None:
+        sha = registry.metadata(version)["sha256"]
+        print(
+            f"warning: unsigned (MODEL_SIGNING_KEY is not set): workers load it only if "
+            f"TRUSTED_MODEL_SHA256 lists {sha}",
+            file=sys.stderr,
+        )
     return 0
 
 

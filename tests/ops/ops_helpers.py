@@ -19,6 +19,7 @@ import httpx
 from core.config import PROJECT_ROOT
 from devstack.embedded_redis import free_port
 from devstack.stack import Stack
+from ml.trust import ModelTrust
 
 BUCKET = "digitq-ops"
 REGISTRY = f"s3://{BUCKET}/registry"
@@ -28,6 +29,10 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 API_KEY = "ops-test-api-key-5f2c9d"
+ADMIN_KEY = "ops-test-admin-key-81b0e4"
+# The deployer's key: `ml push` signs with it, the workers verify with it (ml/trust.py).
+SIGNING_KEY = "ops-test-model-signing-key-7c1d0a5e93b2"
+TRUST = ModelTrust.of(SIGNING_KEY)
 
 
 def local_model_dir() -> Path:
@@ -148,6 +153,7 @@ def stack_env(data_dir: Path, **env: str) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         "REDIS_URL": "",
         "MODEL_CACHE_DIR": str(data_dir / "model-cache"),
+        "MODEL_SIGNING_KEY": SIGNING_KEY,
         **AWS_ENV,
         "AWS_ENDPOINT_URL": os.environ.get("AWS_ENDPOINT_URL", ""),
         **env,

@@ -19,6 +19,7 @@ from ops_helpers import (
     AWS_ENV,
     BUCKET,
     REGISTRY,
+    TRUST,
     Collector,
     LoggedStack,
     copy_as_version,
@@ -191,7 +192,7 @@ def test_reload_needs_the_api_key_and_refuses_a_corrupt_version(
 def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
     api: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
 ) -> None:
-    S3Registry(REGISTRY).push(copy_as_version(tmp_path, V2), set_latest=False)
+    S3Registry(REGISTRY, trust=TRUST).push(copy_as_version(tmp_path, V2), set_latest=False)
     # A job in flight while the fleet switches: 300 chunks of 10, in one zip.
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

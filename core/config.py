@@ -1,5 +1,6 @@
 """All digitq settings, read from the environment (and an optional `.env` file)."""
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
@@ -88,6 +89,30 @@ class Settings(BaseSettings):
     @property
     def trusted_model_digests(self) -> frozenset[str]:
         return frozenset(s.strip().lower() for s in self.trusted_model_sha256.split(",") if s.strip())
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (or IPv4-mapped 127.x), `localhost`: only this machine reaches it."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def open_api_refusal(settings: "Settings", host: str) -> str | None:
+    """Why serving the API on `host` is refused (no API_KEYS, not loopback, no ALLOW_OPEN_API)."""
+    if settings.api_key_set or settings.allow_open_api or is_loopback(host):
+        return None
+    return (
+        f"refusing to serve the API on {host} with API_KEYS empty: anyone who can reach it could "
+        "submit and read jobs. Set API_KEYS, listen on 127.0.0.1 (API_HOST), or set "
+        "ALLOW_OPEN_API=true if that is really what you want"
+    )
 
 
 def _keys(value: SecretStr) -> frozenset[str]:

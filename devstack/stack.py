@@ -10,8 +10,9 @@ Redis that dies is logged and restarted with backoff (1, 2, 4 … 30 s; back to 
 minute of health); only Ctrl-C or SIGTERM stops the stack. Every child gets PR_SET_PDEATHSIG
 (devstack/lifeline.py), so none outlives a launcher that was SIGKILLed.
 
-Secrets (the embedded Redis' password, Flower's login) are generated into DATA_DIR/secrets
-(0600) unless set, and reach the children through their environment, never a command line.
+`make run` refuses a non-loopback API_HOST while API_KEYS is empty (unless ALLOW_OPEN_API=true).
+Secrets (the embedded Redis' password, Flower's login, the /admin key) are generated into
+DATA_DIR/secrets (0600) unless set, and reach the children through their environment, never a command line.
 """
 
 import contextlib
@@ -26,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from core.config import PROJECT_ROOT, Settings, get_settings
+from core.config import PROJECT_ROOT, Settings, get_settings, open_api_refusal
 from devstack import secret_files
 from devstack.embedded_redis import EmbeddedRedis
 from devstack.lifeline import die_with_parent
@@ -82,6 +83,10 @@ class Stack:
     @property
     def flower_auth_file(self) -> Path:
         return self.secrets_dir / "flower-auth"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.secrets_dir / "admin-api-key"
 
     def _spawn(self, name: str, args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
         env = {**self.env, "REDIS_URL": self.redis_url or "", "DATA_DIR": str(self.settings.data_dir)}
@@ -140,6 +145,8 @@ class Stack:
     def start(self, flower: bool = True) -> None:
         # Refuse a busy port before starting anything, so a second `make run` leaves nothing behind.
         s = self.settings
+        if refusal := open_api_refusal(s, s.api_host):
+            raise StackError(refusal)
         ensure_port_free(s.api_host, s.api_port, "API_PORT")
         if flower:
             ensure_port_free(s.flower_host, s.flower_port, "FLOWER_PORT")
@@ -150,6 +157,8 @@ class Stack:
 
             self.webhook_secret_file = self.settings.data_dir / "webhook-secret"
             self.env["WEBHOOK_SECRET"] = secret_files.read_or_create(self.webhook_secret_file, new_secret)
+        if not self.env.get("ADMIN_API_KEYS"):  # /admin behind a key of its own, kept in DATA_DIR
+            self.env["ADMIN_API_KEYS"] = secret_files.read_or_create(self.admin_key_file)
         for n in range(self.settings.workers):
             self.start_worker(f"worker{n + 1}")
         self.start_api()
@@ -298,6 +307,11 @@ def main() -> int:
             f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
             f"  Flower  {stack.flower_url}   ({flower_login})\n"
             + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
+            + (
+                ""
+                if os.environ.get("ADMIN_API_KEYS")
+                else f"  Admin key (/admin/reload) in {stack.admin_key_file}\n"
+            )
             + "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -7,44 +7,24 @@ unpickled: no marker, nothing cached, a clear refusal (exit code 3 at start-up, 
 """
 
 import json
-import os
 from pathlib import Path
 
-import joblib
 import pytest
-from ops_helpers import BUCKET, REGISTRY, SIGNING_KEY, TRUST, local_model_dir, make_stack
+from ops_helpers import (
+    BUCKET,
+    REGISTRY,
+    SIGNING_KEY,
+    TRUST,
+    evil_metadata,
+    local_model_dir,
+    make_stack,
+    upload,
+)
 
-from ml.artifacts import sha256_file
 from ml.registry import S3Registry
 from ml.trust import ModelTrust, UntrustedModelError
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
-
-
-class RunsCode:
-    """Unpickling this calls os.mkdir(marker): a stand-in for any command."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (str(self.marker),))
-
-
-def evil_metadata(tmp: Path, version: str, marker: Path) -> dict:
-    """Write the pickle into `tmp`; the metadata an attacker would publish with it (unsigned)."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    joblib.dump(RunsCode(marker), tmp / "model.joblib")
-    meta = json.loads((local_model_dir() / "metadata.json").read_text())
-    return {**meta, "version": version, "sha256": sha256_file(tmp / "model.joblib")}
-
-
-def upload(tmp: Path, meta: dict) -> None:
-    """Straight to the bucket, as anyone with write access to it can."""
-    s3 = S3Registry(REGISTRY).s3
-    version = meta["version"]
-    s3.upload_file(str(tmp / "model.joblib"), BUCKET, f"registry/{version}/model.joblib")
-    s3.put_object(Bucket=BUCKET, Key=f"registry/{version}/metadata.json", Body=json.dumps(meta).encode())
 
 
 def test_worker_start_refuses_a_model_nothing_vouches_for(s3_server: str, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from ops_helpers import (
     AWS_ENV,
     BUCKET,
     REGISTRY,
+    SIGNING_KEY,
     TRUST,
     Collector,
     LoggedStack,
@@ -177,7 +178,8 @@ def test_logs_are_json_and_correlated_by_job_id(api: httpx.Client, fleet: Logged
     assert {line["chunk"] for line in chunks} == {"0-9", "10-11"}
     assert {line["model_version"] for line in chunks} == {pushed}
     everything = "".join(fleet.log(n) for n in ("api", "worker1", "worker2"))
-    assert API_KEY not in everything and AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in everything
+    for secret in (API_KEY, ADMIN_KEY, SIGNING_KEY, AWS_ENV["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in everything
 
 
 def test_reload_needs_the_admin_key_and_refuses_a_corrupt_version(

@@ -61,6 +61,7 @@ class Stack:
         self.env = {**os.environ, **(env or {})}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.webhook_secret_file: Path | None = None
+        self.generated_admin_key = False
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> "Stack":
@@ -157,7 +158,8 @@ class Stack:
 
             self.webhook_secret_file = self.settings.data_dir / "webhook-secret"
             self.env["WEBHOOK_SECRET"] = secret_files.read_or_create(self.webhook_secret_file, new_secret)
-        if not self.env.get("ADMIN_API_KEYS"):  # /admin behind a key of its own, kept in DATA_DIR
+        if not self.settings.admin_key_set:  # /admin behind a key of its own, kept in DATA_DIR
+            self.generated_admin_key = True
             self.env["ADMIN_API_KEYS"] = secret_files.read_or_create(self.admin_key_file)
         for n in range(self.settings.workers):
             self.start_worker(f"worker{n + 1}")
@@ -307,11 +309,7 @@ def main() -> int:
             f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
             f"  Flower  {stack.flower_url}   ({flower_login})\n"
             + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
-            + (
-                ""
-                if os.environ.get("ADMIN_API_KEYS")
-                else f"  Admin key (/admin/reload) in {stack.admin_key_file}\n"
-            )
+            + (f"  Admin key in {stack.admin_key_file}\n" if stack.generated_admin_key else "")
             + "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -54,6 +54,10 @@ def require_api_key(
                 "this API has no API_KEYS, so it answers loopback clients only: set API_KEYS "
                 "(or ALLOW_OPEN_API=true to serve anyone who can reach it without a key)",
             )
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            # A web page elsewhere, open in a local user's browser, posting a form to 127.0.0.1
+            # (with keys it could not: it has no key to send). The page at / is same-origin.
+            raise ProblemError(403, "Cross-site request", "an open API refuses requests from other sites")
         return None
     given = _presented_key(authorization, x_api_key)
     if not _one_of(given, keys):

@@ -38,6 +38,14 @@ def test_an_open_api_answers_loopback_clients_only(make_client: Callable[..., Te
         assert submit(make_client(client=loopback), digits).status_code == 202, loopback
 
 
+def test_an_open_api_refuses_other_sites_pages(make_client: Callable[..., TestClient], digits) -> None:
+    """A page elsewhere, open in a local browser, can post a form to 127.0.0.1 (no preflight)."""
+    client = make_client()
+    forged = submit(client, digits, **{"Sec-Fetch-Site": "cross-site"})
+    assert forged.status_code == 403 and "other sites" in forged.json()["detail"]
+    assert submit(client, digits, **{"Sec-Fetch-Site": "same-origin"}).status_code == 202  # the page at /
+
+
 def test_allow_open_api_or_keys_serve_other_machines(make_client: Callable[..., TestClient], digits) -> None:
     assert submit(make_client(client=REMOTE, ALLOW_OPEN_API="true"), digits).status_code == 202
     keyed = make_client(client=REMOTE, API_KEYS=CLIENT)

@@ -130,10 +130,13 @@ class S3Registry:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
     def _call(self, what: str, fn, *args, **kwargs):
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)
+        except S3UploadFailedError as exc:  # upload_file wraps the ClientError (AccessDenied, ...)
+            raise RegistryUnavailable(f"{what}: {exc}") from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):

@@ -104,7 +104,7 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-def open_api_refusal(settings: "Settings", host: str) -> str | None:
+def open_api_refusal(settings: Settings, host: str) -> str | None:
     """Why serving the API on `host` is refused (no API_KEYS, not loopback, no ALLOW_OPEN_API)."""
     if settings.api_key_set or settings.allow_open_api or is_loopback(host):
         return None

@@ -224,8 +224,11 @@ def zip_items(data: BinaryIO, part: int, max_image_bytes: int, budget: EntryBudg
                 error = f"entry is compressed with {method}; only stored and deflate entries are read"
             if error is None and info.file_size > max_image_bytes:
                 error = f"entry is {info.file_size} bytes; the limit per image is {max_image_bytes}"
-            pixels = _entry_pixels(data, info) if error is None else 0
-            yield Item(name=name, part=part, member=name, size=info.file_size, pixels=pixels, error=error)
+            if error:  # costs a worker nothing: no chunk is cut for it
+                yield Item(name=name, part=part, member=name, error=error)
+            else:
+                pixels = _entry_pixels(data, info)
+                yield Item(name=name, part=part, member=name, size=info.file_size, pixels=pixels)
 
 
 def part_items(

@@ -5,6 +5,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from api.uploads import (
     MAX_PIXELS,
@@ -94,7 +95,9 @@ def test_chunks_are_bounded_by_uncompressed_bytes() -> None:
 def test_chunks_are_bounded_by_decoded_pixels() -> None:
     big = png(np.zeros((5000, 8000), np.uint8))  # 40 MP in ~40 KB
     assert _chunk_sizes(_zip({f"{i}.png": big for i in range(5)})) == [2, 2, 1]
-    tiff = png(np.zeros((5000, 8000), np.uint8), "TIFF")  # read by Pillow's header parser
+    buffer = io.BytesIO()  # 30 MP in ~30 KB, its size read by Pillow's header parser
+    Image.fromarray(np.zeros((5000, 6000), np.uint8)).save(buffer, "TIFF", compression="tiff_adobe_deflate")
+    tiff = buffer.getvalue()
     assert _chunk_sizes(_zip({f"{i}.tif": tiff for i in range(3)}), max_pixels=50_000_000) == [1, 1, 1]
     small = png(np.zeros((28, 28), np.uint8))
     assert _chunk_sizes(_zip({f"{i}.png": small for i in range(300)})) == [250, 50]

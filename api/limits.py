@@ -6,8 +6,9 @@ received at once, and how much of it stays in memory.
   problem-details JSON.)
 - Time: the whole body must arrive within BODY_READ_TIMEOUT_SECONDS (408), so a client sending
   a byte now and then (slowloris) cannot hold a connection, its buffers and an upload slot.
-- Concurrency: at most MAX_CONCURRENT_UPLOADS requests with a body are received (and handled) at
-  once per API process; one more is answered 503 + Retry-After before its body is read.
+- Concurrency: at most MAX_CONCURRENT_UPLOADS uploads (bodies over SMALL_BODY, or of unknown
+  length) are received (and handled) at once per API process; one more is answered 503 +
+  Retry-After before its body is read. Small bodies (a reload's JSON) are not counted.
 - Memory: multipart files are spooled to disk past SPOOL_BYTES (Starlette keeps up to 1 MiB of
   each in RAM: 1,000 parts of 1 MiB were 1 GB per request), and form fields are few and small
   (MAX_FORM_FIELDS of MAX_FORM_FIELD_BYTES), so a request holds at most ~17 MB of RAM, whatever it sends.
@@ -28,9 +29,18 @@ MAX_FORM_FIELD_BYTES = 64 * 1024
 MultiPartParser.spool_max_size = SPOOL_BYTES  # Starlette's documented knob (a class attribute)
 
 
+SMALL_BODY = 64 * 1024  # a body declared this small (JSON to /admin) holds little: not an upload
+
+
 def _has_body(scope: Scope) -> bool:
     headers = dict(scope["headers"])
     return headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+
+
+def _is_upload(scope: Scope) -> bool:
+    """A body over SMALL_BODY, or of unknown length (chunked)."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    return not declared.isdigit() or int(declared) > SMALL_BODY
 
 
 class BodyLimits:
@@ -39,7 +49,7 @@ class BodyLimits:
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
         self.max_concurrent = max_concurrent
-        self.receiving = 0  # requests with a body in this process (one event loop: no lock needed)
+        self.receiving = 0  # uploads in this process (one event loop: no lock needed)
         self.detail = f"the request body exceeds {max_bytes} bytes; split the upload into several jobs"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -49,6 +59,9 @@ class BodyLimits:
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             await problem(413, "Upload too large", self.detail)(scope, receive, send)
+            return
+        if not _is_upload(scope):
+            await self.app(scope, self._limited(receive), send)
             return
         if self.receiving >= self.max_concurrent:
             busy = f"{self.max_concurrent} uploads are being received; retry in a few seconds"

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     max_image_bytes: int = 20 * 1024 * 1024  # one image, or one uncompressed zip entry
     # A request body must arrive within this time (slow clients hold connections and disk).
     body_read_timeout_seconds: float = Field(default=120, gt=0)
-    max_concurrent_uploads: int = Field(default=8, ge=1, description="requests with a body, per API process")
+    max_concurrent_uploads: int = Field(default=8, ge=1, description="bodies over 64 KiB, per API process")
     job_ttl_seconds: int = 7 * 24 * 3600
 
     # Work distribution and reliability.

@@ -294,15 +294,15 @@ class JobStore:
             self._finish(keys=[self._keys(job_id)[0]], args=[time.time(), JobStatus.cancelled.value, ""]) == 1
         )
 
-    def count_delivery(self, job_id: str, chunk: int) -> int:
-        """How many times the chunk starting at item `chunk` has been started, this one included.
+    def count_delivery(self, job_id: str, chunk: str) -> int:
+        """How many times the chunk named `chunk` has been started, this one included.
 
         One small hash per job (`:deliveries`, a field per chunk), expiring with the job: kept
         apart from the job hash, which the API reads whole.
         """
         key = self._keys(job_id)[0] + ":deliveries"
         pipe = self.redis.pipeline()
-        pipe.hincrby(key, str(chunk), 1)
+        pipe.hincrby(key, chunk, 1)
         pipe.expire(key, self.ttl)
         return int(pipe.execute()[0])
 

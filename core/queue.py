@@ -9,7 +9,7 @@ Reliability settings, and why:
   for that long, even while a live process works on it, and every other process then takes the
   same chunk in turn. So no chunk may run that long:
 - A chunk's deadline (1/2 of the visibility timeout) and task_time_limit (2/3): a chunk still
-  running at its deadline stops before its next item and is retried (counted, see below); one
+  running at its deadline stops before its next item and is requeued (counted, see below); one
   stuck past the hard limit (deep in a decoder's C call, swapping, stopped) has its pool process
   killed. Both stop it before kombu would hand it to a second process. The deadline is checked
   by the task between items rather than being Celery's task_soft_time_limit: that one raises an
@@ -25,7 +25,8 @@ Reliability settings, and why:
   pixel (a 40-megapixel 1-bit BMP: 0.8 s; float TIFF 0.36 s; JPEG 0.01 s thanks to draft mode),
   so 100 megapixels take ~2 s and 250 small images ~0.1 s: a 15 s deadline leaves a margin of
   5x or more for a loaded machine. Only a chunk that is not healthy reaches its deadline.
-- Poison chunks: each start of a chunk is counted in Redis (`digitq:job:<id>:deliveries`); after
+- Poison chunks: each start of a chunk is counted in Redis (`digitq:job:<id>:deliveries`, per
+  chunk and retry: an exception's retries are bounded by max_retries instead); after
   MAX_CHUNK_DELIVERIES starts (a pool process OOM-killed each time, or out of time each time)
   its remaining items fail with an error saying so, instead of killing process after process
   until the job expires. Results are written per item with HSETNX, so a chunk started twice

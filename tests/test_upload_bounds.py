@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from devstack.stack import Stack
@@ -53,6 +54,23 @@ def _multipart(files: list[tuple[str, tuple[str, bytes]]]) -> tuple[bytes, bytes
     return head.encode(), body
 
 
+def _response(sock: socket.socket) -> bytes:
+    """A whole HTTP response (head and Content-Length bytes of body) read from `sock`."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+        more = sock.recv(65536)
+        if not more:
+            break
+        answer += more
+    return answer
+
+
+def _length(answer: bytes) -> int:
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    found = [line for line in head.split(b"\r\n") if line.startswith(b"content-length:")]
+    return int(found[0].split(b":")[1]) if found else 0
+
+
 def _connect(stack: Stack) -> socket.socket:
     return socket.create_connection((stack.settings.api_host, stack.settings.api_port), timeout=30)
 
@@ -63,13 +81,12 @@ def test_a_body_sent_slowly_is_cut_off_with_408(tmp_path: Path, digits) -> None:
         head, body = _multipart([("files", ("a.png", png(digits[0][0])))])
         sock.sendall(head + body[:100])
         started = time.monotonic()
-        answer = b""
         for byte in body[100:]:  # 5 bytes a second: the whole body would take over a minute
             if select.select([sock], [], [], 0.2)[0]:
-                answer = sock.recv(65536)
                 break
             sock.send(bytes([byte]))
             assert time.monotonic() - started < 20, "no answer while the body trickled in"
+        answer = _response(sock)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"did not arrive within 2 seconds" in answer
         assert time.monotonic() - started < 10
@@ -77,7 +94,8 @@ def test_a_body_sent_slowly_is_cut_off_with_408(tmp_path: Path, digits) -> None:
 
 def test_uploads_over_the_limit_are_503_until_one_ends(tmp_path: Path, digits) -> None:
     """Every upload was received at once, however many: a few slow clients held the API's RAM."""
-    image = [("files", ("a.png", png(digits[0][0])))]
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)
+    image = [("files", ("a.png", png(noise)))]  # ~90 KB: an upload (small bodies are not counted)
     with running_api(tmp_path, MAX_CONCURRENT_UPLOADS="2") as stack:
         head, body = _multipart(image)
         stalled = [_connect(stack) for _ in range(2)]
@@ -89,6 +107,7 @@ def test_uploads_over_the_limit_are_503_until_one_ends(tmp_path: Path, digits) -
             )
             assert busy.headers["Retry-After"] and "2 uploads are being received" in busy.json()["detail"]
             assert client.get("/health").status_code == 200  # requests without a body are not counted
+            assert client.post("/admin/reload", json={"version": "v"}).status_code == 403  # nor small ones
             for sock in stalled:
                 sock.close()
             wait_until(lambda: client.post("/jobs", files=image).status_code == 202, 10, 0.1, "a free slot")

@@ -1,8 +1,8 @@
 """Issue 8, what one chunk may cost a worker: memory, time, and how often it may kill one.
 
 One stack, one worker node with one pool process (so the process a chunk runs in is known),
-chunks not bounded by pixels (each test makes its own chunk), a 6 s visibility timeout: a
-chunk's deadline is then 3 s, its hard time limit 4 s.
+chunks not bounded by pixels (each test makes its own chunk), a 9 s visibility timeout: a
+chunk's deadline is then 4.5 s, its hard time limit 6 s.
 """
 
 import os
@@ -37,9 +37,9 @@ POISONED = "its chunk was started 3 times and never finished"
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"WORKER_PROCESSES": "1", "VISIBILITY_TIMEOUT": "6", "CHUNK_MAX_PIXELS": str(10**12)}
+    env = {"WORKER_PROCESSES": "1", "VISIBILITY_TIMEOUT": "9", "CHUNK_MAX_PIXELS": str(10**12)}
     with running_stack(tmp_path_factory.mktemp("bounds"), **env) as stack:
-        assert chunk_time_limits(stack.settings) == (3.0, 4.0)
+        assert chunk_time_limits(stack.settings) == (4.5, 6.0)
         yield stack
 
 
@@ -130,9 +130,9 @@ def test_a_chunk_past_its_deadline_is_stopped_not_redelivered_while_it_runs(
     """A chunk needing more than the visibility timeout was handed to a second process while the
     first still worked on it; now it stops at its deadline, and after MAX_CHUNK_DELIVERIES starts
     its items fail."""
-    archive = make_zip({f"big-{i}.png": forty_megapixels for i in range(80)})  # > 8 s of work
+    archive = make_zip({f"big-{i}.png": forty_megapixels for i in range(120)})  # > 12 s of work
     job = wait_for_job(client, submit(client, archive), timeout=120)
-    assert job["counts"] == {"total": 80, "done": 80, "failed": 80}
+    assert job["counts"] == {"total": 120, "done": 120, "failed": 120}
     assert all(POISONED in item["error"] for item in all_results(client, job["id"]))
 
 
@@ -142,7 +142,7 @@ def test_a_frozen_chunk_is_killed_at_the_hard_time_limit_and_requeued(
     """A process stuck mid-chunk (SIGSTOP: as deep in a C call, or swapping) never reaches its
     deadline check. The hard limit kills it and the chunk is requeued (task_acks_on_timeout=False; Celery's
     default acknowledges it, and its items never got a result)."""
-    archive = make_zip({f"big-{i}.png": forty_megapixels for i in range(10)})
+    archive = make_zip({f"big-{i}.png": forty_megapixels for i in range(6)})  # well within 4.5 s
     pid = pool_process(one_process)
     idle = cpu_seconds(pid)
     job_id = submit(client, archive)
@@ -150,4 +150,4 @@ def test_a_frozen_chunk_is_killed_at_the_hard_time_limit_and_requeued(
     os.kill(pid, signal.SIGSTOP)
     wait_until(lambda: gone(pid), 30, 0.1, "the frozen process to be killed")
     job = wait_for_job(client, job_id, timeout=60)
-    assert job["status"] == "succeeded" and job["counts"] == {"total": 10, "done": 10, "failed": 0}
+    assert job["status"] == "succeeded" and job["counts"] == {"total": 6, "done": 6, "failed": 0}

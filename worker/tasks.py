@@ -5,6 +5,7 @@ import time
 from collections.abc import Sequence
 
 from celery import Task
+from celery.exceptions import Reject
 
 from core.config import get_settings
 from core.connections import get_blob_store, get_job_store
@@ -42,7 +43,7 @@ def _prepare(model: DigitModel, reader: PartReader, item: TaskItem) -> Prepared 
 
 
 class OutOfTime(Exception):
-    """The chunk reached its deadline (core/queue.py): it is retried, and counted as a delivery."""
+    """The chunk reached its deadline (core/queue.py): it is requeued, and counted as a start."""
 
 
 def classify(job_id: str, items: Sequence[TaskItem], model_version: str, deadline: float) -> list[ItemResult]:
@@ -92,7 +93,9 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
         return _outcome(NOTHING_NEW)  # a redelivered chunk whose results were all written
     # A chunk that kills its pool process (OOM) or runs out of time comes back; it must not do so
     # forever, taking a process with it each time (poison message): its items fail instead.
-    deliveries = store.count_delivery(job_id, chunk)
+    # Counted per retry: a retry after an exception is a new message with retries of its own
+    # (max_retries bounds those); deaths and deadlines requeue the same message.
+    deliveries = store.count_delivery(job_id, f"{chunk}:{self.request.retries}")
     if deliveries > get_settings().max_chunk_deliveries:
         log.error("chunk of job %s started %d times without finishing: failing its items", job_id, deliveries)
         error = POISON_ERROR.format(n=deliveries - 1)
@@ -105,6 +108,9 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
     except Exception as exc:
         if store.status(job_id) in TERMINAL:
             return _outcome(NOTHING_NEW)  # cancelled meanwhile (its upload may be gone already)
+        if isinstance(exc, OutOfTime):
+            log.warning("chunk of job %s out of time, requeued: %s", job_id, exc)
+            raise Reject(exc, requeue=True) from exc  # a start like a death: counted, then poison
         if self.request.retries < self.max_retries:
             log.warning("chunk of job %s failed, retrying: %r", job_id, exc)
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc

@@ -20,7 +20,7 @@ from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
 from core.jobs import Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import PROCESS_CHUNK
+from core.queue import send_chunks
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -135,10 +135,12 @@ def submit_job(
         for part, upload in enumerate(files):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
-        extra = {**hook, "metadata": json.dumps(labels)} if labels else hook
-        store.create(job_id, [item.name for item in items], owner=caller, extra=extra)
-        for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
-            celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
+        # `parts`: how many uploads to re-list should the sweep need to re-queue lost items.
+        extra: dict[str, str | int] = {**hook, "parts": len(files)}
+        if labels:
+            extra["metadata"] = json.dumps(labels)
+        store.create(job_id, [item.name for item in items], owner=caller, extra=extra, claim=claim)
+        send_chunks(celery, job_id, chunks(items, settings.chunk_size, settings.chunk_max_bytes))
     except Exception:
         if claim:
             store.release_submission(claim)

@@ -1,4 +1,5 @@
-"""Operations: readiness, Prometheus metrics, model reload; plus the API's logging and Sentry.
+"""Operations: readiness, Prometheus metrics, model reload; plus the API's logging, Sentry and
+response counts.
 
 Nothing here imports ml/ (or scikit-learn): worker state comes from Redis (core/fleet.py).
 """
@@ -12,6 +13,7 @@ import redis
 from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import require_api_key
 from api.problems import ProblemError
@@ -94,6 +96,15 @@ def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
     return {"version": result.version, "previous": result.previous, "workers": result.workers}
 
 
+def count_response(status: int) -> None:
+    """Count a response in Redis (threadpool: a slow Redis must not stall the event loop); never
+    fails the request (with Redis down, the answer is a 503 and the count is lost)."""
+    try:
+        metrics.http_response(get_redis(), status)
+    except (redis.RedisError, RuntimeError) as exc:
+        log.debug("response not counted: %s", exc)
+
+
 def install(app: FastAPI) -> None:
     """Logging, Sentry, the job-id log context, and the routes above."""
     settings = get_settings()
@@ -105,7 +116,13 @@ def install(app: FastAPI) -> None:
         match = JOB_PATH.match(request.url.path)
         logs.clear()
         logs.bind(job_id=match.group(1) if match else None)
-        return await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            await run_in_threadpool(count_response, 500)  # Starlette answers 500 outside this
+            raise
+        await run_in_threadpool(count_response, response.status_code)
+        return response
 
     app.include_router(router)
     app.include_router(admin)

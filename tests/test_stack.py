@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,10 +69,8 @@ def test_run_prints_urls_and_stops_every_process(tmp_path: Path, stop: str) -> N
             lines.append(line)
         output = "".join(lines)
         assert f"http://127.0.0.1:{api_port}" in output and f"http://127.0.0.1:{flower_port}" in output
-        deadline = time.monotonic() + 60
-        while httpx.get(f"http://127.0.0.1:{api_port}/ready").status_code != 200:  # worker has its model
-            assert time.monotonic() < deadline, "the worker never became ready"
-            time.sleep(0.2)
+        ready_url = f"http://127.0.0.1:{api_port}/ready"
+        wait_until(lambda: httpx.get(ready_url).status_code == 200, 60, 0.2, "the worker's model")
         children = descendants(stack.pid)
         assert len(children) >= 5  # redis, worker + pool, api, flower
     finally:
@@ -90,10 +87,7 @@ def test_run_prints_urls_and_stops_every_process(tmp_path: Path, stop: str) -> N
         assert stack.returncode == 0, errors
         # Redis goes last: no worker or API lost its connection while shutting down.
         assert "Connection refused" not in errors and "Traceback" not in errors, errors
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in children):
-        assert time.monotonic() < deadline, [pid for pid in children if alive(pid)]
-        time.sleep(0.1)
+    wait_until(lambda: not any(alive(pid) for pid in children), 10, 0.1, "every child to be gone")
 
 
 def cmdline(pid: int) -> str:

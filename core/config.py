@@ -38,7 +38,7 @@ class Settings(BaseSettings):
         default=30, ge=5, description="seconds before an unacknowledged chunk is redelivered"
     )
     # A queued/running job without a new result for this long, whose missing items no queued or
-    # unacknowledged chunk carries, is stuck: the sweep re-queues or fails them (worker/sweeper.py).
+    # unacknowledged chunk carries, is stuck: the sweep re-queues or fails them (worker/stuck_jobs.py).
     stuck_job_seconds: int = Field(default=120, ge=1, description="no progress before the sweep acts")
 
     # Model.

@@ -21,7 +21,7 @@ from core import listing
 
 PREFIX = "digitq:job:"
 IDEMPOTENCY_PREFIX = "digitq:idempotency:"
-# Jobs not yet closed, scored by creation time: what the stuck-job sweep (worker/sweeper.py) reads
+# Jobs not yet closed, scored by creation time: what the stuck-job sweep (worker/stuck_jobs.py) reads
 # instead of a SCAN. A job leaves it when it closes; entries older than the TTL are pruned.
 ACTIVE = "digitq:jobs:active"
 # An Idempotency-Key is first claimed for this long only: if the attempt that claimed it dies
@@ -314,7 +314,7 @@ class JobStore:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""
         self.redis.hset(self._keys(job_id)[0], "error", cap(error, MAX_ERROR_CHARS))
 
-    # The stuck-job sweep (worker/sweeper.py).
+    # The stuck-job sweep (worker/stuck_jobs.py).
     def active(self) -> list[tuple[str, float]]:
         """Jobs not closed yet, oldest first, with their creation time; expired ones are pruned."""
         self.redis.zremrangebyscore(ACTIVE, "-inf", time.time() - self.ttl)

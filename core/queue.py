@@ -17,8 +17,8 @@ Reliability settings, and why:
   kombu's Redis transport deletes a rejected message just like an acknowledged one; requeueing
   it instead would loop forever on a chunk that always fails. So the chunk task retries every
   error itself (worker/tasks.py: a retry is a new message, queued before the old one is
-  acknowledged), and the stuck-job sweep (worker/sweeper.py) re-queues or fails whatever is still
-  lost. tests/test_sweeper.py checks both and that the setting is what this says.
+  acknowledged), and the stuck-job sweep (worker/stuck_jobs.py) re-queues or fails whatever is still
+  lost. tests/test_stuck_jobs.py checks both and that the setting is what this says.
 - worker_prefetch_multiplier=1: a worker holds one chunk per pool process, so the chunks of a
   big zip spread over every worker instead of piling up in the first one's prefetch buffer.
 """

@@ -90,6 +90,22 @@ def test_run_prints_urls_and_stops_every_process(tmp_path: Path, stop: str) -> N
     wait_until(lambda: not any(alive(pid) for pid in children), 10, 0.1, "every child to be gone")
 
 
+def test_a_launcher_killed_while_its_worker_starts_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The case first reported: SIGKILLed a few seconds into `make run`, before the worker is up,
+    it left its embedded redis-server running."""
+    stack = launch(tmp_path, API_PORT=str(free_port()), FLOWER_PORT=str(free_port()))
+    try:
+        redis_server = lambda: [p for p in descendants(stack.pid) if "redis-server" in cmdline(p)]  # noqa: E731
+        wait_until(redis_server, 60, 0.05, "redis-server to start")
+        wait_until(lambda: child_running(stack.pid, "worker.app"), 60, 0.05, "the worker to start")
+        children = descendants(stack.pid)
+        assert redis_server()  # killed mid start-up: the worker is still loading its model
+    finally:
+        stack.kill()
+        stack.communicate(timeout=60)
+    wait_until(lambda: not any(alive(pid) for pid in children), 10, 0.1, "every child to be gone")
+
+
 def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -156,13 +172,13 @@ def test_a_killed_worker_node_is_restarted_and_the_job_ends_exactly_once(supervi
     assert len(node) >= 2
     for pid in node:
         os.kill(pid, signal.SIGKILL)
-    # The API keeps answering while the worker is down and while it comes back.
-    new_worker = wait_until(
-        lambda: client.get("/health").status_code == 200 and child_running(stack.pid, "worker.app"),
-        60,
-        0.1,
-        "a new worker process",
-    )
+
+    def answering_and_restarted() -> int | None:
+        # The API keeps answering while the worker is down and while it comes back.
+        assert client.get("/health").status_code == 200
+        return child_running(stack.pid, "worker.app")
+
+    new_worker = wait_until(answering_and_restarted, 60, 0.1, "a new worker process")
     assert new_worker not in node
     assert_every_item_once(client, job_id, total)
     assert not any(alive(pid) for pid in node)

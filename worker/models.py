@@ -32,7 +32,7 @@ from core.config import Settings
 from ml import DigitModel, ModelIntegrityError
 from ml.registry import ModelSource, RegistryUnavailable, open_model_uri
 from worker.housekeeping import SWEEP_EVERY_SECONDS, sweep_uploads
-from worker.sweeper import Sweeper, sweep_every
+from worker.stuck_jobs import StuckJobs, sweep_every
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class Watcher:
         from core.connections import get_blob_store, get_job_store
         from core.queue import get_celery
 
-        Sweeper(get_job_store(), get_blob_store(), get_celery(), self.settings).sweep(self.hostname)
+        StuckJobs(get_job_store(), get_blob_store(), get_celery(), self.settings).sweep(self.hostname)
 
     def _run(self) -> None:
         next_sweep = next_jobs_sweep = 0.0  # at start too: a restarted worker cleans up after its crash

@@ -58,7 +58,7 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
         # Outside the per-item work (Redis, the upload store): a failed task's message is
         # acknowledged and dropped (core/queue.py), so send the chunk again instead (a retry is a
         # new message, queued before this one is acknowledged). After the last try, the stuck-job
-        # sweep (worker/sweeper.py) re-queues or fails the items.
+        # sweep (worker/stuck_jobs.py) re-queues or fails the items.
         if self.request.retries < self.max_retries:
             log.warning("chunk of job %s failed outside the item work, retrying: %r", job_id, exc)
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc

@@ -17,7 +17,7 @@ from core.jobs import PREFIX, JobStore, new_job_id
 from core.queue import QUEUE, make_celery, send_chunks
 from devstack.stack import Stack
 from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until
-from worker.sweeper import UNACKED
+from worker.stuck_jobs import UNACKED
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -148,13 +148,13 @@ def test_the_sweep_leaves_a_job_alone_while_its_chunks_wait_in_the_queue(stack: 
         # Long past STUCK_JOB_SECONDS, but every missing item is in a queued chunk: not stuck.
         client.hset(PREFIX + job_id, "created_at", time.time() - 3600)
         from core.config import Settings
-        from worker.sweeper import Sweeper
+        from worker.stuck_jobs import StuckJobs
 
         sweeper_settings = Settings(redis_url=stack.redis_url, stuck_job_seconds=3, chunk_size=CHUNK)
         celery = make_celery(sweeper_settings)
         blobs = make_blob_store(stack.settings)
         client.delete("digitq:sweep:lock")
-        assert Sweeper(store, blobs, celery, sweeper_settings).sweep() == []
+        assert StuckJobs(store, blobs, celery, sweeper_settings).sweep() == []
         assert client.llen(QUEUE) == 7  # nothing re-queued
     finally:
         stack.start_worker("worker1")

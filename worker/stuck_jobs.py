@@ -96,7 +96,7 @@ def relist(blobs: BlobStore, job_id: str, parts: int, settings: Settings) -> lis
     return items
 
 
-class Sweeper:
+class StuckJobs:
     def __init__(self, store: JobStore, blobs: BlobStore, celery: Celery, settings: Settings) -> None:
         self.store, self.blobs, self.celery, self.settings = store, blobs, celery, settings
 

@@ -24,14 +24,19 @@ from core.queue import PROCESS_CHUNK, QUEUE, make_celery
 from ml.registry import S3Registry
 from tests.helpers import png, wait_for_job, wait_until
 from tests.ops.ops_helpers import (
+    ADMIN_KEY,
     API_KEY,
     AWS_ENV,
     BUCKET,
     REGISTRY,
+    SIGNING_KEY,
+    TRUST,
     Collector,
     LoggedStack,
     copy_as_version,
+    evil_metadata,
     logged_stack,
+    upload,
     wait_ready,
 )
 
@@ -39,6 +44,7 @@ pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py
 
 V2 = "2099.03.03-hogsvm-reloaded"
 BAD = "2099.03.04-hogsvm-corrupt"
+EVIL = "2099.03.05-hogsvm-unsigned"
 
 
 def digit_png(seed: int) -> bytes:
@@ -59,6 +65,7 @@ def fleet(
         BLOB_URL=f"s3://{BUCKET}/uploads",
         SENTRY_DSN=sentry_collector.dsn,
         API_KEYS=API_KEY,
+        ADMIN_API_KEYS=ADMIN_KEY,
         LOG_JSON="1",
         CHUNK_SIZE="10",
     ) as stack:
@@ -72,10 +79,16 @@ def api(fleet: LoggedStack) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
+def admin(fleet: LoggedStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fleet.api_url, timeout=120, headers={"X-API-Key": ADMIN_KEY}) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def versions(fleet: LoggedStack, pushed: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """The registry's versions: `pushed` (latest), V2 (staged, good) and BAD (sha256 mismatch)."""
+    """The registry's versions: `pushed` (latest), V2 (staged, signed) and BAD (sha256 mismatch)."""
     tmp = tmp_path_factory.mktemp("versions")
-    registry = S3Registry(REGISTRY)
+    registry = S3Registry(REGISTRY, trust=TRUST)
     registry.push(copy_as_version(tmp, V2), set_latest=False)
     bad = copy_as_version(tmp, BAD, corrupt=True)  # push() refuses it: upload the files as they are
     registry.s3.upload_file(str(bad / "model.joblib"), BUCKET, f"registry/{BAD}/model.joblib")
@@ -89,10 +102,10 @@ def served(fleet: LoggedStack) -> list[str]:
     return [w["model_version"] for w in httpx.get(f"{fleet.api_url}/ready", timeout=30).json()["workers"]]
 
 
-def serve(api: httpx.Client, fleet: LoggedStack, version: str) -> None:
+def serve(admin: httpx.Client, fleet: LoggedStack, version: str) -> None:
     """Put both workers on `version` (a reload, unless they are on it already)."""
     if served(fleet) != [version, version]:
-        r = api.post("/admin/reload", json={"version": version, "timeout": 60})
+        r = admin.post("/admin/reload", json={"version": version, "timeout": 60})
         assert r.status_code == 200, r.text
     # Each worker's next heartbeat reports the switch.
     wait_until(lambda: served(fleet) == [version, version], 30, 0.2, f"both workers on {version}")
@@ -106,9 +119,9 @@ def submit(api: httpx.Client, n: int, seed: int = 0) -> str:
 
 
 def test_workers_pull_the_latest_model_and_report_ready(
-    api: httpx.Client, fleet: LoggedStack, pushed: str
+    admin: httpx.Client, fleet: LoggedStack, pushed: str
 ) -> None:
-    serve(api, fleet, pushed)  # what they pulled at startup (unless another test reloaded since)
+    serve(admin, fleet, pushed)  # what they pulled at startup (unless another test reloaded since)
     r = httpx.get(f"{fleet.api_url}/ready")  # no API key needed
     assert r.status_code == 200, r.text
     body = r.json()
@@ -121,9 +134,9 @@ def test_workers_pull_the_latest_model_and_report_ready(
 
 
 def test_job_on_s3_uploads_records_its_model_version(
-    api: httpx.Client, fleet: LoggedStack, s3_requests: list[str], pushed: str
+    api: httpx.Client, admin: httpx.Client, fleet: LoggedStack, s3_requests: list[str], pushed: str
 ) -> None:
-    serve(api, fleet, pushed)
+    serve(admin, fleet, pushed)
     job_id = submit(api, 25)
     job = wait_for_job(api, job_id)
     assert job["status"] == "succeeded" and job["counts"]["done"] == 25 and job["model_version"] == pushed
@@ -194,26 +207,43 @@ def test_logs_are_json_and_correlated_by_job_id(api: httpx.Client, fleet: Logged
     assert {line["chunk"] for line in chunks} == {"0-9", "10-11"}
     assert {line["model_version"] for line in chunks} == {version}
     everything = "".join(fleet.log(n) for n in ("api", "worker1", "worker2"))
-    assert API_KEY not in everything and AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in everything
+    for secret in (API_KEY, ADMIN_KEY, SIGNING_KEY, AWS_ENV["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in everything
 
 
-def test_reload_needs_the_api_key_and_refuses_a_corrupt_version(
-    api: httpx.Client, fleet: LoggedStack, versions: dict[str, str]
+def test_reload_needs_the_admin_key_and_refuses_a_corrupt_version(
+    api: httpx.Client, admin: httpx.Client, fleet: LoggedStack, versions: dict[str, str]
 ) -> None:
     assert httpx.post(f"{fleet.api_url}/admin/reload", json={"version": "x"}).status_code == 401
+    assert api.post("/admin/reload", json={"version": "x"}).status_code == 403  # a client key
     before = served(fleet)
-    r = api.post("/admin/reload", json={"version": BAD, "timeout": 60})
+    r = admin.post("/admin/reload", json={"version": BAD, "timeout": 60})
     assert r.status_code == 409 and "sha256" in r.json()["detail"], r.text
-    r = api.post("/admin/reload", json={"version": "1999.01.01-hogsvm-unknown", "timeout": 60})
+    r = admin.post("/admin/reload", json={"version": "1999.01.01-hogsvm-unknown", "timeout": 60})
     assert r.status_code == 409 and "not found" in r.json()["detail"], r.text
     assert served(fleet) == before  # nothing changed
     assert not (fleet.settings.model_cache_dir / BAD).exists()
 
 
-def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
-    api: httpx.Client, fleet: LoggedStack, pushed: str, versions: dict[str, str]
+def test_reload_refuses_a_model_nothing_vouches_for_and_runs_none_of_it(
+    admin: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
 ) -> None:
-    serve(api, fleet, pushed)
+    """Finding 2 through the fleet: a bucket writer's pickle, checksum right, no signature."""
+    marker = tmp_path / "pwned"
+    upload(tmp_path, evil_metadata(tmp_path, EVIL, marker))
+    before = served(fleet)
+    r = admin.post("/admin/reload", json={"version": EVIL, "timeout": 60})
+    assert r.status_code == 409 and "is not trusted" in r.json()["detail"], r.text
+    assert not marker.exists(), "a worker unpickled the candidate"
+    assert served(fleet) == before  # nothing changed
+    assert not (fleet.settings.model_cache_dir / EVIL).exists()
+    assert "not trusted" in fleet.log("worker1") + fleet.log("worker2")
+
+
+def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
+    api: httpx.Client, admin: httpx.Client, fleet: LoggedStack, pushed: str, versions: dict[str, str]
+) -> None:
+    serve(admin, fleet, pushed)
     # A job in flight while the fleet switches: 300 chunks of 10, in one zip.
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -228,7 +258,7 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
     control = make_celery(fleet.settings.model_copy(update={"redis_url": fleet.redis_url})).control
     assert len(control.cancel_consumer(QUEUE, reply=True, timeout=5)) == 2
     try:
-        r = api.post("/admin/reload", json={"version": V2, "timeout": 60})
+        r = admin.post("/admin/reload", json={"version": V2, "timeout": 60})
         assert r.status_code == 200, r.text
         assert r.json()["previous"] in (None, pushed) and r.json()["version"] == V2
         in_flight = api.get(f"/jobs/{big}").json()
@@ -299,9 +329,9 @@ def test_failed_job_reaches_sentry_with_its_job_id_and_no_secrets(
 
 
 def test_restarted_worker_uses_the_cache_and_the_fleet_version(
-    api: httpx.Client, fleet: LoggedStack, versions: dict[str, str], s3, tmp_path: Path
+    admin: httpx.Client, fleet: LoggedStack, versions: dict[str, str], s3, tmp_path: Path
 ) -> None:
-    serve(api, fleet, V2)  # a reload: V2 is in both workers' cache and is the fleet's version
+    serve(admin, fleet, V2)  # a reload: V2 is in both workers' cache and is the fleet's version
     cached = fleet.settings.model_cache_dir / V2 / "model.joblib"
     before = cached.stat()
     # Remove V2 from S3: a restart that downloaded anything would now fail.
@@ -313,8 +343,8 @@ def test_restarted_worker_uses_the_cache_and_the_fleet_version(
         fleet.start_worker("worker1")
         loaded = f"model {V2} loaded"
         new = wait_until(lambda: loaded in (n := fleet.log("worker1")[log_before:]) and n, 60, 0.3, loaded)
-    finally:
-        S3Registry(REGISTRY).push(copy_as_version(tmp_path, V2), set_latest=False)  # for the other tests
+    finally:  # for the other tests
+        S3Registry(REGISTRY, trust=TRUST).push(copy_as_version(tmp_path, V2), set_latest=False)
     lines = [json.loads(x) for x in new.splitlines() if x.startswith("{")]
     messages = [x["message"] for x in lines]
     assert any(f"model {V2}: cache hit" in m for m in messages), messages

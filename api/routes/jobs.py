@@ -29,6 +29,7 @@ PROBLEMS = {
     for code, text in {
         400: "Nothing to do: no files, an empty file, an unreadable zip, or a zip with no images",
         401: "Missing or wrong API key (only when API_KEYS is set)",
+        403: "Without API_KEYS: a client beyond loopback, or a cross-site browser request",
         404: "No such job (or it expired)",
         409: "A submission with this Idempotency-Key is still being created",
         413: "The upload, an image, or the number of images is over the limit",
@@ -68,7 +69,7 @@ def _list_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
     "",
     status_code=202,
     response_model=JobOut,
-    responses={k: PROBLEMS[k] for k in (400, 401, 409, 413, 415, 422)},
+    responses={k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422)},
     summary="Submit images or zip archives",
 )
 def submit_job(
@@ -152,7 +153,7 @@ def submit_job(
     return JobOut.of(_job_or_404(store, job_id, caller))
 
 
-@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 422)})
+@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 403, 422)})
 def list_jobs(
     store: JobStoreDep,
     caller: CallerDep,
@@ -193,13 +194,13 @@ def _replayed(store: JobStore, job_id: str, response: Response) -> JobOut:
     return JobOut.of(job)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
     """The job's status, progress counts, times and model version."""
     return JobOut.of(_job_or_404(store, job_id, caller))
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep, caller: CallerDep) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
     _job_or_404(store, job_id, caller)
@@ -304,7 +305,7 @@ def _jsonl_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterato
             "content": {"text/csv": {}, "application/jsonl": {}},
             "description": "A page of results, or all of them as CSV or JSON Lines",
         },
-        **{k: PROBLEMS[k] for k in (401, 404, 422)},
+        **{k: PROBLEMS[k] for k in (401, 403, 404, 422)},
     },
 )
 def get_results(

@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import require_admin_key
-from api.problems import ProblemError
+from api.problems import PROBLEM_JSON, ProblemError
+from api.schemas import Problem
 from core import fleet, logs, metrics, sentry
 from core.config import get_settings
 from core.connections import get_redis
@@ -84,7 +85,12 @@ class ReloadIn(BaseModel):
 @admin.post(
     "/reload",
     responses={
-        409: {"description": "Refused: unknown/corrupt/untrusted version, no worker, or a reload in progress"}
+        code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": text}
+        for code, text in {
+            401: "Missing or wrong admin key",
+            403: "/admin disabled (no ADMIN_API_KEYS), or a client API key",
+            409: "Refused: unknown/corrupt/untrusted version, no worker, or a reload in progress",
+        }.items()
     },
 )
 async def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ way a worker writes it stands in for one)."""
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -126,3 +128,18 @@ def test_api_responses_are_counted_by_status_class(app_client: TestClient) -> No
     app_client.post("/jobs")
     assert count("4xx") == before_4xx + 2
     assert count("2xx") >= before_2xx + 1  # the previous /metrics scrape
+
+
+def test_promtool_parses_the_rules_and_every_dashboard_query(tmp_path: Path) -> None:
+    """Prometheus' own parser (Debian's `prometheus` package ships promtool)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (apt-get install -y --no-install-recommends prometheus)")
+    rules = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    queries_ = enumerate(dashboard_expressions())
+    recorded = [{"record": f"digitq:panel_query_{i}", "expr": e} for i, e in queries_]
+    queries = tmp_path / "dashboard-queries.yml"
+    queries.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recorded}]}))
+    parsed = subprocess.run([promtool, "check", "rules", str(queries)], capture_output=True, text=True)
+    assert parsed.returncode == 0, parsed.stdout + parsed.stderr

@@ -38,6 +38,7 @@ from core.webhooks import notify
 log = logging.getLogger(__name__)
 
 LOCK = "digitq:sweep:lock"
+QUEUES = (QUEUE,)  # every broker queue a chunk can wait in
 MAX_SWEEPS = 3  # re-queues of one job before its still-missing items are failed
 SCAN_LIMIT = 20_000  # queued messages read per sweep at most
 UNACKED = "unacked"  # kombu's Redis transport: messages delivered and not yet acknowledged
@@ -50,15 +51,16 @@ def sweep_every(settings: Settings) -> float:
 
 def _messages(client: redis.Redis) -> Iterator[bytes] | None:
     """Every queued and unacknowledged Celery message, raw; None when there are too many to read."""
-    if client.llen(QUEUE) + client.hlen(UNACKED) > SCAN_LIMIT:
+    if sum(client.llen(q) for q in QUEUES) + client.hlen(UNACKED) > SCAN_LIMIT:
         return None
 
     def read() -> Iterator[bytes]:
-        for start in range(0, SCAN_LIMIT, 500):
-            page = client.lrange(QUEUE, start, start + 499)
-            yield from page
-            if len(page) < 500:
-                break
+        for queue in QUEUES:
+            for start in range(0, SCAN_LIMIT, 500):
+                page = client.lrange(queue, start, start + 499)
+                yield from page
+                if len(page) < 500:
+                    break
         for raw in client.hvals(UNACKED):
             yield json.dumps(json.loads(raw)[0]).encode()  # [message, exchange, routing key]
 
@@ -77,14 +79,19 @@ def queued_indices(client: redis.Redis, job_ids: Iterable[str]) -> dict[str, set
         job_id = next((j for b, j in wanted.items() if b in raw), None)
         if job_id is None:
             continue
-        try:
-            message = json.loads(raw)
-            args = json.loads(base64.b64decode(message["body"]))[0]
-        except (ValueError, KeyError, IndexError, TypeError):
-            continue
-        if args and args[0] == job_id:
-            found[job_id].update(item[0] for item in args[1])
+        carried = _carried(raw)
+        if carried and carried[0] == job_id:
+            found[job_id].update(carried[1])
     return found
+
+
+def _carried(raw: bytes) -> tuple[str, list[int]] | None:
+    """The job and item indices a chunk task's message carries (args: job id, task items)."""
+    try:
+        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+        return args[0], [item[0] for item in args[1]]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def relist(blobs: BlobStore, job_id: str, parts: int, settings: Settings) -> list[Item]:

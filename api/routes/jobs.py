@@ -19,7 +19,7 @@ from api.schemas import ItemOut, ItemStatus, JobList, JobOut, Problem, ResultsPa
 from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
-from core.jobs import Job, JobStatus, JobStore, is_job_id, new_job_id
+from core.jobs import CLAIM_SECONDS, Job, JobStatus, JobStore, is_job_id, new_job_id
 from core.queue import send_chunks
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -187,7 +187,10 @@ def _replayed(store: JobStore, job_id: str, response: Response) -> JobOut:
     """The answer to a retried submission: the job the first attempt created."""
     job = store.get(job_id)
     if job is None:
-        detail = "a job with this Idempotency-Key is still being created; retry in a moment"
+        detail = (
+            "a job with this Idempotency-Key is still being created; retry in a moment "
+            f"(if its first attempt failed, the key is free again within {CLAIM_SECONDS // 60} minutes)"
+        )
         raise ProblemError(409, "Submission in progress", detail, headers={"Retry-After": "1"})
     response.headers["Location"] = f"/jobs/{job_id}"
     response.headers["Idempotent-Replayed"] = "true"

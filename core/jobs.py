@@ -307,7 +307,7 @@ class JobStore:
         self.redis.delete(IDEMPOTENCY_PREFIX + key)
 
     def cancel(self, job_id: str) -> bool:
-        args = [time.time(), JobStatus.cancelled.value, "", job_id]
+        args: list[Any] = [time.time(), JobStatus.cancelled.value, "", job_id]
         return self._finish(keys=[self._keys(job_id)[0], ACTIVE], args=args) == 1
 
     def fail(self, job_id: str, error: str) -> None:
@@ -318,7 +318,8 @@ class JobStore:
     def active(self) -> list[tuple[str, float]]:
         """Jobs not closed yet, oldest first, with their creation time; expired ones are pruned."""
         self.redis.zremrangebyscore(ACTIVE, "-inf", time.time() - self.ttl)
-        return [(_text(m), float(score)) for m, score in self.redis.zrange(ACTIVE, 0, -1, withscores=True)]
+        entries: list[tuple[Raw, float]] = self.redis.zrange(ACTIVE, 0, -1, withscores=True)  # type: ignore[assignment]
+        return [(_text(member), float(score)) for member, score in entries]
 
     def forget_active(self, job_id: str) -> None:
         """Drop a job from the active index (it expired, or closed without the scripts seeing it)."""

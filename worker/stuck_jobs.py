@@ -57,7 +57,7 @@ def _messages(client: redis.Redis) -> Iterator[bytes] | None:
     def read() -> Iterator[bytes]:
         for queue in QUEUES:
             for start in range(0, SCAN_LIMIT, 500):
-                page = client.lrange(queue, start, start + 499)
+                page: list[bytes] = client.lrange(queue, start, start + 499)  # type: ignore[assignment]
                 yield from page
                 if len(page) < 500:
                     break

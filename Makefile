@@ -13,8 +13,8 @@ test: $(STAMP) models/LATEST browser  ## every test (and the linter, which is qu
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml)
-	$(PY) -m pytest -m "not stack"
+test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml), bar the slow ones
+	$(PY) -m pytest -m "not stack and not slow"
 
 model: $(STAMP)  ## train the default model (models/<version>, models/LATEST)
 	$(PY) -m ml train

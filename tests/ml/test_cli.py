@@ -8,6 +8,7 @@ import json
 import zipfile
 
 import numpy as np
+import pytest
 
 from ml.cli import build_parser, main
 from tests.helpers import paper, png
@@ -51,6 +52,7 @@ def test_predict_zip_to_file(tmp_path, seven, model_dir):
     assert rows == [{**rows[0], "name": "x/one.png", "digit": "7"}]
 
 
+@pytest.mark.slow  # evaluates every split and draws the report: `make test` runs it, `make test-fast` not
 def test_evaluate_writes_json_png_and_report(tmp_path, capsys, model_dir):
     report_dir = tmp_path / "report"
     args = ["evaluate", "--model", str(model_dir), "--out", str(tmp_path), "--report", str(report_dir)]

@@ -260,13 +260,20 @@ def part_items(
 
 
 def chunks(
-    items: list[Item], max_items: int, max_bytes: int, max_pixels: int = MAX_PIXELS
+    items: list[Item],
+    max_items: int,
+    max_bytes: int,
+    max_pixels: int = MAX_PIXELS,
+    only: set[int] | None = None,
 ) -> Iterator[list[TaskItem]]:
     """Split items in index order into task payloads bounded by count, uncompressed bytes and
-    decoded pixels (an item over a bound alone is a chunk of its own)."""
+    decoded pixels (an item over a bound alone is a chunk of its own); `only`: just these
+    indices, as the stuck-job sweep re-queues lost items."""
     chunk: list[TaskItem] = []
     chunk_bytes = chunk_pixels = 0
     for index, item in enumerate(items):
+        if only is not None and index not in only:
+            continue
         over = chunk_bytes + item.size > max_bytes or chunk_pixels + item.pixels > max_pixels
         if chunk and (len(chunk) >= max_items or over):
             yield chunk

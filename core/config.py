@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # A chunk whose pool process dies (OOM kill) or that runs out of time is redelivered; after this
     # many deliveries its remaining items fail instead of killing process after process (poison).
     max_chunk_deliveries: int = Field(default=3, ge=1)
+    # A queued/running job without a new result for this long, whose missing items no queued or
+    # unacknowledged chunk carries, is stuck: the sweep re-queues or fails them (worker/stuck_jobs.py).
+    stuck_job_seconds: int = Field(default=120, ge=1, description="no progress before the sweep acts")
 
     # Model.
     model_uri: str = str(PROJECT_ROOT / "models")  # a local dir, or s3://bucket/prefix/<version|latest>

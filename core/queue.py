@@ -17,8 +17,9 @@ Reliability settings, and why:
   connection pool's lock it left the lock taken, so the task's next Redis call hung until the
   hard limit (seen in tests/test_worker_bounds.py).
 - task_acks_on_timeout=False: after a hard time limit the message is requeued, not acknowledged
-  (Celery's default would drop the chunk: its items would never get a result and the job would
-  stay running until it expires). The requeued chunk is a delivery like any other.
+  (acknowledged, as task_acks_on_failure_or_timeout alone would have it, the chunk is gone: the
+  stuck-job sweep would have to notice it minutes later). The requeued chunk is a start like any
+  other, and the poison count (below) ends a chunk that always runs out of time.
 - Chunks are bounded so that a healthy one always ends well before its deadline: at most
   CHUNK_SIZE images, CHUNK_MAX_BYTES uncompressed bytes and CHUNK_MAX_PIXELS decoded pixels
   (api/uploads.py, from each image's header). Measured, the slowest decoders cost ~20 ns per
@@ -35,10 +36,18 @@ Reliability settings, and why:
 - worker_cancel_long_running_tasks_on_connection_loss: when the connection to Redis drops, a
   running chunk can no longer be acknowledged and is redelivered after the reconnect; stop it
   rather than finish it twice (Celery 6's default; without it Celery warns on every drop).
+- task_acks_on_failure_or_timeout stays true (the default; for timeouts see above), on purpose:
+  a chunk whose task raised is gone either way on Redis. With false, Celery rejects it without requeueing, and
+  kombu's Redis transport deletes a rejected message just like an acknowledged one; requeueing
+  it instead would loop forever on a chunk that always fails. So the chunk task retries every
+  error itself (worker/tasks.py: a retry is a new message, queued before the old one is
+  acknowledged), and the stuck-job sweep (worker/stuck_jobs.py) re-queues or fails whatever is still
+  lost. tests/test_stuck_jobs.py checks both and that the setting is what this says.
 - worker_prefetch_multiplier=1: a worker holds one chunk per pool process, so the chunks of a
   big zip spread over every worker instead of piling up in the first one's prefetch buffer.
 """
 
+from collections.abc import Iterable
 from functools import lru_cache
 
 from celery import Celery
@@ -66,7 +75,8 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_time_limit=hard_limit,
-        task_acks_on_timeout=False,
+        task_acks_on_failure_or_timeout=True,  # see above: the task retries, the sweep resolves
+        task_acks_on_timeout=False,  # but a hard time limit requeues (see above), counted as a start
         task_ignore_result=True,
         task_default_queue=QUEUE,
         task_serializer="json",
@@ -88,3 +98,12 @@ def make_celery(settings: Settings) -> Celery:
 @lru_cache
 def get_celery() -> Celery:
     return make_celery(get_settings())
+
+
+def send_chunks(celery: Celery, job_id: str, chunks: Iterable[list[TaskItem]]) -> int:
+    """Queue a job's chunks (the API at submission, the stuck-job sweep for lost items)."""
+    sent = 0
+    for chunk in chunks:
+        celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
+        sent += 1
+    return sent

@@ -5,7 +5,7 @@ import time
 from collections.abc import Sequence
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 
 from core.config import get_settings
 from core.connections import get_blob_store, get_job_store
@@ -81,6 +81,23 @@ def _outcome(recorded: Recorded) -> dict[str, int]:
 @app.task(name=PROCESS_CHUNK, bind=True, max_retries=3)
 def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, int]:
     deadline = time.monotonic() + chunk_time_limits(get_settings())[0]
+    try:
+        return _process_chunk(self, job_id, items, deadline)
+    except (Retry, Reject):
+        raise  # a retry already queued; a chunk out of time requeued (counted as a start)
+    except Exception as exc:
+        # Outside the per-item work (Redis, the upload store): a failed task's message is
+        # acknowledged and dropped (core/queue.py), so send the chunk again instead (a retry is a
+        # new message, queued before this one is acknowledged). After the last try, the stuck-job
+        # sweep (worker/stuck_jobs.py) re-queues or fails the items.
+        if self.request.retries < self.max_retries:
+            log.warning("chunk of job %s failed outside the item work, retrying: %r", job_id, exc)
+            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        log.exception("chunk of job %s failed for good; the stuck-job sweep will resolve its items", job_id)
+        raise
+
+
+def _process_chunk(self: Task, job_id: str, items: list[TaskItem], deadline: float) -> dict[str, int]:
     store = get_job_store()
     status = store.status(job_id)
     if status is None or status in TERMINAL:

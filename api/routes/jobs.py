@@ -19,8 +19,8 @@ from api.schemas import ItemOut, ItemStatus, JobList, JobOut, Problem, ResultsPa
 from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, part_items
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
-from core.jobs import Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import PROCESS_CHUNK
+from core.jobs import CLAIM_SECONDS, Job, JobStatus, JobStore, is_job_id, new_job_id
+from core.queue import send_chunks
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ PROBLEMS = {
     for code, text in {
         400: "Nothing to do: no files, an empty file, an unreadable zip, or a zip with no images",
         401: "Missing or wrong API key (only when API_KEYS is set)",
+        403: "Without API_KEYS: a client beyond loopback, or a cross-site browser request",
         404: "No such job (or it expired)",
         409: "A submission with this Idempotency-Key is still being created",
         413: "The upload, an image, or the number of images is over the limit",
@@ -70,7 +71,7 @@ def _list_items(files: list[UploadFile], max_image_bytes: int, max_items: int) -
     "",
     status_code=202,
     response_model=JobOut,
-    responses={k: PROBLEMS[k] for k in (400, 401, 409, 413, 415, 422)},
+    responses={k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422)},
     summary="Submit images or zip archives",
 )
 def submit_job(
@@ -137,10 +138,13 @@ def submit_job(
         for part, upload in enumerate(files):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
-        extra = {**hook, "metadata": json.dumps(labels)} if labels else hook
-        store.create(job_id, [item.name for item in items], owner=caller, extra=extra)
-        for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels):
-            celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
+        # `parts`: how many uploads to re-list should the sweep need to re-queue lost items.
+        extra: dict[str, str | int] = {**hook, "parts": len(files)}
+        if labels:
+            extra["metadata"] = json.dumps(labels)
+        store.create(job_id, [item.name for item in items], owner=caller, extra=extra, claim=claim)
+        bounds = (settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
+        send_chunks(celery, job_id, chunks(items, *bounds))
     except Exception:
         if claim:
             store.release_submission(claim)
@@ -152,7 +156,7 @@ def submit_job(
     return JobOut.of(_job_or_404(store, job_id, caller))
 
 
-@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 422)})
+@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 403, 422)})
 def list_jobs(
     store: JobStoreDep,
     caller: CallerDep,
@@ -186,20 +190,23 @@ def _replayed(store: JobStore, job_id: str, response: Response) -> JobOut:
     """The answer to a retried submission: the job the first attempt created."""
     job = store.get(job_id)
     if job is None:
-        detail = "a job with this Idempotency-Key is still being created; retry in a moment"
+        detail = (
+            "a job with this Idempotency-Key is still being created; retry in a moment "
+            f"(if its first attempt failed, the key is free again within {CLAIM_SECONDS // 60} minutes)"
+        )
         raise ProblemError(409, "Submission in progress", detail, headers={"Retry-After": "1"})
     response.headers["Location"] = f"/jobs/{job_id}"
     response.headers["Idempotent-Replayed"] = "true"
     return JobOut.of(job)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
     """The job's status, progress counts, times and model version."""
     return JobOut.of(_job_or_404(store, job_id, caller))
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep, caller: CallerDep) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
     _job_or_404(store, job_id, caller)
@@ -304,7 +311,7 @@ def _jsonl_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterato
             "content": {"text/csv": {}, "application/jsonl": {}},
             "description": "A page of results, or all of them as CSV or JSON Lines",
         },
-        **{k: PROBLEMS[k] for k in (401, 404, 422)},
+        **{k: PROBLEMS[k] for k in (401, 403, 404, 422)},
     },
 )
 def get_results(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from core.queue import TaskItem
+from core.queue import ChunkItem
 
 # Magic numbers of the image formats we accept, and of zip archives.
 IMAGE_SIGNATURES: dict[bytes, str] = {
@@ -53,8 +53,8 @@ class Item:
     size: int = 0
     error: str | None = None  # known before any worker looks at it
 
-    def to_task(self, index: int) -> TaskItem:
-        return (index, self.part, self.member, self.error)
+    def to_task(self, index: int) -> ChunkItem:
+        return ChunkItem(index, self.part, self.member, self.error)
 
 
 def is_junk(name: str) -> bool:
@@ -117,9 +117,9 @@ def part_items(data: BinaryIO, filename: str, part: int, max_image_bytes: int) -
     return kind, [Item(name=filename, part=part, size=size)]
 
 
-def chunks(items: list[Item], max_items: int, max_bytes: int) -> Iterator[list[TaskItem]]:
+def chunks(items: list[Item], max_items: int, max_bytes: int) -> Iterator[list[ChunkItem]]:
     """Split items in index order into task payloads bounded by count and compressed bytes."""
-    chunk: list[TaskItem] = []
+    chunk: list[ChunkItem] = []
     chunk_bytes = 0
     for index, item in enumerate(items):
         if chunk and (len(chunk) >= max_items or chunk_bytes + item.size > max_bytes):

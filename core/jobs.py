@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from core import listing
+from core import listing, quotas
 
 PREFIX = "digitq:job:"
 IDEMPOTENCY_PREFIX = "digitq:idempotency:"
@@ -85,14 +85,28 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class Recorded:
+    """What a chunk stored: all the task needs for its metrics and log line."""
+
     added: int  # results that were new (a redelivered chunk adds none)
     failed: int  # of those, errors
     closed_job: bool  # this call stored the job's last item
+    status: JobStatus | None = None  # the job's, after this call (None: it expired)
+    job_seconds: float | None = None  # created -> finished, when this call closed the job
 
 
-# KEYS: job hash, results hash. ARGV: now, then (index, result json, failed 0/1) triples.
+@dataclass(frozen=True)
+class ChunkStart:
+    """A chunk's job as the chunk starts: what is left to do, and with which model version."""
+
+    status: JobStatus | None  # None: the job expired
+    model_version: str | None
+    todo: list[int]  # the chunk's items without a result (a redelivered chunk may have none)
+
+
+# KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py).
+# ARGV: now, then (index, result json, failed 0/1) triples.
 _RECORD = """
-local job, results = KEYS[1], KEYS[2]
+local job, results, queued = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', job) == 0 then return -1 end
 local added, failed = 0, 0
 for i = 2, #ARGV, 3 do
@@ -107,24 +121,43 @@ if ttl > 0 then redis.call('PEXPIRE', results, ttl) end
 redis.call('HINCRBY', job, 'done', added)
 redis.call('HINCRBY', job, 'failed', failed)
 local status = redis.call('HGET', job, 'status')
+-- The quota gets its images back as they finish; a cancelled job gave back the rest already.
+if (status == 'queued' or status == 'running') and added > 0 and redis.call('EXISTS', queued) == 1 then
+  if redis.call('DECRBY', queued, added) < 0 then redis.call('SET', queued, 0, 'KEEPTTL') end
+end
 local done = tonumber(redis.call('HGET', job, 'done'))
 local total = tonumber(redis.call('HGET', job, 'total'))
 local closed = 0
 if done >= total and (status == 'queued' or status == 'running') then
-  local final = 'succeeded'
-  if redis.call('HEXISTS', job, 'error') == 1 then final = 'failed' end
-  redis.call('HSET', job, 'status', final, 'finished_at', ARGV[1])
+  status = 'succeeded'
+  if redis.call('HEXISTS', job, 'error') == 1 then status = 'failed' end
+  redis.call('HSET', job, 'status', status, 'finished_at', ARGV[1])
   closed = 1
 end
-return {added, failed, closed}
+return {added, failed, closed, status, redis.call('HGET', job, 'created_at')}
 """
 
-# KEYS: job hash. ARGV: now, model version. queued -> running, once.
-_START = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[1], 'model_version', ARGV[2]) end
-return 1
+# KEYS: job hash, results hash. ARGV: now, model version, then item indices. A chunk starts:
+# nothing to do if the job is gone or closed; else the items without a result, and (if any) the
+# job's model version pinned (the first chunk's wins) and queued -> running. {status, version, todo...}
+_START_CHUNK = """
+local job = KEYS[1]
+local status = redis.call('HGET', job, 'status')
+if not status then return {false, false} end
+if status ~= 'queued' and status ~= 'running' then return {status, false} end
+local out = {status, false}
+for i = 3, #ARGV do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then table.insert(out, ARGV[i]) end
+end
+if #out > 2 then
+  redis.call('HSETNX', job, 'model_version', ARGV[2])
+  if status == 'queued' then
+    redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[1])
+    out[1] = 'running'
+  end
+end
+out[2] = redis.call('HGET', job, 'model_version')
+return out
 """
 
 # KEYS: idempotency key. ARGV: job id, ttl. The job id it names already, or reserve it.
@@ -135,7 +168,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: job hash. ARGV: now, new status, error message.
+# KEYS: job hash, the tenant's queued-images count. ARGV: now, new status, error message.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -143,6 +176,10 @@ if not status or status == 'succeeded' or status == 'failed' or status == 'cance
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+local left = tonumber(redis.call('HGET', KEYS[1], 'total')) - tonumber(redis.call('HGET', KEYS[1], 'done'))
+if left > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('DECRBY', KEYS[2], left) < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
+end
 return 1
 """
 
@@ -171,7 +208,7 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._record = client.register_script(_RECORD)
-        self._start = client.register_script(_START)
+        self._start_chunk = client.register_script(_START_CHUNK)
         self._finish = client.register_script(_FINISH)
         self._claim = client.register_script(_CLAIM)
 
@@ -258,26 +295,27 @@ class JobStore:
         """The indices that have no result yet (a redelivered chunk skips the rest)."""
         return [i for i, r in zip(indices, self.results(job_id, indices), strict=True) if r is None]
 
-    def mark_running(self, job_id: str, model_version: str | None) -> None:
-        self._start(keys=[self._keys(job_id)[0]], args=[time.time(), model_version or ""])
+    def start_chunk(self, job_id: str, indices: Sequence[int], model_version: str) -> ChunkStart:
+        """One call as a chunk starts: which of `indices` are still to do and, when some are,
+        the job marked running and its model version pinned (the first chunk to start wins)."""
+        job, _, results = self._keys(job_id)
+        reply = self._start_chunk(keys=[job, results], args=[time.time(), model_version, *indices])
+        status = JobStatus(_text(reply[0])) if reply[0] else None
+        return ChunkStart(status, _opt_str(reply[1]), [int(i) for i in reply[2:]])
 
-    def pin_model_version(self, job_id: str, model_version: str) -> str:
-        """The version the job's results come from: the first one to claim it wins."""
-        job = self._keys(job_id)[0]
-        self.redis.hsetnx(job, "model_version", model_version)
-        return _opt_str(self.redis.hget(job, "model_version")) or model_version
-
-    def record(self, job_id: str, results: Iterable[ItemResult]) -> Recorded:
-        """Store the results that are not stored yet, closing the job with its last item."""
+    def record(self, job_id: str, results: Iterable[ItemResult], tenant: str = "") -> Recorded:
+        """Store the results that are not stored yet, closing the job with its last item, and
+        give the tenant's queued-images quota back its finished items."""
         job, _, results_key = self._keys(job_id)
         args: list[Any] = [time.time()]
         for r in results:
             args += [r.index, r.to_json(), int(r.error is not None)]
-        reply = self._record(keys=[job, results_key], args=args)
+        reply = self._record(keys=[job, results_key, quotas.queued_key(tenant)], args=args)
         if reply == -1:
             return Recorded(0, 0, False)  # the job expired meanwhile
-        added, failed, closed = reply
-        return Recorded(int(added), int(failed), bool(closed))
+        added, failed, closed, status, created = reply
+        seconds = max(0.0, float(args[0]) - float(created)) if closed else None
+        return Recorded(int(added), int(failed), bool(closed), JobStatus(_text(status)), seconds)
 
     def claim_submission(self, key: str, job_id: str) -> str | None:
         """Reserve an idempotency key for a new job; returns the job it already names, if any."""
@@ -288,10 +326,10 @@ class JobStore:
         """Free a key whose job could not be created, so that a retry can create it."""
         self.redis.delete(IDEMPOTENCY_PREFIX + key)
 
-    def cancel(self, job_id: str) -> bool:
-        return (
-            self._finish(keys=[self._keys(job_id)[0]], args=[time.time(), JobStatus.cancelled.value, ""]) == 1
-        )
+    def cancel(self, job_id: str, tenant: str = "") -> bool:
+        """Close a queued or running job; its unfinished items go back to the tenant's quota."""
+        keys = [self._keys(job_id)[0], quotas.queued_key(tenant)]
+        return self._finish(keys=keys, args=[time.time(), JobStatus.cancelled.value, ""]) == 1
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""

@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from core.jobs import JobStore
-from core.queue import QUEUE, make_celery
+from core.queue import LANES, make_celery
 from devstack.embedded_redis import free_port
 from devstack.stack import Stack
 from digitq import Client, ProblemError, Unreachable
@@ -60,11 +60,13 @@ def folder(tmp_path_factory: pytest.TempPathFactory, digits: tuple[np.ndarray, n
 def queue_held(stack: Stack) -> Iterator[None]:
     """The workers stop taking chunks (Celery remote control), so a job stays queued."""
     control = make_celery(stack.settings.model_copy(update={"redis_url": stack.redis_url})).control
-    assert control.cancel_consumer(QUEUE, reply=True, timeout=5)
+    for lane in LANES:
+        assert control.cancel_consumer(lane, reply=True, timeout=5)
     try:
         yield
     finally:
-        control.add_consumer(QUEUE, reply=True, timeout=5)
+        for lane in LANES:
+            control.add_consumer(lane, reply=True, timeout=5)
 
 
 def label(name: str) -> int:

@@ -81,13 +81,15 @@ def test_sigkill_of_a_whole_worker_mid_job(two_workers: Stack, big_zip: bytes) -
 
 def test_redelivered_chunk_does_not_duplicate(two_workers: Stack, digits) -> None:
     """The same chunk twice (as after a visibility-timeout redelivery) changes nothing."""
-    from core.jobs import ItemResult, JobStore, Recorded
+    from core.jobs import ItemResult, JobStatus, JobStore, Recorded
 
     store = JobStore(redis.Redis.from_url(two_workers.redis_url or ""), 60)
     store.create("dup", ["a.png", "b.png"])
     first = [ItemResult(0, 3, 0.9), ItemResult(1, error="not a readable image")]
-    assert store.record("dup", first) == Recorded(added=2, failed=1, closed_job=True)
-    assert store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)]) == Recorded(0, 0, False)
+    recorded = store.record("dup", first)
+    assert (recorded.added, recorded.failed, recorded.closed_job, recorded.status) == (2, 1, True, "succeeded")
+    again = store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)])
+    assert again == Recorded(0, 0, False, JobStatus.succeeded)
     job = store.get("dup")
     assert job and (job.status, job.done, job.failed) == ("succeeded", 2, 1)
     assert store.results("dup", [0, 1]) == first

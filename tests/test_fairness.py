@@ -112,6 +112,8 @@ def test_lost_sends_are_sent_again_by_the_sweeper(shared: Stack, digits) -> None
             assert wait_until(lambda: client.llen(BULK), 10, what="the window's chunks in the broker")
             lost = client.delete(BULK)
             assert lost and client.zcard(INFLIGHT) > 0 and client.llen(f"{PREFIX}queue:{job_id}") > 0
+            window_keys = [k.decode() for k in client.scan_iter(f"{PREFIX}*")]
+            assert len(window_keys) >= 5 and all(client.ttl(k) > 0 for k in window_keys), window_keys
         finally:
             for lane in LANES:
                 control.add_consumer(lane, reply=True, timeout=5)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py
 
 # Keys allowed to live without a TTL, each with why it is bounded. Anything else must expire.
 BOUNDED = {
-    "digitq.interactive": "the interactive lane: drained first, each job at most INTERACTIVE_MAX_ITEMS images",
+    "digitq.interactive": "the interactive lane: drained first; jobs of <= INTERACTIVE_MAX_ITEMS images",
     "digitq.bulk": "the bulk lane: at most BULK_IN_FLIGHT_CHUNKS chunks (core/dispatch.py's window)",
     "digitq:metrics": "one hash with a fixed set of fields (counters and histogram buckets)",
     "digitq:model:current": "one version name",

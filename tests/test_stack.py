@@ -162,6 +162,7 @@ def test_a_killed_worker_node_is_restarted_and_the_job_ends_exactly_once(supervi
     assert len(node) >= 2
     for pid in node:
         os.kill(pid, signal.SIGKILL)
+
     # The API keeps answering while the worker is down and while it comes back.
     # (A SIGKILLed process is not a zombie at once: wait for a worker that is not one of them.)
     def restarted() -> int | None:

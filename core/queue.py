@@ -40,7 +40,7 @@ hands the slots out round-robin across API keys, then their jobs.
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
@@ -53,13 +53,17 @@ BULK = "digitq.bulk"
 LANES = (INTERACTIVE, BULK)  # the order every worker reads them in
 
 
-class ChunkItem(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class ChunkItem:
     """One image of a chunk: its index in the job, upload part, zip member, error known upfront."""
 
     index: int
     part: int
     member: str | None = None
     error: str | None = None
+
+    def to_json(self) -> list[Any]:  # compact on the wire: a chunk holds up to CHUNK_SIZE of them
+        return [self.index, self.part, self.member, self.error]
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ class Chunk:
         return f"{self.items[0].index}-{self.items[-1].index}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"job": self.job_id, "tenant": self.tenant, "lane": self.lane, "items": self.items}
+        items = [item.to_json() for item in self.items]
+        return {"job": self.job_id, "tenant": self.tenant, "lane": self.lane, "items": items}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "Chunk":

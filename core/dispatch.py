@@ -111,13 +111,19 @@ class FairShare:
         self.stale_after = 2.0 * settings.visibility_timeout
         self._refill = client.register_script(_REFILL)
         self._stale = client.register_script(_STALE)
+        self._budget, self._budget_until = 1 + SLACK, 0.0
 
     def budget(self) -> int:
-        """How many bulk chunks may be in the broker or running at once."""
+        """How many bulk chunks may be in the broker or running at once (the fleet's size is
+        read from the heartbeats at most once per heartbeat period: it is called per chunk)."""
         if self.settings.bulk_in_flight_chunks:
             return self.settings.bulk_in_flight_chunks
-        processes = sum(int(w.get("concurrency") or 0) for w in fleet.workers(self.redis))
-        return max(processes, 1) + SLACK
+        now = time.monotonic()
+        if now >= self._budget_until:
+            processes = sum(int(w.get("concurrency") or 0) for w in fleet.workers(self.redis))
+            self._budget = max(processes, 1) + SLACK
+            self._budget_until = now + fleet.HEARTBEAT_SECONDS
+        return self._budget
 
     def add(self, chunks: Sequence[Chunk]) -> None:
         """Queue a new job's chunks (all of one job and tenant) behind the window."""

@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from core.config import Settings, get_settings
 
@@ -113,7 +113,9 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
-        task_queues=[Queue(name) for name in LANES],  # the order of each worker's BRPOP (above)
+        # In LANES' order: the order of each worker's BRPOP (above). Each lane names its own
+        # exchange and routing key (without them Celery binds every queue to the default one's).
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in LANES],
         task_default_queue=BULK,
         task_serializer="json",
         accept_content=["json"],

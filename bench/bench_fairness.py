@@ -101,7 +101,7 @@ def throughputs(archive: bytes, blobs: list[bytes], configs: dict[str, dict[str,
             label: httpx.Client(base_url=stack.api_url, timeout=120, headers=as_key("a"))
             for label, stack in stacks.items()
         }
-        for label, client in clients.items():
+        for client in clients.values():
             end_to_end(client, zip_of(blobs[:500]), 500)  # warm-up
         for _ in range(REPEATS):
             for label, client in clients.items():

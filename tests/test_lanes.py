@@ -1,11 +1,17 @@
-"""The lane order (core/queue.py) on a real Redis, through the task consumer a worker uses."""
+"""Lanes (core/queue.py) and the bulk window at submission (core/dispatch.py), on a real Redis."""
 
 import socket
+from collections.abc import Callable
 
+import numpy as np
 import pytest
+import redis
+from fastapi.testclient import TestClient
 
 from core.config import Settings
+from core.dispatch import PREFIX, SLACK
 from core.queue import BULK, INTERACTIVE, Chunk, ChunkItem, lane_for, make_celery, send_chunk
+from tests.helpers import make_zip, png
 
 
 def test_small_jobs_take_the_interactive_lane() -> None:
@@ -37,3 +43,24 @@ def test_a_worker_takes_every_interactive_chunk_before_bulk_and_each_once(redis_
             with pytest.raises(socket.timeout):  # nothing more: no lane got another's chunks
                 connection.drain_events(timeout=1)
     assert got == [INTERACTIVE] * 4 + [BULK] * 6
+
+
+def test_a_bulk_job_sends_only_the_window_and_metrics_show_the_lanes(
+    make_client: Callable[..., TestClient], redis_client: redis.Redis
+) -> None:
+    """Fast tier (no workers, so nothing drains): a small job's chunk goes to the interactive lane,
+    a bulk job puts only the window in the broker (no live worker: 1 + SLACK chunks)."""
+    client = make_client(CHUNK_SIZE="10")
+    image = png(np.zeros((28, 28), dtype=np.uint8))
+    assert client.post("/jobs", files=[("files", ("one.png", image))]).status_code == 202
+    archive = make_zip({f"{i}.png": image for i in range(400)})  # 40 chunks
+    bulk = client.post("/jobs", files=[("files", ("bulk.zip", archive))]).json()["id"]
+    assert redis_client.llen(INTERACTIVE) == 1
+    assert redis_client.llen(BULK) == 1 + SLACK
+    assert redis_client.llen(f"{PREFIX}queue:{bulk}") == 40 - (1 + SLACK)
+    metrics = client.get("/metrics").text
+    assert 'digitq_queue_depth{lane="interactive"} 1.0' in metrics
+    assert f'digitq_queue_depth{{lane="bulk"}} {1.0 + SLACK}' in metrics
+    assert "digitq_bulk_tenants_waiting 1.0" in metrics
+    assert client.delete(f"/jobs/{bulk}").status_code == 200  # its waiting chunks are dropped
+    assert not redis_client.exists(f"{PREFIX}queue:{bulk}", f"{PREFIX}chunks:{bulk}")

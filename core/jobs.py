@@ -3,6 +3,10 @@
 Results are written per item with HSETNX inside a Lua script that also bumps the counters and
 closes the job when the last item lands. A chunk delivered twice therefore never duplicates or
 loses an item, and the counters always equal the number of stored results.
+
+This is the only module that reads or writes a job's keys: a chunk starts with one call
+(`start_chunk`), ends with one (`record`, which returns what the task counts in its metrics), and
+the webhook state on the job hash goes through `webhook_trigger`/`record_webhook_attempt`.
 """
 
 import json
@@ -184,6 +188,20 @@ return 1
 """
 
 
+# Webhook delivery state (core/webhooks.py). KEYS: job hash.
+# ARGV: last status, last error, next attempt at, delivered 0/1, gone 0/1.
+# Never recreates a job that expired meanwhile (it would live forever without a TTL).
+_ATTEMPTED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
+redis.call('HSET', KEYS[1], 'webhook_last_status', ARGV[1], 'webhook_last_error', ARGV[2],
+           'webhook_next_at', ARGV[3])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'webhook_delivered', '1') end
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'webhook_gone', '1') end
+return 1
+"""
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex
 
@@ -211,6 +229,7 @@ class JobStore:
         self._start_chunk = client.register_script(_START_CHUNK)
         self._finish = client.register_script(_FINISH)
         self._claim = client.register_script(_CLAIM)
+        self._webhook_attempted = client.register_script(_ATTEMPTED)
 
     @staticmethod
     def _keys(job_id: str) -> tuple[str, str, str]:
@@ -330,6 +349,19 @@ class JobStore:
         """Close a queued or running job; its unfinished items go back to the tenant's quota."""
         keys = [self._keys(job_id)[0], quotas.queued_key(tenant)]
         return self._finish(keys=keys, args=[time.time(), JobStatus.cancelled.value, ""]) == 1
+
+    def webhook_trigger(self, job_id: str) -> tuple[str, str, str, str]:
+        """What deciding on a webhook event needs: status, url, events, gone ('' when unset)."""
+        fields = ["status", "webhook_url", "webhook_events", "webhook_gone"]
+        raw = self.redis.hmget(self._keys(job_id)[0], fields)
+        status, url, events, gone = (_text(v) if v else "" for v in raw)
+        return status, url, events, gone
+
+    def record_webhook_attempt(
+        self, job_id: str, status: int | None, error: str, next_at: float | None, delivered: bool, gone: bool
+    ) -> None:
+        args: list[str | float] = [status or "", error[:500], next_at or "", int(delivered), int(gone)]
+        self._webhook_attempted(keys=[self._keys(job_id)[0]], args=args)
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""

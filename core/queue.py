@@ -31,8 +31,9 @@ to BULK, and every worker consumes both, interactive first. What gives the order
   1 x pool processes and, with acks_late, a chunk counts against it until it has finished. kombu
   registers a BRPOP only while `channel.qos.can_consume()` (delivered - acknowledged < prefetch
   count), so a worker never holds a chunk that no process is running: it asks Redis for one only
-  when a process is free, and that BRPOP picks from INTERACTIVE first. An interactive chunk therefore waits at most
-  for the first running chunk to finish (one chunk time), never behind the bulk queue.
+  when a process is free, and that BRPOP picks from INTERACTIVE first. An interactive chunk
+  therefore waits at most for the first running chunk to finish (one chunk time), never behind
+  the bulk queue.
   (Celery's Redis "priorities", the other mechanism, are four sub-lists per queue read by the same
   BRPOP: approximate, and they would not bound the bulk lane; two queues are simpler and exact.)
 The bulk lane is not fed all at once: core/dispatch.py keeps a small window of chunks in it and

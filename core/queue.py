@@ -23,10 +23,13 @@ to BULK, and every worker consumes both, interactive first. What gives the order
   order the worker subscribed, which is `task_queues`' order below. kombu's default cycle is
   `round_robin`: after each message `_brpop_read` calls `_queue_cycle.rotate(queue)`, moving the
   queue just served to the end, so the next BRPOP would list BULK first and a worker would
-  alternate lanes (half its picks bulk while interactive work waits). `queue_order_strategy=
-  "priority"` selects `priority_cycle`, whose `rotate()` does nothing: every BRPOP lists
-  INTERACTIVE, then BULK. An idle worker still never waits while bulk work is queued: BRPOP
-  returns from BULK as soon as INTERACTIVE is empty.
+  alternate lanes (half its picks bulk while interactive work waits). kombu's `priority` cycle
+  does not rotate, but keeps the subscription order, which changes at run time: `celery control
+  cancel_consumer`/`add_consumer` (tests pause workers that way) appends a re-added queue at the
+  end. `queue_order_strategy` also takes a cycle class: `LaneOrder` below never rotates and
+  always lists the lanes in LANES' order, so every BRPOP reads INTERACTIVE, then BULK, whatever
+  happened to the subscriptions. An idle worker still never waits while bulk work is queued:
+  BRPOP returns from BULK as soon as INTERACTIVE is empty.
 - Why it holds with acks_late and worker_prefetch_multiplier=1: the prefetch count is
   1 x pool processes and, with acks_late, a chunk counts against it until it has finished. kombu
   registers a BRPOP only while `channel.qos.can_consume()` (delivered - acknowledged < prefetch
@@ -46,6 +49,7 @@ from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
+from kombu.utils.scheduling import priority_cycle
 
 from core.config import Settings, get_settings
 
@@ -96,6 +100,14 @@ class Chunk:
         return cls(raw["job"], items, raw.get("tenant", ""), raw.get("lane", BULK))
 
 
+class LaneOrder(priority_cycle):
+    """kombu's queue cycle for the workers' BRPOP: the lanes in LANES' order, never rotated."""
+
+    def consume(self, n: int) -> list[str]:
+        rank = {lane: i for i, lane in enumerate(LANES)}
+        return sorted(self.items[:n], key=lambda queue: rank.get(queue, len(LANES)))
+
+
 def lane_for(n_items: int, settings: Settings | None = None) -> str:
     """The queue a job of `n_items` images goes to (API routes use this, and only this)."""
     limit = (settings or get_settings()).interactive_max_items
@@ -130,7 +142,7 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": restore_every,
             "unacked_restore_throttle": 1,
-            "queue_order_strategy": "priority",  # INTERACTIVE before BULK on every BRPOP (above)
+            "queue_order_strategy": "core.queue:LaneOrder",  # INTERACTIVE, then BULK (above)
         },
     )
     return app

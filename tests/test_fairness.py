@@ -13,10 +13,10 @@ from api.uploads import chunks, part_items
 from core.blobs import make_blob_store, upload_key
 from core.dispatch import INFLIGHT, PREFIX, FairShare
 from core.jobs import JobStore, new_job_id
-from core.queue import BULK, LANES, Chunk, make_celery
+from core.queue import BULK, Chunk
 from core.quotas import tenant_of
 from devstack.stack import Stack
-from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until
+from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until, workers_paused
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -103,20 +103,14 @@ def test_lost_sends_are_sent_again_by_the_sweeper(shared: Stack, digits) -> None
     images, _ = digits
     archive = make_zip({f"{i}.png": png(images[i]) for i in range(1500)})
     client = redis.Redis.from_url(shared.redis_url or "")
-    control = make_celery(shared.settings.model_copy(update={"redis_url": shared.redis_url})).control
     with httpx.Client(base_url=shared.api_url, timeout=60, headers=auth("a")) as api:
-        for lane in LANES:
-            assert control.cancel_consumer(lane, reply=True, timeout=5)
-        try:
+        with workers_paused(shared):
             job_id = submit(api, "a", "lost.zip", archive)
             assert wait_until(lambda: client.llen(BULK), 10, what="the window's chunks in the broker")
             lost = client.delete(BULK)
             assert lost and client.zcard(INFLIGHT) > 0 and client.llen(f"{PREFIX}queue:{job_id}") > 0
             window_keys = [k.decode() for k in client.scan_iter(f"{PREFIX}*")]
             assert len(window_keys) >= 5 and all(client.ttl(k) > 0 for k in window_keys), window_keys
-        finally:
-            for lane in LANES:
-                control.add_consumer(lane, reply=True, timeout=5)
         job = wait_for_job(api, job_id, timeout=120)  # stale after 2 x VISIBILITY_TIMEOUT (10 s)
         assert job["status"] == "succeeded" and job["counts"]["done"] == 1500
         assert [it["index"] for it in all_results(api, job_id)] == list(range(1500))

@@ -33,8 +33,9 @@ from ops_helpers import (
 
 from core.config import PROJECT_ROOT
 from core.jobs import JobStore
-from core.queue import LANES, Chunk, ChunkItem, make_celery, send_chunk
+from core.queue import Chunk, ChunkItem, make_celery, send_chunk
 from ml.registry import S3Registry
+from tests.helpers import workers_paused
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -236,18 +237,12 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
         time.sleep(0.05)
     # Hold the rest of the job in the queue while the fleet switches (chunks take milliseconds,
     # a reload seconds): the workers stop consuming, through Celery's own remote control.
-    control = make_celery(fleet.settings.model_copy(update={"redis_url": fleet.redis_url})).control
-    for lane in LANES:
-        assert len(control.cancel_consumer(lane, reply=True, timeout=5)) == 2
-    try:
+    with workers_paused(fleet):
         r = admin.post("/admin/reload", json={"version": V2, "timeout": 60})
         assert r.status_code == 200, r.text
         assert r.json()["previous"] in (None, pushed) and r.json()["version"] == V2
         in_flight = api.get(f"/jobs/{big}").json()
         assert in_flight["status"] == "running", "the test needs the job to span the reload"
-    finally:
-        for lane in LANES:
-            control.add_consumer(lane, reply=True, timeout=5)
 
     done = wait_job(api, big)
     assert (

@@ -101,6 +101,13 @@ return out
 """
 
 
+# KEYS: tenants ring. ARGV: tenant, ttl. The tenant joins the ring's end unless it is in it already.
+_JOIN = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+
+
 class FairShare:
     """The bulk lane's waiting chunks and its window (state in Redis, shared by every process)."""
 
@@ -111,6 +118,7 @@ class FairShare:
         self.stale_after = 2.0 * settings.visibility_timeout
         self._refill = client.register_script(_REFILL)
         self._stale = client.register_script(_STALE)
+        self._join = client.register_script(_JOIN)
         self._budget, self._budget_until = 1 + SLACK, 0.0
 
     def budget(self) -> int:
@@ -136,15 +144,11 @@ class FairShare:
             pipe.hset(chunks_key, mapping={str(c.items[0].index): json.dumps(c.to_json()) for c in part})
             pipe.rpush(queue, *[c.items[0].index for c in part])
         pipe.rpush(ring, job_id)
-        # The tenant joins the ring unless it is there already (LPOS: O(tenants), a short list).
         for key in (chunks_key, queue, ring):
             pipe.expire(key, self.ttl)
         pipe.execute()
-        if self.redis.lpos(TENANTS, tenant) is None:
-            # Two submissions of one tenant may both add it: the ring then holds it twice until
-            # its jobs drain (LREM removes every copy), a brief double share, never a lost one.
-            self.redis.rpush(TENANTS, tenant)
-        self.redis.expire(TENANTS, self.ttl)
+        # After its job is in its ring: a refill that sees the tenant also sees the job.
+        self._join(keys=[TENANTS], args=[tenant, self.ttl])
 
     def refill(self, finished: Chunk | None = None) -> list[Chunk]:
         """Take `finished` off the window, then fill it: the chunks the caller must send now."""
@@ -163,9 +167,6 @@ class FairShare:
     def forget(self, job_id: str) -> None:
         """A cancelled job's waiting chunks are never sent (its ring entry goes on the next refill)."""
         self.redis.delete(f"{PREFIX}queue:{job_id}", f"{PREFIX}chunks:{job_id}")
-
-    def waiting_tenants(self) -> int:
-        return int(self.redis.llen(TENANTS))
 
 
 def dispatch(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> None:

@@ -9,7 +9,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from core.config import Settings
-from core.dispatch import PREFIX, SLACK
+from core.dispatch import PREFIX, SLACK, FairShare
 from core.queue import BULK, INTERACTIVE, Chunk, ChunkItem, lane_for, make_celery, send_chunk
 from tests.helpers import make_zip, png
 
@@ -68,3 +68,24 @@ def test_a_bulk_job_sends_only_the_window_and_metrics_show_the_lanes(
     assert "digitq_bulk_tenants_waiting 1.0" in metrics
     assert client.delete(f"/jobs/{bulk}").status_code == 200  # its waiting chunks are dropped
     assert not redis_client.exists(f"{PREFIX}queue:{bulk}", f"{PREFIX}chunks:{bulk}")
+
+
+def test_the_window_is_handed_out_round_robin_across_keys_then_their_jobs(redis_client: redis.Redis) -> None:
+    """Key A has two jobs, key B one: slots alternate A, B, and A's alternate between its jobs."""
+    redis_client.flushall()  # the fast tier's Redis is shared by the session
+    fair = FairShare(redis_client, Settings(bulk_in_flight_chunks=6))
+
+    def job(job_id: str, tenant: str, n: int = 10) -> list[Chunk]:
+        return [Chunk(job_id, (ChunkItem(i, 0),), tenant) for i in range(n)]
+
+    fair.add(job("a1", "A"))
+    fair.add(job("a2", "A"))
+    fair.add(job("b1", "B"))
+    first = fair.refill()
+    assert [c.job_id for c in first] == ["a1", "b1", "a2", "b1", "a1", "b1"]
+    assert fair.refill() == []  # the window is full
+    again = fair.refill(first[1])  # b1's chunk finished: one slot, to the next in the ring
+    assert [(c.job_id, c.items[0].index) for c in again] == [("a2", 1)]
+    assert fair.refill(first[1]) == []  # the same chunk finishing twice frees one slot, not two
+    fair.forget("a2")  # cancelled: its waiting chunks are never sent
+    assert {c.job_id for c in fair.refill(first[0]) + fair.refill(first[2])} <= {"a1", "b1"}

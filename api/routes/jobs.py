@@ -138,13 +138,10 @@ def submit_job(
         earlier = store.claim_submission(claim, job_id)
         if earlier:
             return _replayed(store, earlier, response)
+    reserved = False
     try:
         _within_quota(quotas, quotas.reserve, tenant, len(items))  # all of them, or none
-    except ProblemError:
-        if claim:
-            store.release_submission(claim)
-        raise
-    try:
+        reserved = True
         for part, upload in enumerate(files):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
@@ -154,7 +151,8 @@ def submit_job(
         runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes)
         dispatch(celery, fair, [Chunk(job_id, tuple(run), tenant, lane) for run in runs])
     except Exception:
-        quotas.release(tenant, len(items))
+        if reserved:
+            quotas.release(tenant, len(items))
         if claim:
             store.release_submission(claim)
         raise

@@ -95,3 +95,14 @@ def test_open_mode_is_one_anonymous_tenant(make_client: Callable[..., TestClient
     assert get_quotas().queued(ANONYMOUS) == 3
     assert client.post("/jobs", files=zip_of(2)).status_code == 202  # the refusal counted as a submission
     assert_429(client.post("/jobs", files=zip_of(1)), "SUBMISSIONS_PER_MINUTE_PER_KEY")
+
+
+def test_a_refused_submission_leaves_its_idempotency_key_free(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(MAX_QUEUED_IMAGES_PER_KEY="5")
+    first = client.post("/jobs", files=zip_of(5))
+    key = {"Idempotency-Key": "retry-me"}
+    assert_429(client.post("/jobs", files=zip_of(1), headers=key), "MAX_QUEUED_IMAGES_PER_KEY")
+    client.delete(f"/jobs/{first.json()['id']}")  # drained
+    retried = client.post("/jobs", files=zip_of(1), headers=key)
+    assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
+    assert client.post("/jobs", files=zip_of(1), headers=key).headers["Idempotent-Replayed"] == "true"

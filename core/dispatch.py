@@ -35,7 +35,7 @@ from celery import Celery
 
 from core import fleet
 from core.config import Settings
-from core.queue import BULK, Chunk, lane_for, send_chunk
+from core.queue import BULK, Chunk, lane_for, send_chunks
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,14 @@ class FairShare:
         raw = self._stale(keys=[INFLIGHT], args=[now - self.stale_after, now, PREFIX])
         return [Chunk.from_json(json.loads(r)) for r in raw]
 
+    def carried(self, job_id: str) -> set[int]:
+        """The job's item indices in chunks waiting for the window or in it (the stuck-job sweep
+        leaves those to this module's sweeper)."""
+        found: set[int] = set()
+        for raw in self.redis.hvals(f"{PREFIX}chunks:{job_id}"):
+            found.update(item[0] for item in json.loads(raw)["items"])
+        return found
+
     def forget(self, job_id: str) -> None:
         """A cancelled job's waiting chunks are never sent (its ring entry goes on the next refill)."""
         self.redis.delete(f"{PREFIX}queue:{job_id}", f"{PREFIX}chunks:{job_id}")
@@ -174,17 +182,16 @@ def dispatch(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> None:
     if not chunks:
         return
     if chunks[0].lane != BULK:
-        for chunk in chunks:
-            send_chunk(celery, chunk)
+        send_chunks(celery, chunks)
         return
     fair.add(chunks)
-    send_all(celery, fair.refill())
+    send_chunks(celery, fair.refill())
 
 
 def finished(celery: Celery, fair: FairShare, chunk: Chunk) -> None:
     """A chunk is done (or has nothing left to do): its window slot goes to the next chunk."""
     if chunk.lane == BULK:
-        send_all(celery, fair.refill(chunk))
+        send_chunks(celery, fair.refill(chunk))
 
 
 def sweep(celery: Celery, fair: FairShare) -> int:
@@ -192,13 +199,8 @@ def sweep(celery: Celery, fair: FairShare) -> int:
     chunks = fair.stale() + fair.refill()
     if chunks:
         log.info("fair-share sweep sent %d chunk(s)", len(chunks))
-    send_all(celery, chunks)
+    send_chunks(celery, chunks)
     return len(chunks)
-
-
-def send_all(celery: Celery, chunks: Sequence[Chunk]) -> None:
-    for chunk in chunks:
-        send_chunk(celery, chunk)
 
 
 __all__ = ["FairShare", "dispatch", "finished", "lane_for", "sweep"]

@@ -25,6 +25,13 @@ from core import listing, quotas
 
 PREFIX = "digitq:job:"
 IDEMPOTENCY_PREFIX = "digitq:idempotency:"
+# Jobs not yet closed, scored by creation time: what the stuck-job sweep (worker/stuck_jobs.py) reads
+# instead of a SCAN. A job leaves it when it closes; entries older than the TTL are pruned.
+ACTIVE = "digitq:jobs:active"
+# An Idempotency-Key is first claimed for this long only: if the attempt that claimed it dies
+# before its job exists (API killed mid-upload), a retry may create the job after this. Storing
+# a 200 MB upload takes seconds; creating the job extends the claim to the job's TTL.
+CLAIM_SECONDS = 300
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # what new_job_id() makes; anything else names no job
 # Names and error texts are stored for a week (names once, errors per item): cap them.
 MAX_NAME_CHARS = 512
@@ -107,13 +114,13 @@ class ChunkStart:
     todo: list[int]  # the chunk's items without a result (a redelivered chunk may have none)
 
 
-# KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py).
-# ARGV: now, then (index, result json, failed 0/1) triples.
+# KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py), active index.
+# ARGV: now, job id, then (index, result json, failed 0/1) triples.
 _RECORD = """
 local job, results, queued = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', job) == 0 then return -1 end
 local added, failed = 0, 0
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   if redis.call('HSETNX', results, ARGV[i], ARGV[i + 1]) == 1 then
     added = added + 1
     if ARGV[i + 2] == '1' then failed = failed + 1 end
@@ -124,6 +131,7 @@ local ttl = redis.call('PTTL', job)
 if ttl > 0 then redis.call('PEXPIRE', results, ttl) end
 redis.call('HINCRBY', job, 'done', added)
 redis.call('HINCRBY', job, 'failed', failed)
+if added > 0 then redis.call('HSET', job, 'progress_at', ARGV[1]) end
 local status = redis.call('HGET', job, 'status')
 -- The quota gets its images back as they finish; a cancelled job gave back the rest already.
 if (status == 'queued' or status == 'running') and added > 0 and redis.call('EXISTS', queued) == 1 then
@@ -136,6 +144,7 @@ if done >= total and (status == 'queued' or status == 'running') then
   status = 'succeeded'
   if redis.call('HEXISTS', job, 'error') == 1 then status = 'failed' end
   redis.call('HSET', job, 'status', status, 'finished_at', ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[2])
   closed = 1
 end
 return {added, failed, closed, status, redis.call('HGET', job, 'created_at')}
@@ -172,7 +181,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: job hash, the tenant's queued-images count. ARGV: now, new status, error message.
+# KEYS: job hash, the tenant's queued-images count, active index. ARGV: now, new status, error
+# message, job id.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -180,6 +190,7 @@ if not status or status == 'succeeded' or status == 'failed' or status == 'cance
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+redis.call('ZREM', KEYS[3], ARGV[4])
 local left = tonumber(redis.call('HGET', KEYS[1], 'total')) - tonumber(redis.call('HGET', KEYS[1], 'done'))
 if left > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   if redis.call('DECRBY', KEYS[2], left) < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
@@ -242,8 +253,10 @@ class JobStore:
         names: Sequence[str],
         owner: str | None = None,
         extra: Mapping[str, EncodableT] | None = None,
+        claim: str | None = None,
     ) -> None:
-        """`extra`: more hash fields (`metadata`, `webhook_*`)."""
+        """`extra`: more hash fields (`metadata`, `webhook_*`, `parts`); `claim`: the Idempotency-Key
+        claim naming this job, kept from now on as long as the job."""
         job, names_key, results = self._keys(job_id)
         pipe = self.redis.pipeline()
         created_at = time.time()
@@ -255,6 +268,10 @@ class JobStore:
         pipe.hset(job, mapping=fields)
         names = [cap(name, MAX_NAME_CHARS) for name in names]
         listing.add(pipe, owner, job_id, created_at, self.ttl)
+        pipe.zadd(ACTIVE, {job_id: created_at})
+        pipe.expire(ACTIVE, self.ttl)
+        if claim:
+            pipe.expire(IDEMPOTENCY_PREFIX + claim, self.ttl)
         for start in range(0, len(names), 10_000):
             pipe.rpush(names_key, *names[start : start + 10_000])
         for key in (job, names_key, results):
@@ -326,10 +343,10 @@ class JobStore:
         """Store the results that are not stored yet, closing the job with its last item, and
         give the tenant's queued-images quota back its finished items."""
         job, _, results_key = self._keys(job_id)
-        args: list[Any] = [time.time()]
+        args: list[Any] = [time.time(), job_id]
         for r in results:
             args += [r.index, r.to_json(), int(r.error is not None)]
-        reply = self._record(keys=[job, results_key, quotas.queued_key(tenant)], args=args)
+        reply = self._record(keys=[job, results_key, quotas.queued_key(tenant), ACTIVE], args=args)
         if reply == -1:
             return Recorded(0, 0, False)  # the job expired meanwhile
         added, failed, closed, status, created = reply
@@ -337,8 +354,9 @@ class JobStore:
         return Recorded(int(added), int(failed), bool(closed), JobStatus(_text(status)), seconds)
 
     def claim_submission(self, key: str, job_id: str) -> str | None:
-        """Reserve an idempotency key for a new job; returns the job it already names, if any."""
-        earlier = self._claim(keys=[IDEMPOTENCY_PREFIX + key], args=[job_id, self.ttl])
+        """Reserve an idempotency key for a new job (for CLAIM_SECONDS, until `create` extends it);
+        returns the job it already names, if any."""
+        earlier = self._claim(keys=[IDEMPOTENCY_PREFIX + key], args=[job_id, CLAIM_SECONDS])
         return _text(earlier) if earlier else None
 
     def release_submission(self, key: str) -> None:
@@ -347,8 +365,9 @@ class JobStore:
 
     def cancel(self, job_id: str, tenant: str = "") -> bool:
         """Close a queued or running job; its unfinished items go back to the tenant's quota."""
-        keys = [self._keys(job_id)[0], quotas.queued_key(tenant)]
-        return self._finish(keys=keys, args=[time.time(), JobStatus.cancelled.value, ""]) == 1
+        keys = [self._keys(job_id)[0], quotas.queued_key(tenant), ACTIVE]
+        args: list[Any] = [time.time(), JobStatus.cancelled.value, "", job_id]
+        return self._finish(keys=keys, args=args) == 1
 
     def webhook_trigger(self, job_id: str) -> tuple[str, str, str, str]:
         """What deciding on a webhook event needs: status, url, events, gone ('' when unset)."""
@@ -366,3 +385,34 @@ class JobStore:
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""
         self.redis.hset(self._keys(job_id)[0], "error", cap(error, MAX_ERROR_CHARS))
+
+    # The stuck-job sweep (worker/stuck_jobs.py).
+    def active(self) -> list[tuple[str, float]]:
+        """Jobs not closed yet, oldest first, with their creation time; expired ones are pruned."""
+        self.redis.zremrangebyscore(ACTIVE, "-inf", time.time() - self.ttl)
+        entries: list[tuple[Raw, float]] = self.redis.zrange(ACTIVE, 0, -1, withscores=True)  # type: ignore[assignment]
+        return [(_text(member), float(score)) for member, score in entries]
+
+    def forget_active(self, job_id: str) -> None:
+        """Drop a job from the active index (it expired, or closed without the scripts seeing it)."""
+        self.redis.zrem(ACTIVE, job_id)
+
+    def sweep_state(self, job_id: str) -> tuple[float, int, int]:
+        """(last sign of life: creation, a result stored or a sweep; sweeps so far; upload parts)."""
+        fields = ["created_at", "progress_at", "swept_at", "sweeps", "parts"]
+        raw = self.redis.hmget(self._keys(job_id)[0], fields)
+        created, progress, swept, sweeps, parts = (_opt_float(v) for v in raw)
+        return max(created or 0, progress or 0, swept or 0), int(sweeps or 0), int(parts or 0)
+
+    def mark_swept(self, job_id: str) -> int:
+        """Note that the sweep re-queued the job's missing items; returns how many times it has."""
+        job = self._keys(job_id)[0]
+        pipe = self.redis.pipeline()
+        pipe.hset(job, "swept_at", time.time())
+        pipe.hincrby(job, "sweeps", 1)
+        return int(pipe.execute()[1])
+
+    def missing_all(self, job_id: str, total: int) -> list[int]:
+        """Every index of the job that has no result yet."""
+        stored = {int(i) for i in self.redis.hkeys(self._keys(job_id)[2])}
+        return [i for i in range(total) if i not in stored]

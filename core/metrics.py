@@ -16,6 +16,7 @@ What counts where:
   job (the record script closes a job once), or the API for a cancel; exactly once per job.
 - submissions refused by a quota, by reason: the API.
 - queue depth per lane (the broker's lists) and the tenants waiting in the bulk lane: read live.
+- HTTP responses by status class: each API process, per response (api/routes/ops.py).
 """
 
 import bisect
@@ -74,6 +75,14 @@ def chunk_done(client: redis.Redis, stored: int, failed: int, seconds: float, it
     pipe.execute()
 
 
+def items_recorded(client: redis.Redis, stored: int, failed: int) -> None:
+    """Results stored outside a chunk (the stuck-job sweep's errors for lost items): no latency."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(KEY, "items_processed", stored)
+    pipe.hincrby(KEY, "items_failed", failed)
+    pipe.execute()
+
+
 def job_finished(client: redis.Redis, status: str, seconds: float) -> None:
     """A job closed (its last result stored, or cancelled): counted once, by the one call that closed it."""
     pipe = client.pipeline(transaction=False)
@@ -91,6 +100,12 @@ def refused(client: redis.Redis, reason: str) -> None:
 
 
 WEBHOOK_OUTCOMES = ("delivered", "retried", "gone", "gave_up", "failed")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def http_response(client: redis.Redis, status: int) -> None:
+    """One API response, counted by status class (the 4xx/5xx rates of the dashboard and alerts)."""
+    client.hincrby(KEY, f"http_responses:{status // 100}xx", 1)
 
 
 def webhook_attempt(client: redis.Redis, outcome: str) -> None:
@@ -130,6 +145,12 @@ class RedisCollector(Collector):
         for outcome in WEBHOOK_OUTCOMES:
             webhooks.add_metric([outcome], num(f"webhook_deliveries:{outcome}"))
         yield webhooks
+        responses = CounterMetricFamily(
+            "digitq_http_responses", "API responses, by status class", labels=["status_class"]
+        )
+        for status_class in STATUS_CLASSES:
+            responses.add_metric([status_class], num(f"http_responses:{status_class}"))
+        yield responses
         for name, buckets in BUCKETS.items():
             cumulative, out = 0.0, []
             for bound in (*buckets, "+Inf"):

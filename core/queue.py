@@ -12,6 +12,13 @@ Reliability settings, and why:
 - worker_cancel_long_running_tasks_on_connection_loss: when the connection to Redis drops, a
   running chunk can no longer be acknowledged and is redelivered after the reconnect; stop it
   rather than finish it twice (Celery 6's default; without it Celery warns on every drop).
+- task_acks_on_failure_or_timeout stays true (the default), on purpose: a chunk whose task
+  raised is gone either way on Redis. With false, Celery rejects it without requeueing, and
+  kombu's Redis transport deletes a rejected message just like an acknowledged one; requeueing
+  it instead would loop forever on a chunk that always fails. So the chunk task retries every
+  error itself (worker/tasks.py: a retry is a new message, queued before the old one is
+  acknowledged), and the stuck-job sweep (worker/stuck_jobs.py) re-queues or fails whatever is still
+  lost. tests/test_stuck_jobs.py checks both and that the setting is what this says.
 - worker_prefetch_multiplier=1: a worker holds one chunk per pool process, so the chunks of a
   big zip spread over every worker instead of piling up in the first one's prefetch buffer.
 
@@ -43,6 +50,7 @@ The bulk lane is not fed all at once: core/dispatch.py keeps a small window of c
 hands the slots out round-robin across API keys, then their jobs.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -126,6 +134,7 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,  # see above: the task retries, the sweep resolves
         task_ignore_result=True,
         # In LANES' order: the order of each worker's BRPOP (above). Each lane names its own
         # exchange and routing key (without them Celery binds every queue to the default one's).
@@ -151,3 +160,13 @@ def make_celery(settings: Settings) -> Celery:
 @lru_cache
 def get_celery() -> Celery:
     return make_celery(get_settings())
+
+
+def send_chunks(celery: Celery, chunks: Iterable[Chunk]) -> int:
+    """Queue chunks, each to its lane (core/dispatch.py decides when; the stuck-job sweep for
+    lost items); returns how many."""
+    sent = 0
+    for chunk in chunks:
+        send_chunk(celery, chunk)
+        sent += 1
+    return sent

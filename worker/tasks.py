@@ -1,11 +1,13 @@
 """The one task: classify a chunk of a job's images and store a result per item."""
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Retry
 
 from core import dispatch, logs, metrics
 from core.config import get_settings
@@ -62,10 +64,29 @@ def process_chunk(self: Task, payload: dict[str, Any]) -> None:
     logs.clear()
     logs.bind(job_id=chunk.job_id, chunk=chunk.label)
     started = time.monotonic()
-    _process(self, chunk, started)
-    # Done, or nothing left to do: the chunk's slot in the bulk window goes to the next chunk
-    # (before this chunk is acknowledged, so the next one is queued before this process is free).
-    dispatch.finished(self.app, get_fair_share(), chunk)
+    try:
+        _process(self, chunk, started)
+        # Done, or nothing left to do: the chunk's slot in the bulk window goes to the next chunk
+        # (before this chunk is acknowledged, so the next one is queued before this process is free).
+        dispatch.finished(self.app, get_fair_share(), chunk)
+    except Retry:
+        raise
+    except Exception as exc:
+        # Outside the per-item work (Redis, the upload store): a failed task's message is
+        # acknowledged and dropped (core/queue.py), so send the chunk again instead (a retry is a
+        # new message, queued before this one is acknowledged). After the last try, the stuck-job
+        # sweep (worker/stuck_jobs.py) re-queues or fails the items.
+        if self.request.retries < self.max_retries:
+            log.warning("chunk of job %s failed outside the item work, retrying: %r", chunk.job_id, exc)
+            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        log.exception(
+            "chunk of job %s failed for good; the stuck-job sweep will resolve its items", chunk.job_id
+        )
+        # Its window slot goes on (else the window's sweeper would send it again and again); the
+        # stuck-job sweep sees its items carried by nothing and re-queues them a bounded number of times.
+        with contextlib.suppress(Exception):
+            dispatch.finished(self.app, get_fair_share(), chunk)
+        raise
 
 
 def _process(self: Task, chunk: Chunk, started: float) -> None:

@@ -20,7 +20,7 @@ from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
 from core.dispatch import dispatch
-from core.jobs import Job, JobStatus, JobStore, is_job_id, new_job_id
+from core.jobs import CLAIM_SECONDS, Job, JobStatus, JobStore, is_job_id, new_job_id
 from core.queue import Chunk, lane_for
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
@@ -31,6 +31,7 @@ PROBLEMS = {
     for code, text in {
         400: "Nothing to do: no files, an empty file, an unreadable zip, or a zip with no images",
         401: "Missing or wrong API key (only when API_KEYS is set)",
+        403: "Without API_KEYS: a client beyond loopback, or a cross-site browser request",
         404: "No such job (or it expired)",
         409: "A submission with this Idempotency-Key is still being created",
         413: "The upload, an image, or the number of images is over the limit",
@@ -71,7 +72,7 @@ def _list_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
     "",
     status_code=202,
     response_model=JobOut,
-    responses={k: PROBLEMS[k] for k in (400, 401, 409, 413, 415, 422, 429)},
+    responses={k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429)},
     summary="Submit images or zip archives",
 )
 def submit_job(
@@ -145,8 +146,11 @@ def submit_job(
         for part, upload in enumerate(files):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
-        extra = {**hook, "metadata": json.dumps(labels)} if labels else hook
-        store.create(job_id, [item.name for item in items], owner=caller, extra=extra)
+        # `parts`: how many uploads to re-list should the sweep need to re-queue lost items.
+        extra: dict[str, str | int] = {**hook, "parts": len(files)}
+        if labels:
+            extra["metadata"] = json.dumps(labels)
+        store.create(job_id, [item.name for item in items], owner=caller, extra=extra, claim=claim)
         lane = lane_for(len(items), settings)
         runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes)
         dispatch(celery, fair, [Chunk(job_id, tuple(run), tenant, lane) for run in runs])
@@ -163,7 +167,7 @@ def submit_job(
     return JobOut.of(_job_or_404(store, job_id, caller))
 
 
-@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 422)})
+@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 403, 422)})
 def list_jobs(
     store: JobStoreDep,
     caller: CallerDep,
@@ -212,20 +216,23 @@ def _replayed(store: JobStore, job_id: str, response: Response) -> JobOut:
     """The answer to a retried submission: the job the first attempt created."""
     job = store.get(job_id)
     if job is None:
-        detail = "a job with this Idempotency-Key is still being created; retry in a moment"
+        detail = (
+            "a job with this Idempotency-Key is still being created; retry in a moment "
+            f"(if its first attempt failed, the key is free again within {CLAIM_SECONDS // 60} minutes)"
+        )
         raise ProblemError(409, "Submission in progress", detail, headers={"Retry-After": "1"})
     response.headers["Location"] = f"/jobs/{job_id}"
     response.headers["Idempotent-Replayed"] = "true"
     return JobOut.of(job)
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
     """The job's status, progress counts, times and model version."""
     return JobOut.of(_job_or_404(store, job_id, caller))
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def cancel_job(
     job_id: str, store: JobStoreDep, blobs: BlobStoreDep, fair: FairShareDep, caller: CallerDep
 ) -> JobOut:
@@ -336,7 +343,7 @@ def _jsonl_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterato
             "content": {"text/csv": {}, "application/jsonl": {}},
             "description": "A page of results, or all of them as CSV or JSON Lines",
         },
-        **{k: PROBLEMS[k] for k in (401, 404, 422)},
+        **{k: PROBLEMS[k] for k in (401, 403, 404, 422)},
     },
 )
 def get_results(

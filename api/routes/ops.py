@@ -1,4 +1,5 @@
-"""Operations: readiness, Prometheus metrics, model reload; plus the API's logging and Sentry.
+"""Operations: readiness, Prometheus metrics, model reload; plus the API's logging, Sentry and
+response counts.
 
 Nothing here imports ml/ (or scikit-learn): worker state comes from Redis (core/fleet.py).
 """
@@ -14,9 +15,11 @@ import redis
 from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import require_admin_key
-from api.problems import ProblemError
+from api.problems import PROBLEM_JSON, ProblemError
+from api.schemas import Problem
 from core import fleet, logs, metrics, sentry
 from core.config import get_settings
 from core.connections import get_redis
@@ -82,7 +85,12 @@ class ReloadIn(BaseModel):
 @admin.post(
     "/reload",
     responses={
-        409: {"description": "Refused: unknown/corrupt/untrusted version, no worker, or a reload in progress"}
+        code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": text}
+        for code, text in {
+            401: "Missing or wrong admin key",
+            403: "/admin disabled (no ADMIN_API_KEYS), or a client API key",
+            409: "Refused: unknown/corrupt/untrusted version, no worker, or a reload in progress",
+        }.items()
     },
 )
 async def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
@@ -111,6 +119,15 @@ async def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
     return {"version": result.version, "previous": result.previous, "workers": result.workers}
 
 
+def count_response(status: int) -> None:
+    """Count a response in Redis (threadpool: a slow Redis must not stall the event loop); never
+    fails the request (with Redis down, the answer is a 503 and the count is lost)."""
+    try:
+        metrics.http_response(get_redis(), status)
+    except (redis.RedisError, RuntimeError) as exc:
+        log.debug("response not counted: %s", exc)
+
+
 def install(app: FastAPI) -> None:
     """Logging, Sentry, the job-id log context, and the routes above."""
     settings = get_settings()
@@ -122,7 +139,13 @@ def install(app: FastAPI) -> None:
         match = JOB_PATH.match(request.url.path)
         logs.clear()
         logs.bind(job_id=match.group(1) if match else None)
-        return await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            await run_in_threadpool(count_response, 500)  # Starlette answers 500 outside this
+            raise
+        await run_in_threadpool(count_response, response.status_code)
+        return response
 
     app.include_router(router)
     app.include_router(admin)

@@ -13,7 +13,7 @@ from api.uploads import chunks, part_items
 from core.blobs import make_blob_store, upload_key
 from core.dispatch import INFLIGHT, PREFIX, FairShare
 from core.jobs import JobStore, new_job_id
-from core.queue import BULK, Chunk
+from core.queue import BULK, Chunk, ChunkItem, make_celery, send_chunks
 from core.quotas import tenant_of
 from devstack.stack import Stack
 from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until, workers_paused
@@ -133,3 +133,25 @@ def test_a_missed_refill_is_caught_up_by_the_sweeper(shared: Stack, digits) -> N
     job = wait_until(lambda: (j := store.get(job_id)) and j.status == "succeeded" and j, 60, 0.1)
     assert (job.done, job.failed) == (600, 0)
     assert client.hlen(f"digitq:job:{job_id}:results") == 600
+
+
+def test_a_chunk_failing_for_good_frees_its_window_slot(shared: Stack, digits) -> None:
+    """A bulk chunk whose task fails outside the item work on every try (its results key has the
+    wrong type) gives its slot back: the stuck-job sweep resolves its items, rather than the
+    window's sweeper sending it again forever."""
+    images, _ = digits
+    settings = shared.settings.model_copy(update={"redis_url": shared.redis_url})
+    client = redis.Redis.from_url(shared.redis_url or "")
+    job_id = new_job_id()
+    make_blob_store(settings).put(upload_key(job_id, 0), io.BytesIO(png(images[0])))
+    JobStore(client, settings.job_ttl_seconds).create(job_id, ["a.png"], extra={"parts": 1})
+    client.set(f"digitq:job:{job_id}:results", "not a hash", ex=600)
+    fair = FairShare(client, settings)
+    chunk = Chunk(job_id, (ChunkItem(0, 0),), tenant_of(None), BULK)
+    fair.add([chunk])
+    send_chunks(make_celery(settings), fair.refill())
+    assert client.zscore(INFLIGHT, chunk.id) is not None
+    # 3 retries (1 + 2 + 4 s), then the task fails for good and hands its slot on.
+    wait_until(lambda: client.zscore(INFLIGHT, chunk.id) is None, 60, 0.2, "the slot to be freed")
+    assert not client.hexists(f"{PREFIX}chunks:{job_id}", "0")
+    client.delete(f"digitq:job:{job_id}:results")

@@ -10,14 +10,18 @@ from fastapi import Depends, Header, Request
 from api.problems import ProblemError
 from core.blobs import BlobStore
 from core.config import Settings, get_settings, is_loopback
-from core.connections import get_blob_store, get_job_store
+from core.connections import get_blob_store, get_fair_share, get_job_store, get_quotas
+from core.dispatch import FairShare
 from core.jobs import JobStore
 from core.queue import get_celery
+from core.quotas import Quotas
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 BlobStoreDep = Annotated[BlobStore, Depends(get_blob_store)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+FairShareDep = Annotated[FairShare, Depends(get_fair_share)]
+QuotasDep = Annotated[Quotas, Depends(get_quotas)]
 
 
 def _presented_key(authorization: str | None, x_api_key: str | None) -> str:

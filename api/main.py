@@ -28,6 +28,9 @@ Recognise handwritten digits in images, one at a time or tens of thousands in a 
 Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details.
 When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`
 (without, the API answers loopback clients only); `/admin` needs one of `ADMIN_API_KEYS`.
+Each key has quotas (images not finished yet, submissions per minute): over one, `429` with
+`Retry-After`. Jobs of a few images go ahead of big ones; big jobs of different keys share the
+workers evenly.
 """
 
 

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from core.queue import TaskItem
+from core.queue import ChunkItem
 
 # Magic numbers of the image formats we accept, and of zip archives.
 IMAGE_SIGNATURES: dict[bytes, str] = {
@@ -73,8 +73,8 @@ class Item:
     pixels: int = 0  # decoded pixels, from the header (MAX_PIXELS when unknown)
     error: str | None = None  # known before any worker looks at it
 
-    def to_task(self, index: int) -> TaskItem:
-        return (index, self.part, self.member, self.error)
+    def to_task(self, index: int) -> ChunkItem:
+        return ChunkItem(index, self.part, self.member, self.error)
 
 
 def is_junk(name: str) -> bool:
@@ -265,11 +265,11 @@ def chunks(
     max_bytes: int,
     max_pixels: int = MAX_PIXELS,
     only: set[int] | None = None,
-) -> Iterator[list[TaskItem]]:
+) -> Iterator[list[ChunkItem]]:
     """Split items in index order into task payloads bounded by count, uncompressed bytes and
     decoded pixels (an item over a bound alone is a chunk of its own); `only`: just these
     indices, as the stuck-job sweep re-queues lost items."""
-    chunk: list[TaskItem] = []
+    chunk: list[ChunkItem] = []
     chunk_bytes = chunk_pixels = 0
     for index, item in enumerate(items):
         if only is not None and index not in only:

@@ -1,16 +1,19 @@
 """The one task: classify a chunk of a job's images and store a result per item."""
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Task
 from celery.exceptions import Reject, Retry
 
+from core import dispatch, logs, metrics
 from core.config import get_settings
-from core.connections import get_blob_store, get_job_store
-from core.jobs import TERMINAL, ItemResult, JobStore, Recorded
-from core.queue import PROCESS_CHUNK, TaskItem, chunk_time_limits
+from core.connections import get_blob_store, get_fair_share, get_job_store
+from core.jobs import ItemResult, JobStatus, JobStore, Recorded
+from core.queue import PROCESS_CHUNK, Chunk, ChunkItem, chunk_time_limits
 from core.webhooks import notify
 from ml.model import DigitModel, Prepared
 from worker import models
@@ -26,11 +29,12 @@ POISON_ERROR = (
 )
 
 
-def _prepare(model: DigitModel, reader: PartReader, item: TaskItem) -> Prepared | str:
+def _prepare(model: DigitModel, reader: PartReader, item: ChunkItem) -> Prepared | str:
     """One item read and brought down to 28x28 (its bytes are let go on return), or its error."""
-    index, part, member, _ = item
     try:
-        data = reader.read(part, member)  # other errors (S3, a cancelled job's upload) end the chunk
+        data = reader.read(
+            item.part, item.member
+        )  # other errors (S3, a cancelled job's upload) end the chunk
     except ValueError as exc:
         return str(exc)  # a bad zip entry
     try:
@@ -38,7 +42,7 @@ def _prepare(model: DigitModel, reader: PartReader, item: TaskItem) -> Prepared 
     except ValueError as exc:  # ImageError: not an image, blank, too large
         return str(exc)
     except Exception:  # a decoder bug must not sink the whole chunk
-        log.exception("item %d of job %s could not be decoded", index, reader.job_id)
+        log.exception("item %d of job %s could not be decoded", item.index, reader.job_id)
         return "could not process image"
 
 
@@ -46,7 +50,9 @@ class OutOfTime(Exception):
     """The chunk reached its deadline (core/queue.py): it is requeued, and counted as a start."""
 
 
-def classify(job_id: str, items: Sequence[TaskItem], model_version: str, deadline: float) -> list[ItemResult]:
+def classify(
+    job_id: str, items: Sequence[ChunkItem], model_version: str, deadline: float
+) -> list[ItemResult]:
     """Read, decode and shrink one item at a time (a chunk never holds more than one full-size
     image), then classify the small arrays as one batch; stops at `deadline` (monotonic)."""
     settings = get_settings()
@@ -57,32 +63,43 @@ def classify(job_id: str, items: Sequence[TaskItem], model_version: str, deadlin
     reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes)
     for item in items:
         if time.monotonic() > deadline:
-            raise OutOfTime(f"chunk stopped at its deadline, before item {item[0]}")
-        index, error = item[0], item[3]
-        prepared = error or _prepare(model, reader, item)
+            raise OutOfTime(f"chunk stopped at its deadline, before item {item.index}")
+        prepared = item.error or _prepare(model, reader, item)
         if isinstance(prepared, str):
-            results[index] = ItemResult(index, error=prepared)
+            results[item.index] = ItemResult(item.index, error=prepared)
         else:
-            ready.append((index, prepared))
+            ready.append((item.index, prepared))
     predictions = model.predict_prepared([prepared for _, prepared in ready])
     for (index, _), p in zip(ready, predictions, strict=True):
         results[index] = ItemResult(index, p.digit, p.confidence, p.low_confidence, p.error)
-    return [results[item[0]] for item in items]
+    return [results[item.index] for item in items]
 
 
-NOTHING_NEW = Recorded(added=0, failed=0, closed_job=False)
-
-
-def _outcome(recorded: Recorded) -> dict[str, int]:
-    """What the chunk stored, for the task_postrun metrics (worker/app.py)."""
-    return {"added": recorded.added, "failed": recorded.failed}
+def _count(recorded: Recorded, seconds: float, items: int) -> None:
+    """The chunk's metrics (core/metrics.py) and log line; never fails the chunk."""
+    try:
+        client = get_job_store().redis
+        if recorded.added:
+            metrics.chunk_done(client, recorded.added, recorded.failed, seconds, items)
+        if recorded.closed_job and recorded.status and recorded.job_seconds is not None:
+            metrics.job_finished(client, recorded.status, recorded.job_seconds)
+            log.info("job finished")
+    except Exception:
+        log.warning("could not record metrics", exc_info=True)
+    log.info("chunk done: %d new result(s) in %.3fs", recorded.added, seconds)
 
 
 @app.task(name=PROCESS_CHUNK, bind=True, max_retries=3)
-def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, int]:
-    deadline = time.monotonic() + chunk_time_limits(get_settings())[0]
+def process_chunk(self: Task, payload: dict[str, Any]) -> None:
+    chunk = Chunk.from_json(payload)
+    logs.clear()
+    logs.bind(job_id=chunk.job_id, chunk=chunk.label)
+    started = time.monotonic()
     try:
-        return _process_chunk(self, job_id, items, deadline)
+        _process(self, chunk, started, started + chunk_time_limits(get_settings())[0])
+        # Done, or nothing left to do: the chunk's slot in the bulk window goes to the next chunk
+        # (before this chunk is acknowledged, so the next one is queued before this process is free).
+        dispatch.finished(self.app, get_fair_share(), chunk)
     except (Retry, Reject):
         raise  # a retry already queued; a chunk out of time requeued (counted as a start)
     except Exception as exc:
@@ -91,40 +108,46 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
         # new message, queued before this one is acknowledged). After the last try, the stuck-job
         # sweep (worker/stuck_jobs.py) re-queues or fails the items.
         if self.request.retries < self.max_retries:
-            log.warning("chunk of job %s failed outside the item work, retrying: %r", job_id, exc)
+            log.warning("chunk of job %s failed outside the item work, retrying: %r", chunk.job_id, exc)
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
-        log.exception("chunk of job %s failed for good; the stuck-job sweep will resolve its items", job_id)
+        log.exception(
+            "chunk of job %s failed for good; the stuck-job sweep will resolve its items", chunk.job_id
+        )
+        # Its window slot goes on (else the window's sweeper would send it again and again); the
+        # stuck-job sweep sees its items carried by nothing and re-queues them a bounded number of times.
+        with contextlib.suppress(Exception):
+            dispatch.finished(self.app, get_fair_share(), chunk)
         raise
 
 
-def _process_chunk(self: Task, job_id: str, items: list[TaskItem], deadline: float) -> dict[str, int]:
+def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
     store = get_job_store()
-    status = store.status(job_id)
-    if status is None or status in TERMINAL:
+    job_id = chunk.job_id
+    start = store.start_chunk(job_id, [i.index for i in chunk.items], models.current().version)
+    if start.status is None or start.status not in (JobStatus.queued, JobStatus.running):
         notify(store, job_id)  # webhooks: a redelivery of the chunk that closed the job, then died
-        return _outcome(NOTHING_NEW)  # expired, cancelled or already closed: nothing to do
-    todo = set(store.missing(job_id, [i[0] for i in items]))
-    chunk = items[0][0] if items else 0
-    items = [i for i in items if i[0] in todo]
+        return  # expired, cancelled or already closed: nothing to do
+    todo = set(start.todo)
+    items = [i for i in chunk.items if i.index in todo]
     if not items:
-        return _outcome(NOTHING_NEW)  # a redelivered chunk whose results were all written
+        return  # a redelivered chunk whose results were all written
     # A chunk that kills its pool process (OOM) or runs out of time comes back; it must not do so
     # forever, taking a process with it each time (poison message): its items fail instead.
     # Counted per retry: a retry after an exception is a new message with retries of its own
     # (max_retries bounds those); deaths and deadlines requeue the same message.
-    deliveries = store.count_delivery(job_id, f"{chunk}:{self.request.retries}")
+    deliveries = store.count_delivery(job_id, f"{chunk.items[0].index}:{self.request.retries}")
     if deliveries > get_settings().max_chunk_deliveries:
         log.error("chunk of job %s started %d times without finishing: failing its items", job_id, deliveries)
         error = POISON_ERROR.format(n=deliveries - 1)
-        return _store(store, job_id, [ItemResult(i[0], error=error) for i in items])
-    version = store.pin_model_version(job_id, models.current().version)
-    store.mark_running(job_id, version)
+        _store(store, chunk, [ItemResult(i.index, error=error) for i in items], started)
+        return
+    version = start.model_version or models.current().version
     notify(store, job_id)  # webhooks: job.running
     try:
         results = classify(job_id, items, version, deadline)
     except Exception as exc:
-        if store.status(job_id) in TERMINAL:
-            return _outcome(NOTHING_NEW)  # cancelled meanwhile (its upload may be gone already)
+        if store.status(job_id) not in (JobStatus.queued, JobStatus.running):
+            return  # cancelled meanwhile (its upload may be gone already)
         if isinstance(exc, OutOfTime):
             log.warning("chunk of job %s out of time, requeued: %s", job_id, exc)
             raise Reject(exc, requeue=True) from exc  # a start like a death: counted, then poison
@@ -133,13 +156,13 @@ def _process_chunk(self: Task, job_id: str, items: list[TaskItem], deadline: flo
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
         log.exception("chunk of job %s failed for good", job_id)
         store.fail(job_id, "some items could not be processed because of an internal error")
-        results = [ItemResult(i[0], error=INTERNAL_ERROR) for i in items]
-    return _store(store, job_id, results)
+        results = [ItemResult(i.index, error=INTERNAL_ERROR) for i in items]
+    _store(store, chunk, results, started)
 
 
-def _store(store: JobStore, job_id: str, results: list[ItemResult]) -> dict[str, int]:
-    recorded = store.record(job_id, results)
-    notify(store, job_id, progressed=recorded.added > 0)  # webhooks: job.progress, or the terminal event
+def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float) -> None:
+    recorded = store.record(chunk.job_id, results, chunk.tenant)
+    notify(store, chunk.job_id, progressed=recorded.added > 0)  # webhooks: progress, or the terminal event
     if recorded.closed_job:
-        get_blob_store().delete_prefix(job_id)  # every item has its result: the upload can go
-    return _outcome(recorded)
+        get_blob_store().delete_prefix(chunk.job_id)  # every item has its result: the upload can go
+    _count(recorded, time.monotonic() - started, len(results))

@@ -5,22 +5,24 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
-from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
+from api.deps import BlobStoreDep, CallerDep, CeleryDep, FairShareDep, JobStoreDep, QuotasDep, SettingsDep
 from api.options import parse_metadata, parse_webhook
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, Problem, ResultsPage
 from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, part_items
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
+from core.dispatch import dispatch
 from core.jobs import CLAIM_SECONDS, Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import send_chunks
+from core.queue import Chunk, lane_for
+from core.quotas import QuotaExceeded, Quotas, tenant_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ PROBLEMS = {
         413: "The upload, an image, or the number of images is over the limit",
         415: "A part that is neither an image nor a zip",
         422: "A malformed parameter or metadata",
+        429: "Over a quota of the API key: MAX_QUEUED_IMAGES_PER_KEY or SUBMISSIONS_PER_MINUTE_PER_KEY",
     }.items()
 }
 CSV_PAGE = 1000
@@ -71,7 +74,7 @@ def _list_items(files: list[UploadFile], max_image_bytes: int, max_items: int) -
     "",
     status_code=202,
     response_model=JobOut,
-    responses={k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422)},
+    responses={k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429)},
     summary="Submit images or zip archives",
 )
 def submit_job(
@@ -80,6 +83,8 @@ def submit_job(
     store: JobStoreDep,
     blobs: BlobStoreDep,
     celery: CeleryDep,
+    fair: FairShareDep,
+    quotas: QuotasDep,
     caller: CallerDep,
     files: Annotated[
         list[UploadFile] | None,
@@ -116,6 +121,8 @@ def submit_job(
 
     `curl -F files=@digits.zip -F files=@seven.png http://127.0.0.1:8000/jobs`
     """
+    tenant = tenant_of(caller)
+    _within_quota(quotas, quotas.count_submission, tenant)
     labels = parse_metadata(metadata)
     hook = parse_webhook(webhook, webhook_events, settings)
     if not files:
@@ -134,7 +141,10 @@ def submit_job(
         earlier = store.claim_submission(claim, job_id)
         if earlier:
             return _replayed(store, earlier, response)
+    reserved = False
     try:
+        _within_quota(quotas, quotas.reserve, tenant, len(items))  # all of them, or none
+        reserved = True
         for part, upload in enumerate(files):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
@@ -143,9 +153,12 @@ def submit_job(
         if labels:
             extra["metadata"] = json.dumps(labels)
         store.create(job_id, [item.name for item in items], owner=caller, extra=extra, claim=claim)
-        bounds = (settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
-        send_chunks(celery, job_id, chunks(items, *bounds))
+        lane = lane_for(len(items), settings)
+        runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
+        dispatch(celery, fair, [Chunk(job_id, tuple(run), tenant, lane) for run in runs])
     except Exception:
+        if reserved:
+            quotas.release(tenant, len(items))
         if claim:
             store.release_submission(claim)
         raise
@@ -181,6 +194,21 @@ def list_jobs(
     return JobList(items=[JobOut.of(job) for job in found.jobs], next=next_url)
 
 
+def _within_quota(quotas: Quotas, check: Callable[..., None], *args: Any) -> None:
+    """Run a quota check; over the quota is a 429 naming the limit, counted in /metrics."""
+    try:
+        check(*args)
+    except QuotaExceeded as exc:
+        metrics.refused(quotas.redis, exc.reason)
+        raise ProblemError(
+            429,
+            "Quota exceeded",
+            exc.detail,
+            headers={"Retry-After": str(exc.retry_after)},
+            extra={"limit": exc.limit},
+        ) from None
+
+
 def idempotency_claim(caller: str | None, idempotency_key: str) -> str:
     """Scoped to the caller: two API keys may pick the same string."""
     return hashlib.sha256(f"{caller or ''}:{idempotency_key}".encode()).hexdigest()
@@ -207,12 +235,18 @@ def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
-def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep, caller: CallerDep) -> JobOut:
+def cancel_job(
+    job_id: str, store: JobStoreDep, blobs: BlobStoreDep, fair: FairShareDep, caller: CallerDep
+) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
     _job_or_404(store, job_id, caller)
-    if store.cancel(job_id):  # a job that already finished keeps its status
+    if store.cancel(job_id, tenant_of(caller)):  # a job that already finished keeps its status
+        fair.forget(job_id)  # its chunks still waiting for the bulk window are never sent
         blobs.delete_prefix(job_id)
         webhooks.notify(store, job_id)  # job.cancelled
+        job = _job_or_404(store, job_id, caller)
+        metrics.job_finished(store.redis, JobStatus.cancelled, (job.finished_at or 0) - job.created_at)
+        return JobOut.of(job)
     return JobOut.of(_job_or_404(store, job_id, caller))
 
 

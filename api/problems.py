@@ -23,9 +23,17 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
 
 
 class ProblemError(Exception):
-    def __init__(self, status: int, title: str, detail: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,  # more members of the problem (RFC 9457 extensions)
+    ):
         super().__init__(detail)
         self.status, self.title, self.detail, self.headers = status, title, detail, headers
+        self.extra = extra or {}
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -36,7 +44,7 @@ def _describe(error: dict[str, Any]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
-        response = problem(exc.status, exc.title, exc.detail)
+        response = problem(exc.status, exc.title, exc.detail, **exc.extra)
         response.headers.update(exc.headers or {})
         return response
 

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         default=30, ge=5, description="seconds before an unacknowledged chunk is redelivered"
     )
 
+    # Interactive answers (api/routes/predict.py): how long /predict and /predict_batch wait for their
+    # job before answering 504 with its id.
+    predict_timeout_seconds: float = Field(default=30, gt=0, le=600)
+
     # Model.
     model_uri: str = str(PROJECT_ROOT / "models")  # a local dir, or s3://bucket/prefix/<version|latest>
     model_cache_dir: Path = PROJECT_ROOT / "data" / "model-cache"

@@ -20,6 +20,9 @@ from redis.typing import EncodableT, FieldT
 from core import listing
 
 PREFIX = "digitq:job:"
+# Pub/sub channel: the id of every job that ends (last item recorded, or cancelled), published by
+# the Lua scripts that end it, so `Prefer: wait` and /predict learn of it without polling.
+CLOSED_CHANNEL = "digitq:jobs:closed"
 IDEMPOTENCY_PREFIX = "digitq:idempotency:"
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # what new_job_id() makes; anything else names no job
 # Names and error texts are stored for a week (names once, errors per item): cap them.
@@ -90,12 +93,13 @@ class Recorded:
     closed_job: bool  # this call stored the job's last item
 
 
-# KEYS: job hash, results hash. ARGV: now, then (index, result json, failed 0/1) triples.
+# KEYS: job hash, results hash, closed channel. ARGV: now, job id, then (index, result json, failed 0/1)
+# triples.
 _RECORD = """
 local job, results = KEYS[1], KEYS[2]
 if redis.call('EXISTS', job) == 0 then return -1 end
 local added, failed = 0, 0
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   if redis.call('HSETNX', results, ARGV[i], ARGV[i + 1]) == 1 then
     added = added + 1
     if ARGV[i + 2] == '1' then failed = failed + 1 end
@@ -114,6 +118,7 @@ if done >= total and (status == 'queued' or status == 'running') then
   local final = 'succeeded'
   if redis.call('HEXISTS', job, 'error') == 1 then final = 'failed' end
   redis.call('HSET', job, 'status', final, 'finished_at', ARGV[1])
+  redis.call('PUBLISH', KEYS[3], ARGV[2])
   closed = 1
 end
 return {added, failed, closed}
@@ -135,7 +140,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: job hash. ARGV: now, new status, error message.
+# KEYS: job hash, closed channel. ARGV: now, new status, error message, job id.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -143,6 +148,7 @@ if not status or status == 'succeeded' or status == 'failed' or status == 'cance
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+redis.call('PUBLISH', KEYS[2], ARGV[4])
 return 1
 """
 
@@ -270,10 +276,10 @@ class JobStore:
     def record(self, job_id: str, results: Iterable[ItemResult]) -> Recorded:
         """Store the results that are not stored yet, closing the job with its last item."""
         job, _, results_key = self._keys(job_id)
-        args: list[Any] = [time.time()]
+        args: list[Any] = [time.time(), job_id]
         for r in results:
             args += [r.index, r.to_json(), int(r.error is not None)]
-        reply = self._record(keys=[job, results_key], args=args)
+        reply = self._record(keys=[job, results_key, CLOSED_CHANNEL], args=args)
         if reply == -1:
             return Recorded(0, 0, False)  # the job expired meanwhile
         added, failed, closed = reply
@@ -289,9 +295,8 @@ class JobStore:
         self.redis.delete(IDEMPOTENCY_PREFIX + key)
 
     def cancel(self, job_id: str) -> bool:
-        return (
-            self._finish(keys=[self._keys(job_id)[0]], args=[time.time(), JobStatus.cancelled.value, ""]) == 1
-        )
+        keys = [self._keys(job_id)[0], CLOSED_CHANNEL]
+        return self._finish(keys=keys, args=[time.time(), JobStatus.cancelled.value, "", job_id]) == 1
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""

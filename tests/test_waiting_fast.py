@@ -1,0 +1,135 @@
+"""Answers in one request, where no worker is needed (fast tier: real Redis, no workers, so every
+job stays queued): `Prefer: wait` that runs out, a cancel that wakes a waiter, the 504 of
+/predict with its job id, API keys on the predict routes, and the 4xx of malformed requests."""
+
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.options import MAX_WAIT_SECONDS, parse_prefer_wait
+from core.jobs import CLOSED_CHANNEL
+from tests.helpers import make_zip, png, wait_until
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("wait=5", 5),
+        ("wait", MAX_WAIT_SECONDS),
+        ("respond-async, wait=7", 7),
+        ('WAIT="3"; foo', 3),
+        ("wait=3600", MAX_WAIT_SECONDS),
+        ("wait=2, wait=9", 2),  # the first one counts (RFC 7240)
+        ("wait=soon", None),  # malformed: ignored
+        ("wait=1.5", None),  # delta-seconds are whole
+        ("wait=-1", None),
+        ("wait=٣", None),  # a non-ASCII digit
+        ("respond-async", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_prefer_wait_is_parsed_per_rfc_7240(header: str | None, seconds: int | None) -> None:
+    assert parse_prefer_wait(header) == seconds
+
+
+def test_a_wait_that_runs_out_answers_202_after_the_wait(app_client: TestClient, digits) -> None:
+    files = [("files", ("a.png", png(digits[0][0])))]
+    started = time.monotonic()
+    response = app_client.post("/jobs", files=files, headers={"Prefer": "wait=1"})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 202, response.text
+    assert response.headers["preference-applied"] == "wait=1"
+    assert response.json()["status"] == "queued" and "results" not in response.json()
+    assert elapsed >= 1
+
+
+def test_a_malformed_prefer_is_ignored(app_client: TestClient, digits) -> None:
+    response = app_client.post(
+        "/jobs", files=[("files", ("a.png", png(digits[0][0])))], headers={"Prefer": "wait=x"}
+    )
+    assert response.status_code == 202
+    assert "preference-applied" not in response.headers
+
+
+def test_a_cancel_wakes_the_waiting_submission(app_client: TestClient, redis_client, digits) -> None:
+    """Without the PUBLISH in the cancel script the submission would wait its whole 60 s."""
+    answer = {}
+
+    def submit() -> None:
+        files = [("files", ("a.png", png(digits[0][0])))]
+        answer["response"] = app_client.post("/jobs", files=files, headers={"Prefer": "wait=60"})
+
+    started = time.monotonic()
+    waiter = threading.Thread(target=submit)
+    waiter.start()
+    jobs = wait_until(lambda: app_client.get("/jobs").json()["items"], what="the job to be created")
+    # The submission is waiting once its event loop has subscribed to job closes.
+    wait_until(lambda: redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1], what="the waiter's subscription")
+    assert app_client.delete(f"/jobs/{jobs[0]['id']}").status_code == 200
+    waiter.join(timeout=90)
+    elapsed = time.monotonic() - started
+    response = answer["response"]
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["results"][0]["status"] == "pending"
+    assert elapsed < 30, f"the cancel did not wake the waiter ({elapsed:.1f}s)"
+
+
+def test_predict_times_out_with_a_504_that_names_the_job(make_client, digits) -> None:
+    client = make_client(PREDICT_TIMEOUT_SECONDS="0.5")
+    response = client.post("/predict", files={"file": ("seven.png", png(digits[0][0]))})
+    assert response.status_code == 504, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    job_id = problem["job_id"]
+    assert problem["links"]["self"] == f"/jobs/{job_id}" == response.headers["location"]
+    assert job_id in problem["detail"]
+    assert client.get(problem["links"]["self"]).json()["status"] == "queued"  # the client can poll it
+
+
+def test_predict_batch_times_out_with_a_504_too(make_client, digits) -> None:
+    client = make_client(PREDICT_TIMEOUT_SECONDS="0.5")
+    response = client.post("/predict_batch", files=[("files", ("a.png", png(digits[0][0])))])
+    assert response.status_code == 504
+    assert client.get(f"/jobs/{response.json()['job_id']}").status_code == 200
+
+
+def test_the_predict_routes_need_an_api_key_when_keys_are_set(make_client, digits) -> None:
+    client = make_client(API_KEYS="k1,k2", PREDICT_TIMEOUT_SECONDS="0.2")
+    image = png(digits[0][0])
+    for path, files in (
+        ("/predict", {"file": ("a.png", image)}),
+        ("/predict_batch", {"files": ("a.png", image)}),
+    ):
+        assert client.post(path, files=files).status_code == 401
+        assert client.post(path, files=files, headers={"X-API-Key": "wrong"}).status_code == 401
+        response = client.post(path, files=files, headers={"Authorization": "Bearer k1"})
+        assert response.status_code == 504  # accepted: queued (no worker here)
+        job = f"/jobs/{response.json()['job_id']}"
+        assert client.get(job, headers={"X-API-Key": "k1"}).status_code == 200  # the key's own job
+        assert client.get(job, headers={"X-API-Key": "k2"}).status_code == 404  # not another key's
+
+
+def test_predict_refuses_what_is_not_one_image(app_client: TestClient, digits) -> None:
+    cases = [
+        ({}, 400, "'file'"),
+        ({"file": ("empty.png", b"")}, 400, "empty"),
+        ({"file": ("notes.txt", b"hello")}, 415, "neither an image nor a zip"),
+        ({"file": ("d.zip", make_zip({"a.png": png(digits[0][0])}))}, 415, "/predict_batch"),
+    ]
+    for files, status, words in cases:
+        response = app_client.post("/predict", files=files or {"other": ("x", b"1")})
+        assert response.status_code == status, (files, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert words in response.json()["detail"]
+
+
+def test_predict_batch_refuses_an_empty_request_and_too_many_images(app_client: TestClient, digits) -> None:
+    assert app_client.post("/predict_batch", files={"other": ("x", b"1")}).status_code == 400
+    archive = make_zip({f"{i}.png": png(digits[0][0]) for i in range(1001)})
+    response = app_client.post("/predict_batch", files=[("files", ("d.zip", archive))])
+    assert response.status_code == 413
+    assert "POST /jobs" in response.json()["detail"]

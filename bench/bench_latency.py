@@ -10,7 +10,9 @@ each way of getting one image's answer for BENCH_SECONDS:
   client had to do before.
 
 Prints p50/p90/p99 latency and requests/s per row (one run of this script; the machine may be
-shared, so the load average is printed beside). `make bench-latency` runs it.
+shared, so the load average is printed beside), and where the CPU went per request: the API
+process, the worker's main process (Celery's consumer), its pool processes, Redis, this script.
+`make bench-latency` runs it.
 """
 
 import io
@@ -67,6 +69,36 @@ def via_polling(client: httpx.Client, image: bytes) -> None:
     assert client.get(f"/jobs/{job['id']}/results").json()["items"][0]["digit"] is not None
 
 
+def _cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_by_role(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of the API, the worker's main process, its pool processes, Redis, this script."""
+    worker = stack.processes["worker1"].pid
+    redis = stack.redis.process.pid if stack.redis and stack.redis.process else 0
+    times = os.times()
+    return {
+        "api": sum(_cpu(p) for p in [stack.processes["api"].pid, *_children(stack.processes["api"].pid)]),
+        "worker main": _cpu(worker),
+        "pool": sum(_cpu(p) for p in _children(worker)),
+        "redis": _cpu(redis),
+        "bench client": times.user + times.system,
+    }
+
+
 def run(url: str, way: Callable[[httpx.Client, bytes], None], clients: int, images: list[bytes]) -> dict:
     latencies: list[list[float]] = [[] for _ in range(clients)]
     start = threading.Barrier(clients + 1)
@@ -120,11 +152,15 @@ def main() -> None:
             print(" " * 28 + "".join(f"{h:>9}" for h in heads) + "  load")
             for clients in CLIENTS:
                 for name, way in ways.items():
+                    before = cpu_by_role(stack)
                     r = run(stack.api_url, way, clients, images)
+                    after = cpu_by_role(stack)
                     cells = [clients, r["n"], round(r["rate"])]
                     cells += [round(r[p] * 1e3, 1) for p in ("p50", "p90", "p99")]
                     load = os.getloadavg()[0]
                     print(f"{name:28}" + "".join(f"{c:>9}" for c in cells) + f"  {load:.1f}", flush=True)
+                    per = {role: (after[role] - before[role]) / r["n"] * 1e3 for role in after}
+                    print("    CPU ms per request: " + ", ".join(f"{k} {v:.2f}" for k, v in per.items()))
         finally:
             stack.stop()
 

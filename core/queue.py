@@ -14,6 +14,10 @@ Reliability settings, and why:
   rather than finish it twice (Celery 6's default; without it Celery warns on every drop).
 - worker_prefetch_multiplier=1: a worker holds one chunk per pool process, so the chunks of a
   big zip spread over every worker instead of piling up in the first one's prefetch buffer.
+- worker_send_task_events off, task_send_sent_event off: task events are for Flower, which
+  switches the workers' events on itself while it runs (its `enable_events` option, every few
+  seconds); without Flower they were a third of a worker main process' CPU per single-image
+  chunk, and the sent event a tenth of the API's per submission (`make bench-latency`).
 """
 
 from functools import lru_cache
@@ -42,8 +46,8 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_send_task_events=True,  # Flower's live view
-        task_send_sent_event=True,
+        worker_send_task_events=False,  # Flower turns them on while it runs (see above)
+        task_send_sent_event=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,

@@ -9,9 +9,10 @@ import time
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import require_api_key
 from api.problems import ProblemError
@@ -94,18 +95,27 @@ def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
     return {"version": result.version, "previous": result.previous, "workers": result.workers}
 
 
+class JobContext:
+    """Log lines of a /jobs/{id} request carry its job id. Plain ASGI: `@app.middleware("http")`
+    (BaseHTTPMiddleware) costs a task and a memory stream per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            match = JOB_PATH.match(scope["path"])
+            logs.clear()
+            logs.bind(job_id=match.group(1) if match else None)
+        await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     """Logging, Sentry, the job-id log context, and the routes above."""
     settings = get_settings()
     logs.configure(settings, "api")
     sentry.init(settings, "api")
 
-    @app.middleware("http")
-    async def job_context(request: Request, call_next: Any) -> Response:
-        match = JOB_PATH.match(request.url.path)
-        logs.clear()
-        logs.bind(job_id=match.group(1) if match else None)
-        return await call_next(request)
-
+    app.add_middleware(JobContext)
     app.include_router(router)
     app.include_router(admin)

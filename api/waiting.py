@@ -18,7 +18,7 @@ import redis
 import redis.asyncio as aioredis
 
 from core.config import get_settings
-from core.jobs import CLOSED_CHANNEL, PREFIX, TERMINAL, JobStatus
+from core.jobs import CLOSED_CHANNEL, PREFIX, TERMINAL, ItemResult, Job, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 RECONNECT_SECONDS = 0.5
@@ -59,6 +59,18 @@ class Completions:
     async def status(self, job_id: str) -> JobStatus | None:
         raw = await self.redis.hget(PREFIX + job_id, "status")
         return JobStatus(raw.decode()) if raw else None
+
+    async def read(self, job_id: str, limit: int) -> tuple[Job | None, list[ItemResult | None]]:
+        """The job and the results of its first `limit` items, in one round trip (no thread)."""
+        job_key, _, results_key = JobStore._keys(job_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(job_key)
+            pipe.pttl(job_key)
+            pipe.hmget(results_key, [str(i) for i in range(limit)] or ["-"])
+            raw, ttl, results = await pipe.execute()
+        job = JobStore._job(job_id, raw, ttl)
+        count = min(limit, job.total) if job else 0
+        return job, [ItemResult.from_json(i, r) if r else None for i, r in enumerate(results[:count])]
 
     async def wait(self, job_id: str, timeout: float) -> JobStatus | None:
         """Until the job ends or `timeout` s pass; its status then (None: no such job)."""

@@ -95,3 +95,12 @@ def test_predict_batch_answers_every_item_in_input_order(api: httpx.Client, digi
     assert "neither an image nor a zip" in items[4]["error"]
     assert "empty" in items[5]["error"]
     assert all(i["error"] is None for i in (items[0], items[1], items[3], items[6]))
+
+
+def test_the_python_client_predicts_through_the_route(stack, digits) -> None:
+    from digitq import Client
+
+    images, labels = digits
+    with Client(stack.api_url) as client:
+        prediction = client.predict(png(images[42]))
+    assert prediction.digit == labels[42] and prediction.job_id and prediction.model_version

@@ -51,8 +51,12 @@ def job_or_404(store: JobStore, job_id: str, caller: str | None) -> Job:
     # in Redis (`<id>:names` would be another key type) nor used in a path (cancel's delete).
     if not is_job_id(job_id):
         raise ProblemError(404, "Not found", "there is no such job: job ids are 32 hexadecimal characters")
-    job = store.get(job_id)
-    # Another key's job is "not found" too: its existence is not the caller's business.
+    return visible(store.get(job_id), job_id, caller)
+
+
+def visible(job: Job | None, job_id: str, caller: str | None) -> Job:
+    """The job if the caller may see it. Another key's job is "not found" too: its existence is
+    not the caller's business."""
     if job is None or (caller is not None and job.owner is not None and job.owner != caller):
         raise ProblemError(404, "Not found", f"there is no job {job_id!r} (jobs expire after a week)")
     return job

@@ -14,11 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
 from api.problems import ProblemError
-from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, job_or_404
+from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, visible
 from api.schemas import BatchPrediction, Prediction
 from api.uploads import ACCEPTED, Item, UploadError, part_items
 from api.waiting import get_completions
-from core.jobs import TERMINAL, ItemResult, Job, JobStatus, JobStore
+from core.jobs import TERMINAL, ItemResult, Job, JobStatus
 
 router = APIRouter(tags=["predict"])
 TIMEOUT_PROBLEM = {
@@ -39,28 +39,27 @@ TIMEOUT_PROBLEM = {
 }
 
 
-def _finished(store: JobStore, job_id: str, caller: str | None) -> tuple[Job, list[ItemResult | None]]:
-    job = job_or_404(store, job_id, caller)
-    if job.status is JobStatus.cancelled:
-        raise ProblemError(409, "Cancelled", f"job {job_id} was cancelled before it answered")
-    if job.error:  # an internal error, after retries: not the image's fault
-        detail = f"job {job_id} failed ({job.error}); retry shortly"
-        raise ProblemError(503, "Service unavailable", detail, headers={"Retry-After": "5"})
-    return job, store.results(job_id, list(range(job.total)))
-
-
 async def _answer(
-    store: JobStore, job_id: str, caller: str | None, timeout: float
+    job_id: str, items: int, caller: str | None, timeout: float
 ) -> tuple[Job, list[ItemResult | None]]:
-    """Wait for the job, then read it; 504 with the job's id when it takes longer than `timeout`."""
-    status = await get_completions().wait(job_id, timeout)
+    """Wait for the job, then read it and its results; 504 with the job's id when it takes longer
+    than `timeout`."""
+    completions = get_completions()
+    status = await completions.wait(job_id, timeout)
     if status not in TERMINAL:
         base = f"/jobs/{job_id}"
         detail = f"no answer within {timeout:g} s; the job goes on: poll {base} and read {base}/results"
         links = {"self": base, "results": f"{base}/results"}
         extra = {"job_id": job_id, "links": links}
         raise ProblemError(504, "Still running", detail, headers={"Location": base}, extra=extra)
-    return await run_in_threadpool(_finished, store, job_id, caller)
+    found, results = await completions.read(job_id, items)
+    job = visible(found, job_id, caller)
+    if job.status is JobStatus.cancelled:
+        raise ProblemError(409, "Cancelled", f"job {job_id} was cancelled before it answered")
+    if job.error:  # an internal error, after retries: not the image's fault
+        detail = f"job {job_id} failed ({job.error}); retry shortly"
+        raise ProblemError(503, "Service unavailable", detail, headers={"Retry-After": "5"})
+    return job, results
 
 
 @router.post(
@@ -89,7 +88,7 @@ async def predict(
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
     items = _single_image(file, settings.max_image_bytes)
     job_id, _ = await run_in_threadpool(create_job, settings, store, blobs, celery, caller, [file], items)
-    job, (result,) = await _answer(store, job_id, caller, settings.predict_timeout_seconds)
+    job, (result,) = await _answer(job_id, 1, caller, settings.predict_timeout_seconds)
     if result is None:  # cannot happen for a job that ended other than cancelled; never a 500
         raise ProblemError(503, "Service unavailable", f"job {job_id} ended without a result; retry")
     if result.error or result.digit is None or result.confidence is None:
@@ -160,7 +159,7 @@ async def predict_batch(
         detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
         raise ProblemError(413, "Too many images", detail)
     job_id, _ = await run_in_threadpool(create_job, settings, store, blobs, celery, caller, files, items)
-    _, results = await _answer(store, job_id, caller, settings.predict_timeout_seconds)
+    _, results = await _answer(job_id, len(items), caller, settings.predict_timeout_seconds)
     return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
 
 

@@ -30,6 +30,12 @@ PROCESS_CHUNK = "digitq.process_chunk"
 # What a task carries per item (a list once through JSON): index, part, zip member, preset error.
 TaskItem = tuple[int, int, str | None, str | None]
 QUEUE = "digitq"
+# A job whose upload is at most this many bytes in all (a few small images: the interactive case)
+# sends its parts inside the task message, base64 in the JSON (`parts` kwarg: {part: base64}),
+# instead of writing them to the blob store for the worker to read back and delete: no disk or
+# S3 round trip on either side. 64 KiB is ~100 typical 28x28 PNGs, or one phone-camera thumbnail;
+# a message stays under ~90 KB in Redis, while one pool process holds it.
+INLINE_UPLOAD_BYTES = 64 * 1024
 
 
 def make_celery(settings: Settings) -> Celery:

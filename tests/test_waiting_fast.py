@@ -1,7 +1,10 @@
 """Answers in one request, where no worker is needed (fast tier: real Redis, no workers, so every
 job stays queued): `Prefer: wait` that runs out, a cancel that wakes a waiter, the 504 of
-/predict with its job id, API keys on the predict routes, and the 4xx of malformed requests."""
+/predict with its job id, API keys on the predict routes, the 4xx of malformed requests, and
+small uploads sent inside the task message."""
 
+import base64
+import json
 import threading
 import time
 
@@ -10,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.options import MAX_WAIT_SECONDS, parse_prefer_wait
 from core.jobs import CLOSED_CHANNEL
+from core.queue import INLINE_UPLOAD_BYTES, QUEUE
 from tests.helpers import make_zip, png, wait_until
 
 
@@ -133,3 +137,30 @@ def test_predict_batch_refuses_an_empty_request_and_too_many_images(app_client: 
     response = app_client.post("/predict_batch", files=[("files", ("d.zip", archive))])
     assert response.status_code == 413
     assert "POST /jobs" in response.json()["detail"]
+
+
+def _queued_kwargs(redis_client) -> list[dict]:
+    """The kwargs of every task message waiting in the Celery queue (kombu's JSON envelope)."""
+    messages = [json.loads(raw) for raw in redis_client.lrange(QUEUE, 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[1] for m in messages]
+
+
+def test_a_small_upload_travels_inside_the_task_message(make_client, redis_client, tmp_path, digits) -> None:
+    client = make_client()
+    image = png(digits[0][0])
+    response = client.post("/jobs", files=[("files", ("a.png", image)), ("files", ("b.png", image))])
+    assert response.status_code == 202
+    (kwargs,) = _queued_kwargs(redis_client)
+    sent = {part: base64.b64decode(data) for part, data in kwargs["parts"].items()}
+    assert sent == {"0": image, "1": image}
+    assert not (tmp_path / "uploads" / response.json()["id"]).exists()  # nothing written to the blob store
+
+
+def test_a_bigger_upload_goes_through_the_blob_store(make_client, redis_client, tmp_path, digits) -> None:
+    client = make_client()
+    archive = make_zip({f"{i}.png": png(digits[0][i]) for i in range(400)})
+    assert len(archive) > INLINE_UPLOAD_BYTES
+    response = client.post("/jobs", files=[("files", ("a.zip", archive))])
+    assert response.status_code == 202
+    assert all("parts" not in kwargs for kwargs in _queued_kwargs(redis_client))
+    assert (tmp_path / "uploads" / response.json()["id"] / "part-0").read_bytes() == archive

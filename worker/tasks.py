@@ -1,7 +1,7 @@
 """The one task: classify a chunk of a job's images and store a result per item."""
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from celery import Task
 
@@ -18,13 +18,15 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal error while processing this item; the operators have been told"
 
 
-def classify(job_id: str, items: Sequence[TaskItem], model_version: str) -> list[ItemResult]:
+def classify(
+    job_id: str, items: Sequence[TaskItem], model_version: str, parts: Mapping[str, str] | None = None
+) -> list[ItemResult]:
     settings = get_settings()
     model = models.get(model_version)
     results: dict[int, ItemResult] = {}
     readable: list[tuple[int, bytes]] = []
     close_deleted_zips()
-    reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes)
+    reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes, parts)
     for index, part, member, error in items:
         if error:
             results[index] = ItemResult(index, error=error)
@@ -48,7 +50,10 @@ def _outcome(recorded: Recorded) -> dict[str, int]:
 
 
 @app.task(name=PROCESS_CHUNK, bind=True, max_retries=3)
-def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, int]:
+def process_chunk(
+    self: Task, job_id: str, items: list[TaskItem], parts: dict[str, str] | None = None
+) -> dict[str, int]:
+    """`parts`: a small upload's parts, sent inline (core/queue.py INLINE_UPLOAD_BYTES)."""
     store = get_job_store()
     status = store.status(job_id)
     if status is None or status in TERMINAL:
@@ -62,7 +67,7 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
     store.mark_running(job_id, version)
     notify(store, job_id)  # webhooks: job.running
     try:
-        results = classify(job_id, items, version)
+        results = classify(job_id, items, version, parts)
     except Exception as exc:
         if store.status(job_id) in TERMINAL:
             return _outcome(NOTHING_NEW)  # cancelled meanwhile (its upload may be gone already)
@@ -74,6 +79,6 @@ def process_chunk(self: Task, job_id: str, items: list[TaskItem]) -> dict[str, i
         results = [ItemResult(i[0], error=INTERNAL_ERROR) for i in items]
     recorded = store.record(job_id, results)
     notify(store, job_id, progressed=recorded.added > 0)  # webhooks: job.progress, or the terminal event
-    if recorded.closed_job:
+    if recorded.closed_job and parts is None:
         get_blob_store().delete_prefix(job_id)  # every item has its result: the upload can go
     return _outcome(recorded)

@@ -18,7 +18,7 @@ from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDe
 from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
-from api.uploads import ACCEPTED, Item, UploadError, chunks, part_items
+from api.uploads import ACCEPTED, Item, UploadError, chunks, inline_parts, part_items
 from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
 from core.blobs import BlobStore, upload_key
@@ -97,12 +97,14 @@ def create_job(
         if earlier:
             return earlier, True
     try:
-        for part, upload in enumerate(files):
+        inline = inline_parts([upload.file for upload in files])
+        for part, upload in enumerate(files if inline is None else ()):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
         store.create(job_id, [item.name for item in items], owner=caller, extra=extra)
         for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
-            celery.send_task(PROCESS_CHUNK, args=[job_id, chunk])
+            kwargs = {} if inline is None else {"parts": {str(i[1]): inline[i[1]] for i in chunk}}
+            celery.send_task(PROCESS_CHUNK, args=[job_id, chunk], kwargs=kwargs)
     except Exception:
         if claim:
             store.release_submission(claim)

@@ -164,3 +164,17 @@ def test_a_bigger_upload_goes_through_the_blob_store(make_client, redis_client, 
     assert response.status_code == 202
     assert all("parts" not in kwargs for kwargs in _queued_kwargs(redis_client))
     assert (tmp_path / "uploads" / response.json()["id"] / "part-0").read_bytes() == archive
+
+
+def test_openapi_documents_the_interactive_routes_with_examples(app_client: TestClient) -> None:
+    spec = app_client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert schemas["Prediction"]["examples"][0]["digit"] == 7
+    assert schemas["BatchPrediction"]["examples"][1]["error"]
+    for path in ("/predict", "/predict_batch"):
+        timeout = spec["paths"][path]["post"]["responses"]["504"]["content"]["application/problem+json"]
+        assert timeout["example"]["job_id"]
+    submit = spec["paths"]["/jobs"]["post"]
+    assert "prefer" in [p["name"] for p in submit["parameters"]]
+    finished = submit["responses"]["200"]["content"]["application/json"]["schema"]
+    assert finished["$ref"].endswith("JobWithResults")

@@ -28,7 +28,7 @@ from ops_helpers import (
 
 from core.config import PROJECT_ROOT
 from core.jobs import JobStore
-from core.queue import PROCESS_CHUNK, QUEUE, make_celery
+from core.queue import INLINE_UPLOAD_BYTES, PROCESS_CHUNK, QUEUE, make_celery
 from ml.registry import S3Registry
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
@@ -37,17 +37,21 @@ V2 = "2099.03.03-hogsvm-reloaded"
 BAD = "2099.03.04-hogsvm-corrupt"
 
 
-def digit_png(seed: int) -> bytes:
+def digit_png(seed: int, pad: int = 0) -> bytes:
+    """A noisy "1"; `pad` bytes of PNG text chunk make it bigger (readers skip it)."""
     import io
 
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     rng = np.random.default_rng(seed)
     image = np.zeros((28, 28), np.uint8)
     image[5:23, 12:16] = 255  # a "1"
     image = np.clip(image.astype(int) + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "PNG")
+    info = PngImagePlugin.PngInfo()
+    if pad:
+        info.add_text("pad", "x" * pad)
+    Image.fromarray(image).save(buffer, "PNG", pnginfo=info)
     return buffer.getvalue()
 
 
@@ -84,8 +88,8 @@ def api(fleet: LoggedStack) -> Iterator[httpx.Client]:
         yield client
 
 
-def submit(api: httpx.Client, n: int, seed: int = 0) -> str:
-    files = [("files", (f"d{i}.png", digit_png(seed + i), "image/png")) for i in range(n)]
+def submit(api: httpx.Client, n: int, seed: int = 0, pad: int = 0) -> str:
+    files = [("files", (f"d{i}.png", digit_png(seed + i, pad), "image/png")) for i in range(n)]
     r = api.post("/jobs", files=files)
     assert r.status_code == 202, r.text
     return r.json()["id"]
@@ -106,7 +110,7 @@ def test_workers_pull_the_latest_model_and_report_ready(fleet: LoggedStack, push
 def test_job_on_s3_uploads_records_its_model_version(
     api: httpx.Client, fleet: LoggedStack, s3_requests: list[str], pushed: str
 ) -> None:
-    job_id = submit(api, 25)
+    job_id = submit(api, 25, pad=INLINE_UPLOAD_BYTES // 20)  # over the inline limit: through the store
     job = wait_job(api, job_id)
     assert job["status"] == "succeeded" and job["counts"]["done"] == 25 and job["model_version"] == pushed
     # The uploads went through S3BlobStore: the API PUT each part, a worker GET it.

@@ -4,15 +4,17 @@ The Lua scripts that end a job (the last result recorded, a cancel) PUBLISH its 
 `CLOSED_CHANNEL` (core/jobs.py). Each API process (each event loop) holds one subscription and
 wakes the requests waiting on that id: a thousand waiting requests cost one Redis connection and
 a future each. A waiter registers before it reads the job's status, so a job that ends between
-the two is seen one way or the other; when the subscription drops, every waiter is woken to read
-the status again, and each reads it once more when its time runs out, so a message lost while
-reconnecting costs at most the wait, never a wrong answer.
+the two is seen one way or the other (/predict registers before it even creates its job, and then
+needs no read at all while the subscription stays up). When the subscription drops, every waiter is woken once it
+is back, to read its job's status (a close published in between was missed), and each reads it
+once more when its time runs out.
 """
 
 import asyncio
 import contextlib
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
 
 import redis
 import redis.asyncio as aioredis
@@ -30,8 +32,10 @@ class Completions:
 
     def __init__(self, url: str) -> None:
         self.redis = aioredis.Redis.from_url(url, health_check_interval=30)
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        # Per job id, the futures of its waiters: set True by the job's close, False by a lost subscription.
+        self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
         self._subscribed = asyncio.Event()
+        self._generation = 0  # subscriptions made so far: a waiter compares it to know none dropped
         self._listener = asyncio.get_running_loop().create_task(self._listen(), name="digitq-completions")
 
     async def _listen(self) -> None:
@@ -41,24 +45,27 @@ class Completions:
                     await pubsub.subscribe(CLOSED_CHANNEL)
                     async for message in pubsub.listen():
                         if message["type"] == "subscribe":
+                            self._generation += 1
                             self._subscribed.set()
+                            # Subscribed again after a drop: closes published meanwhile were
+                            # missed, so every waiter reads its job's status once more.
+                            for job_id in list(self._waiters):
+                                self._wake(job_id, False)
                         elif message["type"] == "message":
-                            self._wake(message["data"].decode())
+                            self._wake(message["data"].decode(), True)
             except (redis.RedisError, OSError) as exc:
                 log.warning("job-closed subscription lost (%s); reconnecting", type(exc).__name__)
             self._subscribed.clear()
-            for job_id in list(self._waiters):  # a close may have been missed: read again
-                self._wake(job_id)
             await asyncio.sleep(RECONNECT_SECONDS)
 
-    def _wake(self, job_id: str) -> None:
+    def _wake(self, job_id: str, closed: bool) -> None:
         for future in self._waiters.get(job_id, ()):
             if not future.done():
-                future.set_result(None)
+                future.set_result(closed)
 
-    async def status(self, job_id: str) -> JobStatus | None:
+    async def _ended(self, job_id: str) -> bool:
         raw = await self.redis.hget(PREFIX + job_id, "status")
-        return JobStatus(raw.decode()) if raw else None
+        return bool(raw) and JobStatus(raw.decode()) in TERMINAL
 
     async def read(self, job_id: str, limit: int) -> tuple[Job | None, list[ItemResult | None]]:
         """The job and the results of its first `limit` items, in one round trip (no thread)."""
@@ -72,29 +79,46 @@ class Completions:
         count = min(limit, job.total) if job else 0
         return job, [ItemResult.from_json(i, r) if r else None for i, r in enumerate(results[:count])]
 
-    async def wait(self, job_id: str, timeout: float) -> JobStatus | None:
-        """Until the job ends or `timeout` s pass; its status then (None: no such job)."""
+    async def wait(
+        self, job_id: str, timeout: float, create: Callable[[], Awaitable[object]] | None = None
+    ) -> bool:
+        """Whether the job ended within `timeout` s (False also for a job that does not exist).
+
+        `create`: makes the job `job_id`, called once this waiter is registered. While the
+        subscription stays up from then on, the job's close cannot go unseen, so no read of its
+        status is needed: the answer costs no Redis round trip beyond the notification.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), min(timeout, SUBSCRIBE_SECONDS))
+        generation = self._generation if self._subscribed.is_set() else -1
         waiters = self._waiters.setdefault(job_id, set())
+        future: asyncio.Future[bool] = loop.create_future()
+        waiters.add(future)  # before reading (or creating): a close from now on wakes it
         try:
+            if create is not None:
+                await create()
+            unseen = create is not None and generation == self._generation  # watched since before it existed
             while True:
-                future = loop.create_future()
-                waiters.add(future)  # before reading: a close from now on wakes it
+                if future.done() and future.result():
+                    return True  # its close was published
+                if not (unseen and not future.done()) and await self._ended(job_id):
+                    return True
+                unseen = False
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
                 try:
-                    status = await self.status(job_id)
-                    remaining = deadline - loop.time()
-                    if status is None or status in TERMINAL or remaining <= 0:
-                        return status
-                    try:
-                        await asyncio.wait_for(future, remaining)
-                    except TimeoutError:
-                        return await self.status(job_id)
-                finally:
-                    waiters.discard(future)
+                    if await asyncio.wait_for(future, remaining):
+                        return True
+                except TimeoutError:
+                    return await self._ended(job_id)  # a close lost while reconnecting is seen here
+                waiters.discard(future)  # woken by a lost subscription: watch again, then read
+                future = loop.create_future()
+                waiters.add(future)
         finally:
+            waiters.discard(future)
             if not waiters and self._waiters.get(job_id) is waiters:
                 del self._waiters[job_id]
 

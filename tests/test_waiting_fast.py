@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.options import MAX_WAIT_SECONDS, parse_prefer_wait
-from core.jobs import CLOSED_CHANNEL
+from core.jobs import CLOSED_CHANNEL, JobStore
 from core.queue import INLINE_UPLOAD_BYTES, QUEUE
 from tests.helpers import make_zip, png, wait_until
 
@@ -80,6 +80,31 @@ def test_a_cancel_wakes_the_waiting_submission(app_client: TestClient, redis_cli
     assert response.json()["status"] == "cancelled"
     assert response.json()["results"][0]["status"] == "pending"
     assert elapsed < 30, f"the cancel did not wake the waiter ({elapsed:.1f}s)"
+
+
+def test_a_close_published_while_the_subscription_was_down_is_not_missed(
+    app_client: TestClient, redis_client, digits
+) -> None:
+    """The subscription is killed, the job is cancelled before it is back (its PUBLISH reaches no
+    one): the waiter reads the job again once subscribed again, not at the end of its 60 s."""
+    answer = {}
+
+    def submit() -> None:
+        files = [("files", ("a.png", png(digits[0][0])))]
+        answer["response"] = app_client.post("/jobs", files=files, headers={"Prefer": "wait=60"})
+
+    started = time.monotonic()
+    waiter = threading.Thread(target=submit)
+    waiter.start()
+    jobs = wait_until(lambda: app_client.get("/jobs").json()["items"], what="the job to be created")
+    wait_until(lambda: redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1], what="the waiter's subscription")
+    redis_client.client_kill_filter(_type="pubsub")
+    assert redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1] == 0
+    assert JobStore(redis_client, 3600).cancel(jobs[0]["id"])  # published to no one
+    waiter.join(timeout=90)
+    assert answer["response"].status_code == 200
+    assert answer["response"].json()["status"] == "cancelled"
+    assert time.monotonic() - started < 30
 
 
 def test_predict_times_out_with_a_504_that_names_the_job(make_client, digits) -> None:

@@ -83,13 +83,14 @@ def create_job(
     items: list[Item],
     extra: Mapping[str, str] | None = None,
     idempotency_key: str | None = None,
+    job_id: str | None = None,
 ) -> tuple[str, bool]:
-    """Store the upload, create the job and queue its chunks: (job id, replayed).
+    """Store the upload, create the job (`job_id`, or a new id) and queue its chunks: (job id, replayed).
 
     `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
     Blocking (disk or S3, Redis): async routes run it in the thread pool.
     """
-    job_id = new_job_id()
+    job_id = job_id or new_job_id()
     claim = None
     if idempotency_key:
         claim = idempotency_claim(caller, idempotency_key)
@@ -230,10 +231,8 @@ async def submit_job(
     if not wait:
         return JobOut.of(job)
     response.headers["Preference-Applied"] = f"wait={wait}"
-    if job.status not in TERMINAL:
-        status = await get_completions().wait(job.id, wait)
-        if status not in TERMINAL:
-            return JobOut.of(await run_in_threadpool(job_or_404, store, job.id, caller))
+    if job.status not in TERMINAL and not await get_completions().wait(job.id, wait):
+        return JobOut.of(await run_in_threadpool(job_or_404, store, job.id, caller))
     finished = await run_in_threadpool(finished_job, store, job.id, caller)
     return JSONResponse(finished.model_dump(mode="json"), headers=dict(response.headers))
 

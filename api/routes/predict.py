@@ -7,6 +7,8 @@ of it by notification (api/waiting.py), for at most PREDICT_TIMEOUT_SECONDS, the
 with the job's id so that the client can poll it.
 """
 
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile
@@ -18,7 +20,7 @@ from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, visible
 from api.schemas import BatchPrediction, Prediction
 from api.uploads import ACCEPTED, Item, UploadError, part_items
 from api.waiting import get_completions
-from core.jobs import TERMINAL, ItemResult, Job, JobStatus
+from core.jobs import ItemResult, Job, JobStatus, new_job_id
 
 router = APIRouter(tags=["predict"])
 TIMEOUT_PROBLEM = {
@@ -40,13 +42,13 @@ TIMEOUT_PROBLEM = {
 
 
 async def _answer(
-    job_id: str, items: int, caller: str | None, timeout: float
+    create: Callable[..., object], items: int, caller: str | None, timeout: float
 ) -> tuple[Job, list[ItemResult | None]]:
-    """Wait for the job, then read it and its results; 504 with the job's id when it takes longer
-    than `timeout`."""
+    """Create the job (`create(job_id=...)`, blocking: in the thread pool), wait for it, read it and
+    its results; 504 with the job's id when it takes longer than `timeout`."""
+    job_id = new_job_id()
     completions = get_completions()
-    status = await completions.wait(job_id, timeout)
-    if status not in TERMINAL:
+    if not await completions.wait(job_id, timeout, lambda: run_in_threadpool(create, job_id=job_id)):
         base = f"/jobs/{job_id}"
         detail = f"no answer within {timeout:g} s; the job goes on: poll {base} and read {base}/results"
         links = {"self": base, "results": f"{base}/results"}
@@ -87,8 +89,9 @@ async def predict(
     if file is None:
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
     items = _single_image(file, settings.max_image_bytes)
-    job_id, _ = await run_in_threadpool(create_job, settings, store, blobs, celery, caller, [file], items)
-    job, (result,) = await _answer(job_id, 1, caller, settings.predict_timeout_seconds)
+    create = partial(create_job, settings, store, blobs, celery, caller, [file], items)
+    job, (result,) = await _answer(create, 1, caller, settings.predict_timeout_seconds)
+    job_id = job.id
     if result is None:  # cannot happen for a job that ended other than cancelled; never a 500
         raise ProblemError(503, "Service unavailable", f"job {job_id} ended without a result; retry")
     if result.error or result.digit is None or result.confidence is None:
@@ -158,8 +161,8 @@ async def predict_batch(
     if len(items) > INLINE_RESULTS:
         detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
         raise ProblemError(413, "Too many images", detail)
-    job_id, _ = await run_in_threadpool(create_job, settings, store, blobs, celery, caller, files, items)
-    _, results = await _answer(job_id, len(items), caller, settings.predict_timeout_seconds)
+    create = partial(create_job, settings, store, blobs, celery, caller, files, items)
+    _, results = await _answer(create, len(items), caller, settings.predict_timeout_seconds)
     return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
 
 

@@ -65,7 +65,7 @@ class Completions:
 
     async def _ended(self, job_id: str) -> bool:
         raw = await self.redis.hget(PREFIX + job_id, "status")
-        return bool(raw) and JobStatus(raw.decode()) in TERMINAL
+        return isinstance(raw, bytes) and JobStatus(raw.decode()) in TERMINAL
 
     async def read(self, job_id: str, limit: int) -> tuple[Job | None, list[ItemResult | None]]:
         """The job and the results of its first `limit` items, in one round trip (no thread)."""

@@ -1,12 +1,18 @@
 """The FastAPI application: `uvicorn api.main:app`."""
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
 
 from api import problems
 from api.deps import require_api_key
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, ops, predict, ui
-from core.config import get_settings
+from core.config import get_settings, open_api_refusal
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Recognise handwritten digits in images, one at a time or tens of thousands in a zip.
@@ -24,8 +30,21 @@ ends within N s), and the old service's `POST /predict` (one part `file`) and `P
 (parts `files`), which go through the same queue.
 
 Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details.
-When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`
+(without, the API answers loopback clients only); `/admin` needs one of `ADMIN_API_KEYS`.
 """
+
+
+@asynccontextmanager
+async def refuse_open_exposure(app: FastAPI) -> AsyncIterator[None]:
+    """Startup: no API_KEYS and API_HOST not loopback (the container's command listens on
+    API_HOST) means refusing to start, unless ALLOW_OPEN_API. A server started on another
+    address than API_HOST is still covered per request (api/deps.py: open = loopback clients)."""
+    settings = get_settings()
+    if refusal := open_api_refusal(settings, settings.api_host):
+        log.critical(refusal)
+        raise SystemExit(refusal)
+    yield
 
 
 def create_app() -> FastAPI:
@@ -34,6 +53,7 @@ def create_app() -> FastAPI:
         title="digitq",
         version="0.1.0",
         description=DESCRIPTION,
+        lifespan=refuse_open_exposure,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     problems.install(app)

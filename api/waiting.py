@@ -4,10 +4,10 @@ The Lua scripts that end a job (the last result recorded, a cancel) PUBLISH its 
 `CLOSED_CHANNEL` (core/jobs.py). Each API process (each event loop) holds one subscription and
 wakes the requests waiting on that id: a thousand waiting requests cost one Redis connection and
 a future each. A waiter registers before it reads the job's status, so a job that ends between
-the two is seen one way or the other (/predict registers before it even creates its job, and then
-needs no read at all while the subscription stays up). When the subscription drops, every waiter is woken once it
-is back, to read its job's status (a close published in between was missed), and each reads it
-once more when its time runs out.
+the two is seen one way or the other (/predict registers before it even creates its job, and
+then needs no read at all while the subscription stays up). When the subscription drops, every
+waiter is woken once it is back, to read its job's status (a close published in between was
+missed), and each reads it once more when its time runs out.
 """
 
 import asyncio

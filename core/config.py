@@ -1,5 +1,6 @@
 """All digitq settings, read from the environment (and an optional `.env` file)."""
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,9 +47,18 @@ class Settings(BaseSettings):
     model_uri: str = str(PROJECT_ROOT / "models")  # a local dir, or s3://bucket/prefix/<version|latest>
     model_cache_dir: Path = PROJECT_ROOT / "data" / "model-cache"
     model_registry: str | None = None  # s3://bucket/prefix: where `python -m ml push/list` work
+    # What vouches for a registry (S3) model before a worker unpickles it (ml/trust.py): an
+    # HMAC-SHA256 signature over its metadata with this key (`python -m ml push` signs), or its
+    # sha256 in the allow-list. Neither is stored in the bucket. Local model dirs need neither.
+    model_signing_key: SecretStr | None = Field(default=None, min_length=32)
+    trusted_model_sha256: str = Field(default="", pattern=r"^\s*([0-9a-fA-F]{64}\s*(,\s*|$))*$")
 
-    # Auth: comma-separated API keys; empty means open (local development).
+    # Auth: comma-separated API keys; empty means open (local development), which the API allows
+    # only on loopback (api/deps.py) unless ALLOW_OPEN_API says otherwise.
     api_keys: SecretStr = SecretStr("")
+    allow_open_api: bool = False
+    # /admin/* (model reload): keys of their own, never the client keys; unset disables /admin.
+    admin_api_keys: SecretStr = SecretStr("")
 
     # Webhooks (issue 11, core/webhooks.py): Standard Webhooks signatures, delivered by the workers.
     # `whsec_<base64>`; make run generates one into DATA_DIR/webhook-secret when unset.
@@ -74,7 +84,43 @@ class Settings(BaseSettings):
 
     @property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.api_keys.get_secret_value().split(",") if k.strip())
+        return _keys(self.api_keys)
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        return _keys(self.admin_api_keys)
+
+    @property
+    def trusted_model_digests(self) -> frozenset[str]:
+        return frozenset(s.strip().lower() for s in self.trusted_model_sha256.split(",") if s.strip())
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (or IPv4-mapped 127.x), `localhost`: only this machine reaches it."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def open_api_refusal(settings: Settings, host: str) -> str | None:
+    """Why serving the API on `host` is refused (no API_KEYS, not loopback, no ALLOW_OPEN_API)."""
+    if settings.api_key_set or settings.allow_open_api or is_loopback(host):
+        return None
+    return (
+        f"refusing to serve the API on {host} with API_KEYS empty: anyone who can reach it could "
+        "submit and read jobs. Set API_KEYS, listen on 127.0.0.1 (API_HOST), or set "
+        "ALLOW_OPEN_API=true if that is really what you want"
+    )
+
+
+def _keys(value: SecretStr) -> frozenset[str]:
+    return frozenset(k.strip() for k in value.get_secret_value().split(",") if k.strip())
 
 
 @lru_cache

@@ -13,10 +13,13 @@ Keys (all small):
 - `digitq:model:candidate`: `{"id", "version"}` of a reload in progress. Each worker's main
   process downloads and verifies it, then reports ok/error in its heartbeat; only when every
   live worker reports ok does `current` move. A bad version therefore never becomes current.
+  It is also the reload lock: set only if absent (SET NX, expiring after the reload's timeout
+  + 60 s), so a second reload is refused (ReloadInProgress) instead of replacing the first's.
 
 Only redis here: the API, the workers and `python -m ml reload` all use it.
 """
 
+import contextlib
 import json
 import time
 import uuid
@@ -86,11 +89,86 @@ class ReloadError(Exception):
         self.workers = workers or []
 
 
+class ReloadInProgress(ReloadError):
+    """Another reload holds the candidate: one at a time, so none silently replaces another's."""
+
+
 @dataclass
 class ReloadResult:
     version: str
     previous: str | None
     workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+POLL_SECONDS = 0.2
+# Delete the candidate only if it is still this reload's (it may have expired and been re-taken).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class PendingReload:
+    """A reload whose candidate is published: `poll()` until it returns the result or raises.
+
+    Each poll is a few quick Redis calls, so a caller can wait without holding a thread (the
+    API awaits between polls; the CLI sleeps).
+    """
+
+    version: str
+    request: str  # the candidate's JSON, as stored: the token for releasing it
+    alive: list[dict[str, Any]]
+    deadline: float
+    timeout: float
+
+    def poll(self, client: redis.Redis) -> ReloadResult | None:
+        request_id = json.loads(self.request)["id"]
+        states = {w["hostname"]: (w.get("candidate") or {}) for w in workers(client)}
+        answered = {h: s for h, s in states.items() if s.get("id") == request_id}
+        failed = {h: s["error"] for h, s in answered.items() if s.get("error")}
+        if failed:
+            self.release(client)
+            detail = "; ".join(f"{h}: {e}" for h, e in failed.items())
+            raise ReloadError(f"version {self.version} refused: {detail}", workers(client))
+        # Workers that were alive at the start and are still alive must all be ready.
+        pending = [
+            w["hostname"]
+            for w in self.alive
+            if w["hostname"] in states and not answered.get(w["hostname"], {}).get("ok")
+        ]
+        if pending:
+            if time.monotonic() > self.deadline:
+                self.release(client)
+                raise ReloadError(
+                    f"version {self.version} not ready after {self.timeout:.0f}s on {', '.join(pending)}",
+                    workers(client),
+                )
+            return None
+        previous = client.getset(CURRENT_KEY, self.version)
+        self.release(client)
+        return ReloadResult(self.version, text(previous), workers(client))
+
+    def release(self, client: redis.Redis) -> None:
+        client.eval(_RELEASE, 1, CANDIDATE_KEY, self.request)
+
+
+def start_reload(client: redis.Redis, version: str, timeout: float = 120.0) -> PendingReload:
+    """Publish `version` as the candidate, unless another reload is in progress (ReloadInProgress)."""
+    version = version.strip()
+    if not version or "/" in version or version.startswith("."):
+        raise ReloadError(f"invalid version name {version!r}")
+    alive = workers(client)
+    if not alive:
+        raise ReloadError("no live workers to download and verify the model; start a worker first")
+    request = json.dumps({"id": uuid.uuid4().hex, "version": version})
+    if not client.set(CANDIDATE_KEY, request, ex=int(timeout) + 60, nx=True):
+        other = candidate(client) or {}
+        raise ReloadInProgress(
+            f"a reload to {other.get('version', 'another version')} is in progress; "
+            "retry once it has finished (one reload at a time)"
+        )
+    return PendingReload(version, request, alive, time.monotonic() + timeout, timeout)
 
 
 def request_reload(client: redis.Redis, version: str, timeout: float = 120.0) -> ReloadResult:
@@ -99,37 +177,12 @@ def request_reload(client: redis.Redis, version: str, timeout: float = 120.0) ->
     Work in flight is never mixed: a job keeps the version its first chunk pinned, and pool
     processes switch between chunks.
     """
-    version = version.strip()
-    if not version or "/" in version or version.startswith("."):
-        raise ReloadError(f"invalid version name {version!r}")
-    alive = workers(client)
-    if not alive:
-        raise ReloadError("no live workers to download and verify the model; start a worker first")
-    request = {"id": uuid.uuid4().hex, "version": version}
-    client.set(CANDIDATE_KEY, json.dumps(request), ex=int(timeout) + 60)
-    deadline = time.monotonic() + timeout
-    while True:
-        states = {w["hostname"]: (w.get("candidate") or {}) for w in workers(client)}
-        answered = {h: s for h, s in states.items() if s.get("id") == request["id"]}
-        failed = {h: s["error"] for h, s in answered.items() if s.get("error")}
-        if failed:
-            client.delete(CANDIDATE_KEY)
-            detail = "; ".join(f"{h}: {e}" for h, e in failed.items())
-            raise ReloadError(f"version {version} refused: {detail}", workers(client))
-        # Workers that were alive at the start and are still alive must all be ready.
-        pending = [
-            w["hostname"]
-            for w in alive
-            if w["hostname"] in states and not answered.get(w["hostname"], {}).get("ok")
-        ]
-        if not pending:
-            break
-        if time.monotonic() > deadline:
-            client.delete(CANDIDATE_KEY)
-            raise ReloadError(
-                f"version {version} not ready after {timeout:.0f}s on {', '.join(pending)}", workers(client)
-            )
-        time.sleep(0.2)
-    previous = client.getset(CURRENT_KEY, version)
-    client.delete(CANDIDATE_KEY)
-    return ReloadResult(version, text(previous), workers(client))
+    reload = start_reload(client, version, timeout)
+    try:
+        while (result := reload.poll(client)) is None:
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        with contextlib.suppress(redis.RedisError):
+            reload.release(client)  # Ctrl-C: let the next reload start
+        raise
+    return result

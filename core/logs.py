@@ -54,7 +54,9 @@ def context() -> dict[str, str]:
 
 def secret_values(settings: Settings) -> list[str]:
     """Every configured secret, longest first (so a secret containing another is fully hidden)."""
-    found = set(settings.api_key_set)
+    found = set(settings.api_key_set | settings.admin_key_set)
+    if settings.model_signing_key:
+        found.add(settings.model_signing_key.get_secret_value())
     if settings.sentry_dsn:
         found.add(settings.sentry_dsn.get_secret_value())
     if settings.webhook_secret:

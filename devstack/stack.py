@@ -10,8 +10,9 @@ Redis that dies is logged and restarted with backoff (1, 2, 4 … 30 s; back to 
 minute of health); only Ctrl-C or SIGTERM stops the stack. Every child gets PR_SET_PDEATHSIG
 (devstack/lifeline.py), so none outlives a launcher that was SIGKILLed.
 
-Secrets (the embedded Redis' password, Flower's login) are generated into DATA_DIR/secrets
-(0600) unless set, and reach the children through their environment, never a command line.
+`make run` refuses a non-loopback API_HOST while API_KEYS is empty (unless ALLOW_OPEN_API=true).
+Secrets (the embedded Redis' password, Flower's login, the /admin key) are generated into
+DATA_DIR/secrets (0600) unless set, and reach the children through their environment, never a command line.
 """
 
 import contextlib
@@ -26,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from core.config import PROJECT_ROOT, Settings, get_settings
+from core.config import PROJECT_ROOT, Settings, get_settings, open_api_refusal
 from devstack import secret_files
 from devstack.embedded_redis import EmbeddedRedis
 from devstack.lifeline import die_with_parent
@@ -60,6 +61,7 @@ class Stack:
         self.env = {**os.environ, **(env or {})}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.webhook_secret_file: Path | None = None
+        self.generated_admin_key = False
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> "Stack":
@@ -82,6 +84,10 @@ class Stack:
     @property
     def flower_auth_file(self) -> Path:
         return self.secrets_dir / "flower-auth"
+
+    @property
+    def admin_key_file(self) -> Path:
+        return self.secrets_dir / "admin-api-key"
 
     def _spawn(self, name: str, args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
         env = {**self.env, "REDIS_URL": self.redis_url or "", "DATA_DIR": str(self.settings.data_dir)}
@@ -140,6 +146,8 @@ class Stack:
     def start(self, flower: bool = True) -> None:
         # Refuse a busy port before starting anything, so a second `make run` leaves nothing behind.
         s = self.settings
+        if refusal := open_api_refusal(s, s.api_host):
+            raise StackError(refusal)
         ensure_port_free(s.api_host, s.api_port, "API_PORT")
         if flower:
             ensure_port_free(s.flower_host, s.flower_port, "FLOWER_PORT")
@@ -150,6 +158,9 @@ class Stack:
 
             self.webhook_secret_file = self.settings.data_dir / "webhook-secret"
             self.env["WEBHOOK_SECRET"] = secret_files.read_or_create(self.webhook_secret_file, new_secret)
+        if not self.settings.admin_key_set:  # /admin behind a key of its own, kept in DATA_DIR
+            self.generated_admin_key = True
+            self.env["ADMIN_API_KEYS"] = secret_files.read_or_create(self.admin_key_file)
         for n in range(self.settings.workers):
             self.start_worker(f"worker{n + 1}")
         self.start_api()
@@ -298,6 +309,7 @@ def main() -> int:
             f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
             f"  Flower  {stack.flower_url}   ({flower_login})\n"
             + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
+            + (f"  Admin key in {stack.admin_key_file}\n" if stack.generated_admin_key else "")
             + "Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -146,11 +146,27 @@ def register_push(subparsers) -> None:
 
 
 def cmd_push(args) -> int:
-    from ml.registry import S3Registry
+    # MODEL_SIGNING_KEY is a setting (core/config.py, also read from .env); imported here so ml
+    # itself stays free of core.
+    from core.config import get_settings
+    from ml.registry import RegistryUnavailable, S3Registry
+    from ml.trust import ModelTrust
 
-    registry = S3Registry(_registry_uri(args.registry))
-    version = registry.push(args.model_dir, set_latest=not args.no_latest)
+    trust = ModelTrust.from_settings(get_settings())
+    registry = S3Registry(_registry_uri(args.registry), trust=trust)
+    try:
+        version = registry.push(args.model_dir, set_latest=not args.no_latest)
+    except RegistryUnavailable as exc:  # unreachable, or these credentials may not write there
+        print(f"push failed: {exc}", file=sys.stderr)
+        return 1
     print(f"pushed {version} to {registry.uri}/{version}" + ("" if args.no_latest else " (latest)"))
+    if trust.signing_key is None:
+        sha = registry.metadata(version)["sha256"]
+        print(
+            f"warning: unsigned (MODEL_SIGNING_KEY is not set): workers load it only if "
+            f"TRUSTED_MODEL_SHA256 lists {sha}",
+            file=sys.stderr,
+        )
     return 0
 
 

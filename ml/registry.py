@@ -10,7 +10,9 @@ boto3 finds its endpoint (AWS_ENDPOINT_URL: MinIO, moto, or AWS when unset) and 
 the environment. A fetched version lives in `<cache_dir>/<version>/`, written to a temporary
 sibling, sha256-verified against its metadata and only then renamed into place, so a version
 directory in the cache is always complete and verified: a restart with the same version
-downloads nothing.
+downloads nothing. Verified means trusted too (ml/trust.py): a version is cached, and so ever
+unpickled, only if its metadata's signature or the TRUSTED_MODEL_SHA256 allow-list vouches for it
+— the sha256 alone proves nothing, the bucket's writers write the metadata too. `push` signs.
 
 A local models dir (`models/` with `LATEST`, or `models/<version>`) works through the same
 interface (LocalModels), so the worker does not care where its models come from.
@@ -37,6 +39,7 @@ from ml.artifacts import (
     resolve_local_model_dir,
     verify,
 )
+from ml.trust import ModelTrust
 
 log = logging.getLogger(__name__)
 LATEST_KEY = "latest"
@@ -106,10 +109,13 @@ class VersionInfo:
 
 
 class S3Registry:
-    def __init__(self, uri: str, cache_dir: Path | None = None, client=None) -> None:
+    def __init__(
+        self, uri: str, cache_dir: Path | None = None, client=None, trust: ModelTrust | None = None
+    ) -> None:
         import boto3
         from botocore.config import Config
 
+        self.trust = trust or ModelTrust()  # trusts nothing: every fetch is refused
         self.uri = uri.rstrip("/")
         self.bucket, self.prefix = parse_s3_uri(uri)
         self.cache_dir = Path(cache_dir) if cache_dir else None
@@ -124,10 +130,13 @@ class S3Registry:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
     def _call(self, what: str, fn, *args, **kwargs):
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(*args, **kwargs)
+        except S3UploadFailedError as exc:  # upload_file wraps the ClientError (AccessDenied, ...)
+            raise RegistryUnavailable(f"{what}: {exc}") from None
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
@@ -169,10 +178,12 @@ class S3Registry:
 
     # Writing.
     def push(self, model_dir: Path, set_latest: bool = True) -> str:
-        """Upload a verified version dir (or a models dir: its LATEST) and optionally move `latest`."""
+        """Upload a verified version dir (or a models dir: its LATEST), signed with the trust's
+        key if it has one, and optionally move `latest`."""
         model_dir = resolve_local_model_dir(Path(model_dir))
         meta = read_metadata(model_dir)
         verify(model_dir, meta)  # never publish a model that does not match its metadata
+        meta = self.trust.sign(meta)
         version = _valid_version(meta["version"])
         self._call(
             "upload",
@@ -186,7 +197,7 @@ class S3Registry:
             self.s3.put_object,
             Bucket=self.bucket,
             Key=self._key(version, METADATA_FILE),
-            Body=(model_dir / METADATA_FILE).read_bytes(),
+            Body=(json.dumps(meta, indent=2, sort_keys=True) + "\n").encode(),
             ContentType="application/json",
         )
         if set_latest:
@@ -213,15 +224,30 @@ class S3Registry:
     def is_local(self, version: str) -> bool:
         return (self.cached_dir(version) / METADATA_FILE).exists()
 
+    def _cache_hit(self, version: str) -> bool:
+        """A cached copy that today's trust still vouches for (a rotated key or a shorter
+        allow-list disowns older copies: those are dropped and downloaded again)."""
+        target = self.cached_dir(version)
+        if not self.is_local(version):
+            return False
+        try:
+            self.trust.check(read_metadata(target), str(target))
+        except ModelIntegrityError as exc:
+            log.warning("model %s: cached copy dropped: %s", version, exc)
+            shutil.rmtree(target, ignore_errors=True)
+            return False
+        return True
+
     def fetch(self, version: str) -> Path:
         """The cached version dir, downloading and verifying it first if needed.
 
-        Raises ModelIntegrityError if the download does not match its metadata's sha256 (nothing
-        is cached then), RegistryUnavailable when S3 cannot be reached, FileNotFoundError for
-        an unknown version.
+        Raises ModelIntegrityError if the download does not match its metadata's sha256, or
+        UntrustedModelError (a ModelIntegrityError) if neither its signature nor the allow-list
+        vouches for it — nothing is cached then, nothing unpickled; RegistryUnavailable when S3
+        cannot be reached, FileNotFoundError for an unknown version.
         """
         target = self.cached_dir(version)
-        if self.is_local(version):
+        if self._cache_hit(version):
             log.info("model %s: cache hit in %s", version, target)
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -239,8 +265,9 @@ class S3Registry:
             (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             try:
                 verify(tmp, read_metadata(tmp))
-            except ModelIntegrityError as exc:
-                raise ModelIntegrityError(f"model {version} from {self.uri} refused: {exc}") from None
+                self.trust.check(meta, f"{self.uri}/{version}")
+            except ModelIntegrityError as exc:  # the same class: UntrustedModelError stays one
+                raise type(exc)(f"model {version} from {self.uri} refused: {exc}") from None
             try:
                 os.replace(tmp, target)
             except OSError:
@@ -252,20 +279,21 @@ class S3Registry:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def open_model_uri(uri: str, cache_dir: Path) -> tuple[ModelSource, str]:
+def open_model_uri(uri: str, cache_dir: Path, trust: ModelTrust | None = None) -> tuple[ModelSource, str]:
     """MODEL_URI -> (where versions come from, the reference to start with).
 
     - `s3://bucket/prefix/<version>` or `s3://bucket/prefix/latest` -> the registry at
       s3://bucket/prefix and that version (or `latest`).
     - `models/` (with LATEST) -> LocalModels(models/), `latest`; `models/<version>` ->
-      LocalModels(models/), `<version>`.
+      LocalModels(models/), `<version>`. Local dirs are the operator's own files: `trust`
+      (what vouches for registry models) applies to S3 only.
     """
     if uri.startswith("s3://"):
         bucket, key = parse_s3_uri(uri)
         root, _, ref = key.rpartition("/")
         if not ref:
             raise ValueError(f"MODEL_URI {uri!r} must end in /<version> or /latest")
-        return S3Registry(f"s3://{bucket}/{root}", cache_dir), ref
+        return S3Registry(f"s3://{bucket}/{root}", cache_dir, trust=trust), ref
     path = Path(uri)
     if (path / MODEL_FILE).exists() or (path / METADATA_FILE).exists():
         return LocalModels(path.parent), path.name

@@ -32,7 +32,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def make_client(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., TestClient]]:
-    """`make_client(API_KEYS="k1,k2", ...)`: a TestClient of a fresh app with these settings.
+    """`make_client(API_KEYS="k1,k2", ...)`: a TestClient of a fresh app with these settings,
+    its requests coming from `client` (an address; loopback by default).
 
     Settings come from the environment as in production; chunks sent to the queue stay there
     (no worker), so jobs stay `queued`.
@@ -40,20 +41,21 @@ def make_client(
     redis.Redis.from_url(redis_url).flushall()
     clients: list[TestClient] = []
 
-    def make(**env: str) -> TestClient:
+    def make(client: str = "127.0.0.1", **env: str) -> TestClient:
         base = {"REDIS_URL": redis_url, "DATA_DIR": str(tmp_path), "LOG_LEVEL": "WARNING"}
         for key, value in {**base, **env}.items():
             monkeypatch.setenv(key, value)
         reset_clients()
         from api.main import create_app
 
-        client = TestClient(create_app(), raise_server_exceptions=False)
-        clients.append(client)
-        return client
+        # From loopback, as `make run`'s clients are (an open API answers only those: api/deps.py).
+        test_client = TestClient(create_app(), raise_server_exceptions=False, client=(client, 50000))
+        clients.append(test_client)
+        return test_client
 
     yield make
-    for client in clients:
-        client.close()
+    for test_client in clients:
+        test_client.close()
     reset_clients()
 
 

@@ -95,7 +95,13 @@ def test_data_files_and_uploads_are_owner_only(stack: Stack, digits) -> None:
     redis_dir, secrets = data / "redis", data / "secrets"
     assert mode(redis_dir) == 0o700 and mode(secrets) == 0o700
     files = [*redis_dir.iterdir(), *secrets.iterdir()]
-    assert {f.name for f in files} >= {"appendonly.aof", "redis.log", "redis-password", "flower-auth"}
+    assert {f.name for f in files} >= {
+        "appendonly.aof",
+        "redis.log",
+        "redis-password",
+        "flower-auth",
+        "admin-api-key",
+    }
     assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files}
 
 
@@ -110,7 +116,16 @@ def command_lines() -> list[str]:
 
 def test_no_secret_on_any_command_line(stack: Stack) -> None:
     assert stack.redis is not None
-    secrets = [stack.redis.password, flower_login(stack)[1]]
+    secrets = [stack.redis.password, flower_login(stack)[1], stack.admin_key_file.read_text().strip()]
     lines = command_lines()
     assert any("redis-server" in line for line in lines) and any("flower" in line for line in lines)
     assert not [line for line in lines if any(secret in line for secret in secrets)]
+
+
+def test_admin_needs_the_key_make_run_generated(stack: Stack) -> None:
+    url = f"{stack.api_url}/admin/reload"
+    body = {"version": "1999.01.01-hogsvm-nothere", "timeout": 30}
+    assert httpx.post(url, json=body, timeout=30).status_code == 401  # loopback is no key
+    key = stack.admin_key_file.read_text().strip()
+    answer = httpx.post(url, json=body, headers={"X-API-Key": key}, timeout=60)
+    assert answer.status_code == 409 and "FileNotFoundError" in answer.json()["detail"], answer.text

@@ -4,10 +4,11 @@ Start-up (`load_default`, from the worker_init signal in the main process before
 forks, so no chunk is taken before a model is loaded and the pool shares its memory): the
 version is `digitq:model:current` in Redis if a reload set one, else MODEL_URI's (`latest`
 or a version, on S3 or local disk). S3 versions are downloaded once into MODEL_CACHE_DIR,
-sha256-verified, and reused across restarts. An unreachable registry (or Redis) is retried
-with backoff, logged on every attempt; a model that fails its checksum is refused and the
-worker exits with code 3 (restarting cannot fix a corrupt artifact; an operator must push
-again or point MODEL_URI elsewhere).
+sha256-verified, checked against MODEL_SIGNING_KEY / TRUSTED_MODEL_SHA256 before anything is
+unpickled (ml/trust.py), and reused across restarts. An unreachable registry (or Redis) is retried
+with backoff, logged on every attempt; a model that fails its checksum, or that nothing vouches
+for, is refused and the worker exits with code 3 (restarting cannot fix a corrupt or untrusted
+artifact; an operator must push again or point MODEL_URI elsewhere).
 
 Reload (see core/fleet.py): the main process' watcher thread prepares a candidate version
 (download + verify + test load) and reports it in its heartbeat; once `digitq:model:current`
@@ -31,6 +32,7 @@ from core import fleet, logs
 from core.config import Settings
 from ml import DigitModel, ModelIntegrityError
 from ml.registry import ModelSource, RegistryUnavailable, open_model_uri
+from ml.trust import ModelTrust
 from worker.housekeeping import SWEEP_EVERY_SECONDS, sweep_uploads
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,8 @@ def _load(version: str) -> DigitModel:
 def load_default(settings: Settings, max_delay: float = 30.0) -> DigitModel:
     """Load the version to serve, retrying while the registry or Redis is unreachable."""
     global _source, _current
-    source, ref = open_model_uri(settings.model_uri, settings.model_cache_dir)
+    trust = ModelTrust.from_settings(settings)
+    source, ref = open_model_uri(settings.model_uri, settings.model_cache_dir, trust)
     _source = source
     delay, attempt = 1.0, 0
     while True:

@@ -3,18 +3,20 @@
 Nothing here imports ml/ (or scikit-learn): worker state comes from Redis (core/fleet.py).
 """
 
+import contextlib
 import logging
 import re
 import time
 from typing import Annotated, Any
 
+import anyio
 import redis
 from fastapi import APIRouter, Body, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.deps import require_api_key
+from api.deps import require_admin_key
 from api.problems import ProblemError
 from core import fleet, logs, metrics, sentry
 from core.config import get_settings
@@ -22,7 +24,7 @@ from core.connections import get_redis
 from core.queue import QUEUE
 
 router = APIRouter(tags=["operations"])
-admin = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_api_key)])
+admin = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_admin_key)])
 log = logging.getLogger(__name__)
 JOB_PATH = re.compile(r"^/jobs/([0-9a-f]{32})(?:/|$)")
 
@@ -78,16 +80,31 @@ class ReloadIn(BaseModel):
     timeout: float = Field(default=120, gt=0, le=600, description="seconds to wait for every worker")
 
 
-@admin.post("/reload", responses={409: {"description": "Refused: unknown/corrupt version or no worker"}})
-def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
+@admin.post(
+    "/reload",
+    responses={
+        409: {"description": "Refused: unknown/corrupt/untrusted version, no worker, or a reload in progress"}
+    },
+)
+async def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
     """Move every running worker to another model version, without a restart.
 
     Each worker downloads and verifies the version first; only when all are ready does the
     fleet switch (between chunks; a job keeps the version its first chunk used). On any
-    refusal nothing changes.
+    refusal nothing changes. One reload at a time: a second one while the first waits is 409.
     """
+    # Async, polling Redis in short thread hops: a reload waits up to `timeout` seconds without
+    # holding one of AnyIO's 40 threads (45 such waits used to hang every sync route, /health too).
+    client = get_redis()
     try:
-        result = fleet.request_reload(get_redis(), body.version, body.timeout)
+        pending = await anyio.to_thread.run_sync(fleet.start_reload, client, body.version, body.timeout)
+        try:
+            while (result := await anyio.to_thread.run_sync(pending.poll, client)) is None:
+                await anyio.sleep(fleet.POLL_SECONDS)
+        except BaseException:  # the request was cancelled, or Redis failed: free the lock
+            with contextlib.suppress(redis.RedisError):
+                pending.release(client)
+            raise
     except fleet.ReloadError as exc:
         log.warning("reload to %s refused: %s", body.version, exc)
         raise ProblemError(409, "Reload refused", str(exc)) from exc

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from ops_helpers import AWS_ENV, BUCKET, REGISTRY, Collector, local_model_dir
+from ops_helpers import AWS_ENV, BUCKET, REGISTRY, SIGNING_KEY, Collector, local_model_dir
 
 from core.config import PROJECT_ROOT
 from devstack.embedded_redis import free_port
@@ -69,8 +69,8 @@ def s3(s3_server: str):
 
 @pytest.fixture(scope="session")
 def pushed(s3_server: str) -> str:
-    """The local model pushed to the registry as latest; its version."""
-    env = {**os.environ, "MODEL_REGISTRY": REGISTRY}
+    """The local model pushed (signed) to the registry as latest; its version."""
+    env = {**os.environ, "MODEL_REGISTRY": REGISTRY, "MODEL_SIGNING_KEY": SIGNING_KEY}
     out = subprocess.run(
         [sys.executable, "-m", "ml", "push", str(PROJECT_ROOT / "models")],
         cwd=PROJECT_ROOT,

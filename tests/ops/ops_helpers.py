@@ -15,10 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import joblib
 
 from core.config import PROJECT_ROOT
 from devstack.embedded_redis import free_port
 from devstack.stack import Stack
+from ml.artifacts import sha256_file
+from ml.registry import S3Registry
+from ml.trust import ModelTrust
 
 BUCKET = "digitq-ops"
 REGISTRY = f"s3://{BUCKET}/registry"
@@ -28,6 +32,10 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 API_KEY = "ops-test-api-key-5f2c9d"
+ADMIN_KEY = "ops-test-admin-key-81b0e4"
+# The deployer's key: `ml push` signs with it, the workers verify with it (ml/trust.py).
+SIGNING_KEY = "ops-test-model-signing-key-7c1d0a5e93b2"
+TRUST = ModelTrust.of(SIGNING_KEY)
 
 
 def local_model_dir() -> Path:
@@ -48,6 +56,33 @@ def copy_as_version(tmp: Path, version: str, corrupt: bool = False) -> Path:
     (target / "metadata.json").write_text(json.dumps(meta))
     os.link(source / "model.joblib", target / "model.joblib")  # no 34 MB copy
     return target
+
+
+# A bucket writer's attack (issue 8, finding 2): a pickle that runs code, with matching metadata.
+class RunsCode:
+    """Unpickling this calls os.mkdir(marker): a stand-in for any command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def evil_metadata(tmp: Path, version: str, marker: Path) -> dict:
+    """Write the pickle into `tmp`; the metadata an attacker would publish with it (unsigned)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    joblib.dump(RunsCode(marker), tmp / "model.joblib")
+    meta = json.loads((local_model_dir() / "metadata.json").read_text())
+    return {**meta, "version": version, "sha256": sha256_file(tmp / "model.joblib")}
+
+
+def upload(tmp: Path, meta: dict) -> None:
+    """Straight to the bucket, as anyone with write access to it can."""
+    s3 = S3Registry(REGISTRY).s3
+    version = meta["version"]
+    s3.upload_file(str(tmp / "model.joblib"), BUCKET, f"registry/{version}/model.joblib")
+    s3.put_object(Bucket=BUCKET, Key=f"registry/{version}/metadata.json", Body=json.dumps(meta).encode())
 
 
 # Sentry: a local endpoint that receives envelopes the way sentry.io would.
@@ -148,6 +183,7 @@ def stack_env(data_dir: Path, **env: str) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         "REDIS_URL": "",
         "MODEL_CACHE_DIR": str(data_dir / "model-cache"),
+        "MODEL_SIGNING_KEY": SIGNING_KEY,
         **AWS_ENV,
         "AWS_ENDPOINT_URL": os.environ.get("AWS_ENDPOINT_URL", ""),
         **env,

@@ -1,6 +1,7 @@
 """The container files: hadolint-clean Dockerfile, a compose file with every service, running
 the same commands as the local stack (devstack/stack.py). No Docker engine is needed."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -83,6 +84,59 @@ def test_compose_redis_and_flower_need_credentials(compose: dict) -> None:
     assert "--broker" not in flower["command"]  # the broker URL (its password) stays out of `ps`
     assert flower["ports"] == ["127.0.0.1:5555:5555"]  # not published on every interface
     assert services["grafana"]["ports"] == ["127.0.0.1:3000:3000"]
+
+
+def policy(name: str) -> dict[str, set[str]]:
+    """docker/minio/<name>.json as {resource: actions allowed on it}."""
+    allowed: dict[str, set[str]] = {}
+    document = json.loads((PROJECT_ROOT / "docker" / "minio" / f"{name}.json").read_text())
+    for statement in document["Statement"]:
+        assert statement["Effect"] == "Allow"
+        for resource in statement["Resource"]:
+            allowed.setdefault(resource, set()).update(statement["Action"])
+    return allowed
+
+
+def test_compose_services_can_only_read_models(compose: dict) -> None:
+    """Finding 2: whoever can write models/ can make the workers unpickle anything it signs or
+    not; services get an S3 user that reads models/, only model-push writes there."""
+    services = compose["services"]
+    service, publisher = policy("digitq-service"), policy("digitq-publisher")
+    assert service["arn:aws:s3:::digitq/models/*"] == {"s3:GetObject"}
+    assert service["arn:aws:s3:::digitq/uploads/*"] == {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    assert publisher["arn:aws:s3:::digitq/models/*"] == {"s3:GetObject", "s3:PutObject"}
+    assert not [r for r in publisher if "uploads" in r]
+    init = services["minio-init"]
+    script = " ".join(init["command"])
+    for role in ("service", "publisher"):
+        assert f"/policies/digitq-{role}.json" in script.replace("$${role}", role)
+    assert "./docker/minio:/policies:ro" in init["volumes"]
+    assert "mc admin user add" in script and "mc admin policy attach local digitq-service" in script
+    root = {name for name, svc in services.items() if "MINIO_ROOT_PASSWORD" in str(svc.get("environment"))}
+    assert root == {"minio", "minio-init"}  # the root login stays out of every digitq container
+    for name in ("api", "worker", "flower"):
+        env = services[name]["environment"]
+        assert env["AWS_ACCESS_KEY_ID"] == "${DIGITQ_S3_ACCESS_KEY:-digitq-service}", name
+        assert env["AWS_SECRET_ACCESS_KEY"].startswith("${DIGITQ_S3_SECRET_KEY:?"), name
+    push = services["model-push"]["environment"]
+    assert push["AWS_ACCESS_KEY_ID"] == "${MODEL_PUSH_ACCESS_KEY:-digitq-publisher}"
+    signers = {name for name, svc in services.items() if "MODEL_SIGNING_KEY" in svc.get("environment", {})}
+    assert signers == {"worker", "model-push"}
+    assert push["MODEL_SIGNING_KEY"].startswith("${MODEL_SIGNING_KEY:?")  # no default key
+    assert "ports" not in services["minio"]  # the console (root login) is not published
+
+
+def test_compose_api_refuses_to_start_open(compose: dict) -> None:
+    """The API's start-up check reads API_HOST: it must be where the command listens."""
+    api = compose["services"]["api"]
+    host = api["command"][api["command"].index("--host") + 1]
+    assert api["environment"]["API_HOST"] == host == "0.0.0.0"
+    assert api["environment"]["ALLOW_OPEN_API"] == "${ALLOW_OPEN_API:-false}"
+    dockerfile = DOCKERFILE.read_text()
+    assert "API_HOST=0.0.0.0" in dockerfile and '"--host", "0.0.0.0"' in dockerfile
+    from core.config import Settings, open_api_refusal
+
+    assert open_api_refusal(Settings(api_keys="", api_host=host), host) is not None
 
 
 def test_prometheus_scrapes_the_api_and_flower() -> None:

@@ -15,14 +15,19 @@ import httpx
 import numpy as np
 import pytest
 from ops_helpers import (
+    ADMIN_KEY,
     API_KEY,
     AWS_ENV,
     BUCKET,
     REGISTRY,
+    SIGNING_KEY,
+    TRUST,
     Collector,
     LoggedStack,
     copy_as_version,
+    evil_metadata,
     logged_stack,
+    upload,
     wait_ready,
 )
 
@@ -35,6 +40,7 @@ pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py
 
 V2 = "2099.03.03-hogsvm-reloaded"
 BAD = "2099.03.04-hogsvm-corrupt"
+EVIL = "2099.03.05-hogsvm-unsigned"
 
 
 def digit_png(seed: int, pad: int = 0) -> bytes:
@@ -76,6 +82,7 @@ def fleet(
         BLOB_URL=f"s3://{BUCKET}/uploads",
         SENTRY_DSN=sentry_collector.dsn,
         API_KEYS=API_KEY,
+        ADMIN_API_KEYS=ADMIN_KEY,
         LOG_JSON="1",
         CHUNK_SIZE="10",
     ) as stack:
@@ -85,6 +92,12 @@ def fleet(
 @pytest.fixture(scope="module")
 def api(fleet: LoggedStack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=fleet.api_url, timeout=60, headers={"X-API-Key": API_KEY}) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def admin(fleet: LoggedStack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fleet.api_url, timeout=120, headers={"X-API-Key": ADMIN_KEY}) as client:
         yield client
 
 
@@ -169,13 +182,15 @@ def test_logs_are_json_and_correlated_by_job_id(api: httpx.Client, fleet: Logged
     assert {line["chunk"] for line in chunks} == {"0-9", "10-11"}
     assert {line["model_version"] for line in chunks} == {pushed}
     everything = "".join(fleet.log(n) for n in ("api", "worker1", "worker2"))
-    assert API_KEY not in everything and AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in everything
+    for secret in (API_KEY, ADMIN_KEY, SIGNING_KEY, AWS_ENV["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in everything
 
 
-def test_reload_needs_the_api_key_and_refuses_a_corrupt_version(
-    api: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
+def test_reload_needs_the_admin_key_and_refuses_a_corrupt_version(
+    api: httpx.Client, admin: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
 ) -> None:
     assert httpx.post(f"{fleet.api_url}/admin/reload", json={"version": "x"}).status_code == 401
+    assert api.post("/admin/reload", json={"version": "x"}).status_code == 403  # a client key
     registry = S3Registry(REGISTRY)
     bad = copy_as_version(tmp_path, BAD, corrupt=True)
     registry.s3.upload_file(str(bad / "model.joblib"), BUCKET, f"registry/{BAD}/model.joblib")
@@ -183,19 +198,34 @@ def test_reload_needs_the_api_key_and_refuses_a_corrupt_version(
         Bucket=BUCKET, Key=f"registry/{BAD}/metadata.json", Body=(bad / "metadata.json").read_bytes()
     )
 
-    r = api.post("/admin/reload", json={"version": BAD, "timeout": 60})
+    r = admin.post("/admin/reload", json={"version": BAD, "timeout": 60})
     assert r.status_code == 409 and "sha256" in r.json()["detail"], r.text
-    r = api.post("/admin/reload", json={"version": "1999.01.01-hogsvm-unknown", "timeout": 60})
+    r = admin.post("/admin/reload", json={"version": "1999.01.01-hogsvm-unknown", "timeout": 60})
     assert r.status_code == 409 and "not found" in r.json()["detail"], r.text
     body = httpx.get(f"{fleet.api_url}/ready").json()
     assert [w["model_version"] for w in body["workers"]] == [pushed, pushed]
     assert not (fleet.settings.model_cache_dir / BAD).exists()
 
 
-def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
-    api: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
+def test_reload_refuses_a_model_nothing_vouches_for_and_runs_none_of_it(
+    admin: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
 ) -> None:
-    S3Registry(REGISTRY).push(copy_as_version(tmp_path, V2), set_latest=False)
+    """Finding 2 through the fleet: a bucket writer's pickle, checksum right, no signature."""
+    marker = tmp_path / "pwned"
+    upload(tmp_path, evil_metadata(tmp_path, EVIL, marker))
+    r = admin.post("/admin/reload", json={"version": EVIL, "timeout": 60})
+    assert r.status_code == 409 and "is not trusted" in r.json()["detail"], r.text
+    assert not marker.exists(), "a worker unpickled the candidate"
+    body = httpx.get(f"{fleet.api_url}/ready").json()
+    assert [w["model_version"] for w in body["workers"]] == [pushed, pushed]
+    assert not (fleet.settings.model_cache_dir / EVIL).exists()
+    assert "not trusted" in fleet.log("worker1") + fleet.log("worker2")
+
+
+def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
+    api: httpx.Client, admin: httpx.Client, fleet: LoggedStack, pushed: str, tmp_path: Path
+) -> None:
+    S3Registry(REGISTRY, trust=TRUST).push(copy_as_version(tmp_path, V2), set_latest=False)
     # A job in flight while the fleet switches: 300 chunks of 10, in one zip.
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -212,7 +242,7 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
     control = make_celery(fleet.settings.model_copy(update={"redis_url": fleet.redis_url})).control
     assert len(control.cancel_consumer(QUEUE, reply=True, timeout=5)) == 2
     try:
-        r = api.post("/admin/reload", json={"version": V2, "timeout": 60})
+        r = admin.post("/admin/reload", json={"version": V2, "timeout": 60})
         assert r.status_code == 200, r.text
         assert r.json()["previous"] in (None, pushed) and r.json()["version"] == V2
         in_flight = api.get(f"/jobs/{big}").json()

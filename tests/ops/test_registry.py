@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ops_helpers import BUCKET, REGISTRY, copy_as_version, local_model_dir
+from ops_helpers import BUCKET, REGISTRY, SIGNING_KEY, TRUST, copy_as_version, local_model_dir
 
 from core.config import PROJECT_ROOT
 from ml import ModelIntegrityError
@@ -29,7 +29,7 @@ def ml_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 def test_push_then_list_shows_versions_with_metrics(pushed: str, tmp_path: Path) -> None:
     second = copy_as_version(tmp_path, "2099.01.01-hogsvm-second")
-    out = ml_cli("push", str(second), "--no-latest", MODEL_REGISTRY=REGISTRY)
+    out = ml_cli("push", str(second), "--no-latest", MODEL_REGISTRY=REGISTRY, MODEL_SIGNING_KEY=SIGNING_KEY)
     assert out.returncode == 0, out.stderr
     assert "2099.01.01-hogsvm-second" in out.stdout
 
@@ -55,21 +55,21 @@ def test_push_without_registry_says_what_to_set() -> None:
 
 
 def test_fetch_downloads_verifies_and_then_uses_the_cache(pushed: str, s3, tmp_path: Path) -> None:
-    source, ref = open_model_uri(f"{REGISTRY}/latest", tmp_path / "cache")
+    source, ref = open_model_uri(f"{REGISTRY}/latest", tmp_path / "cache", TRUST)
     assert ref == "latest" and source.resolve(ref) == pushed
     path = source.fetch(pushed)
     assert (path / "model.joblib").stat().st_size == (local_model_dir() / "model.joblib").stat().st_size
     inode = (path / "model.joblib").stat().st_ino
 
     # A second fetch must not touch S3: point the registry at a bucket that does not exist.
-    offline = S3Registry(f"s3://no-such-bucket-{os.getpid()}/registry", tmp_path / "cache")
+    offline = S3Registry(f"s3://no-such-bucket-{os.getpid()}/registry", tmp_path / "cache", trust=TRUST)
     assert offline.fetch(pushed) == path
     assert (path / "model.joblib").stat().st_ino == inode
 
 
 def test_corrupt_model_is_refused_and_not_cached(s3_server: str, tmp_path: Path) -> None:
     bad = copy_as_version(tmp_path / "src", "2099.02.02-hogsvm-corrupt", corrupt=True)
-    registry = S3Registry(REGISTRY, tmp_path / "cache")
+    registry = S3Registry(REGISTRY, tmp_path / "cache", trust=TRUST)
     with pytest.raises(ModelIntegrityError):
         registry.push(bad)  # push verifies too: a corrupt model is never published by us...
     # ...but someone else's upload can be corrupt: the worker side must refuse it.

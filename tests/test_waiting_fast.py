@@ -203,3 +203,11 @@ def test_openapi_documents_the_interactive_routes_with_examples(app_client: Test
     assert "prefer" in [p["name"] for p in submit["parameters"]]
     finished = submit["responses"]["200"]["content"]["application/json"]["schema"]
     assert finished["$ref"].endswith("JobWithResults")
+
+
+def test_predict_refuses_an_image_over_the_limit(make_client, digits) -> None:
+    client = make_client(MAX_IMAGE_BYTES="1000", PREDICT_TIMEOUT_SECONDS="0.3")
+    response = client.post("/predict", files={"file": ("big.png", png(digits[0][0]) + bytes(2000))})
+    assert response.status_code == 413 and "1000" in response.json()["detail"]
+    batch = client.post("/predict_batch", files=[("files", ("big.png", png(digits[0][0]) + bytes(2000)))])
+    assert batch.status_code == 504  # accepted: the big part is an item with its error (no worker here)

@@ -4,17 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast model bench bench-model bench-latency lint format clean install browser
+.PHONY: run test test-fast model bench bench-model bench-latency lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
 
-test: $(STAMP) models/LATEST browser  ## every test (and the linter, which is quick)
+test: $(STAMP) models/LATEST browser promtool  ## every test (and the linter, which is quick)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
-test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml)
-	$(PY) -m pytest -m "not stack"
+test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml), bar the slow ones
+	$(PY) -m pytest -m "not stack and not slow"
 
 model: $(STAMP)  ## train the default model (models/<version>, models/LATEST)
 	$(PY) -m ml train
@@ -48,6 +48,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
 		echo "could not install chromium: the browser test will fail (as root: apt-get install -y chromium)"
+
+# promtool (Debian's prometheus package) parses the alert rules and the dashboard's queries in
+# tests/test_dashboards.py; without it that one test is skipped.
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
+		echo "could not install promtool: its check is skipped (as root: apt-get install -y prometheus)"
 
 # Reinstall when pyproject.toml or the constraints change.
 $(STAMP): pyproject.toml constraints.txt

@@ -118,11 +118,16 @@ def part_items(data: BinaryIO, filename: str, part: int, max_image_bytes: int) -
     return kind, [Item(name=filename, part=part, size=size)]
 
 
-def chunks(items: list[Item], max_items: int, max_bytes: int) -> Iterator[list[TaskItem]]:
-    """Split items in index order into task payloads bounded by count and compressed bytes."""
+def chunks(
+    items: list[Item], max_items: int, max_bytes: int, only: set[int] | None = None
+) -> Iterator[list[TaskItem]]:
+    """Split items in index order into task payloads bounded by count and compressed bytes
+    (`only`: just these indices, as the stuck-job sweep re-queues lost items)."""
     chunk: list[TaskItem] = []
     chunk_bytes = 0
     for index, item in enumerate(items):
+        if only is not None and index not in only:
+            continue
         if chunk and (len(chunk) >= max_items or chunk_bytes + item.size > max_bytes):
             yield chunk
             chunk, chunk_bytes = [], 0

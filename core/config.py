@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         default=30, ge=5, description="seconds before an unacknowledged chunk is redelivered"
     )
+    # A queued/running job without a new result for this long, whose missing items no queued or
+    # unacknowledged chunk carries, is stuck: the sweep re-queues or fails them (worker/stuck_jobs.py).
+    stuck_job_seconds: int = Field(default=120, ge=1, description="no progress before the sweep acts")
 
     # Interactive answers (api/routes/predict.py): how long /predict and /predict_batch wait for their
     # job before answering 504 with its id.

@@ -24,6 +24,13 @@ PREFIX = "digitq:job:"
 # the Lua scripts that end it, so `Prefer: wait` and /predict learn of it without polling.
 CLOSED_CHANNEL = "digitq:jobs:closed"
 IDEMPOTENCY_PREFIX = "digitq:idempotency:"
+# Jobs not yet closed, scored by creation time: what the stuck-job sweep (worker/stuck_jobs.py) reads
+# instead of a SCAN. A job leaves it when it closes; entries older than the TTL are pruned.
+ACTIVE = "digitq:jobs:active"
+# An Idempotency-Key is first claimed for this long only: if the attempt that claimed it dies
+# before its job exists (API killed mid-upload), a retry may create the job after this. Storing
+# a 200 MB upload takes seconds; creating the job extends the claim to the job's TTL.
+CLAIM_SECONDS = 300
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # what new_job_id() makes; anything else names no job
 # Names and error texts are stored for a week (names once, errors per item): cap them.
 MAX_NAME_CHARS = 512
@@ -93,8 +100,8 @@ class Recorded:
     closed_job: bool  # this call stored the job's last item
 
 
-# KEYS: job hash, results hash, closed channel. ARGV: now, job id, then (index, result json, failed 0/1)
-# triples.
+# KEYS: job hash, results hash, active index, closed channel. ARGV: now, job id, then (index,
+# result json, failed 0/1) triples.
 _RECORD = """
 local job, results = KEYS[1], KEYS[2]
 if redis.call('EXISTS', job) == 0 then return -1 end
@@ -110,6 +117,7 @@ local ttl = redis.call('PTTL', job)
 if ttl > 0 then redis.call('PEXPIRE', results, ttl) end
 redis.call('HINCRBY', job, 'done', added)
 redis.call('HINCRBY', job, 'failed', failed)
+if added > 0 then redis.call('HSET', job, 'progress_at', ARGV[1]) end
 local status = redis.call('HGET', job, 'status')
 local done = tonumber(redis.call('HGET', job, 'done'))
 local total = tonumber(redis.call('HGET', job, 'total'))
@@ -118,7 +126,8 @@ if done >= total and (status == 'queued' or status == 'running') then
   local final = 'succeeded'
   if redis.call('HEXISTS', job, 'error') == 1 then final = 'failed' end
   redis.call('HSET', job, 'status', final, 'finished_at', ARGV[1])
-  redis.call('PUBLISH', KEYS[3], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('PUBLISH', KEYS[4], ARGV[2])
   closed = 1
 end
 return {added, failed, closed}
@@ -140,7 +149,7 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: job hash, closed channel. ARGV: now, new status, error message, job id.
+# KEYS: job hash, active index, closed channel. ARGV: now, new status, error message, job id.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -148,7 +157,8 @@ if not status or status == 'succeeded' or status == 'failed' or status == 'cance
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
-redis.call('PUBLISH', KEYS[2], ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('PUBLISH', KEYS[3], ARGV[4])
 return 1
 """
 
@@ -192,8 +202,10 @@ class JobStore:
         names: Sequence[str],
         owner: str | None = None,
         extra: Mapping[str, EncodableT] | None = None,
+        claim: str | None = None,
     ) -> None:
-        """`extra`: more hash fields (`metadata`, `webhook_*`)."""
+        """`extra`: more hash fields (`metadata`, `webhook_*`, `parts`); `claim`: the Idempotency-Key
+        claim naming this job, kept from now on as long as the job."""
         job, names_key, results = self._keys(job_id)
         pipe = self.redis.pipeline()
         created_at = time.time()
@@ -205,6 +217,10 @@ class JobStore:
         pipe.hset(job, mapping=fields)
         names = [cap(name, MAX_NAME_CHARS) for name in names]
         listing.add(pipe, owner, job_id, created_at, self.ttl)
+        pipe.zadd(ACTIVE, {job_id: created_at})
+        pipe.expire(ACTIVE, self.ttl)
+        if claim:
+            pipe.expire(IDEMPOTENCY_PREFIX + claim, self.ttl)
         for start in range(0, len(names), 10_000):
             pipe.rpush(names_key, *names[start : start + 10_000])
         for key in (job, names_key, results):
@@ -279,15 +295,16 @@ class JobStore:
         args: list[Any] = [time.time(), job_id]
         for r in results:
             args += [r.index, r.to_json(), int(r.error is not None)]
-        reply = self._record(keys=[job, results_key, CLOSED_CHANNEL], args=args)
+        reply = self._record(keys=[job, results_key, ACTIVE, CLOSED_CHANNEL], args=args)
         if reply == -1:
             return Recorded(0, 0, False)  # the job expired meanwhile
         added, failed, closed = reply
         return Recorded(int(added), int(failed), bool(closed))
 
     def claim_submission(self, key: str, job_id: str) -> str | None:
-        """Reserve an idempotency key for a new job; returns the job it already names, if any."""
-        earlier = self._claim(keys=[IDEMPOTENCY_PREFIX + key], args=[job_id, self.ttl])
+        """Reserve an idempotency key for a new job (for CLAIM_SECONDS, until `create` extends it);
+        returns the job it already names, if any."""
+        earlier = self._claim(keys=[IDEMPOTENCY_PREFIX + key], args=[job_id, CLAIM_SECONDS])
         return _text(earlier) if earlier else None
 
     def release_submission(self, key: str) -> None:
@@ -295,9 +312,40 @@ class JobStore:
         self.redis.delete(IDEMPOTENCY_PREFIX + key)
 
     def cancel(self, job_id: str) -> bool:
-        keys = [self._keys(job_id)[0], CLOSED_CHANNEL]
-        return self._finish(keys=keys, args=[time.time(), JobStatus.cancelled.value, "", job_id]) == 1
+        args: list[Any] = [time.time(), JobStatus.cancelled.value, "", job_id]
+        return self._finish(keys=[self._keys(job_id)[0], ACTIVE, CLOSED_CHANNEL], args=args) == 1
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""
         self.redis.hset(self._keys(job_id)[0], "error", cap(error, MAX_ERROR_CHARS))
+
+    # The stuck-job sweep (worker/stuck_jobs.py).
+    def active(self) -> list[tuple[str, float]]:
+        """Jobs not closed yet, oldest first, with their creation time; expired ones are pruned."""
+        self.redis.zremrangebyscore(ACTIVE, "-inf", time.time() - self.ttl)
+        entries: list[tuple[Raw, float]] = self.redis.zrange(ACTIVE, 0, -1, withscores=True)  # type: ignore[assignment]
+        return [(_text(member), float(score)) for member, score in entries]
+
+    def forget_active(self, job_id: str) -> None:
+        """Drop a job from the active index (it expired, or closed without the scripts seeing it)."""
+        self.redis.zrem(ACTIVE, job_id)
+
+    def sweep_state(self, job_id: str) -> tuple[float, int, int]:
+        """(last sign of life: creation, a result stored or a sweep; sweeps so far; upload parts)."""
+        fields = ["created_at", "progress_at", "swept_at", "sweeps", "parts"]
+        raw = self.redis.hmget(self._keys(job_id)[0], fields)
+        created, progress, swept, sweeps, parts = (_opt_float(v) for v in raw)
+        return max(created or 0, progress or 0, swept or 0), int(sweeps or 0), int(parts or 0)
+
+    def mark_swept(self, job_id: str) -> int:
+        """Note that the sweep re-queued the job's missing items; returns how many times it has."""
+        job = self._keys(job_id)[0]
+        pipe = self.redis.pipeline()
+        pipe.hset(job, "swept_at", time.time())
+        pipe.hincrby(job, "sweeps", 1)
+        return int(pipe.execute()[1])
+
+    def missing_all(self, job_id: str, total: int) -> list[int]:
+        """Every index of the job that has no result yet."""
+        stored = {int(i) for i in self.redis.hkeys(self._keys(job_id)[2])}
+        return [i for i in range(total) if i not in stored]

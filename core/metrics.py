@@ -14,6 +14,7 @@ What counts where:
   Processed counts only results stored for the first time (a redelivered chunk adds nothing).
 - jobs finished by status, job latency (created -> finished): the worker that sees the job
   closed, exactly once per job (guarded by an HSETNX flag on the job hash).
+- HTTP responses by status class: each API process, per response (api/routes/ops.py).
 """
 
 import bisect
@@ -72,6 +73,14 @@ def chunk_done(client: redis.Redis, stored: int, failed: int, seconds: float, it
     pipe.execute()
 
 
+def items_recorded(client: redis.Redis, stored: int, failed: int) -> None:
+    """Results stored outside a chunk (the stuck-job sweep's errors for lost items): no latency."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(KEY, "items_processed", stored)
+    pipe.hincrby(KEY, "items_failed", failed)
+    pipe.execute()
+
+
 def job_maybe_finished(client: redis.Redis, job_id: str) -> str | None:
     """Count the job once when it has closed; returns its final status the first time."""
     key = JOB_PREFIX + job_id
@@ -90,6 +99,13 @@ def job_maybe_finished(client: redis.Redis, job_id: str) -> str | None:
 
 
 WEBHOOK_OUTCOMES = ("delivered", "retried", "gone", "gave_up", "failed")
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def http_response_field(status: int) -> str:
+    """The field that counts an API response by status class (the 4xx/5xx rates of the dashboard
+    and alerts); the API's middleware increments it (api/routes/ops.py)."""
+    return f"http_responses:{status // 100}xx"
 
 
 def webhook_attempt(client: redis.Redis, outcome: str) -> None:
@@ -129,6 +145,12 @@ class RedisCollector(Collector):
         for outcome in WEBHOOK_OUTCOMES:
             webhooks.add_metric([outcome], num(f"webhook_deliveries:{outcome}"))
         yield webhooks
+        responses = CounterMetricFamily(
+            "digitq_http_responses", "API responses, by status class", labels=["status_class"]
+        )
+        for status_class in STATUS_CLASSES:
+            responses.add_metric([status_class], num(f"http_responses:{status_class}"))
+        yield responses
         for name, buckets in BUCKETS.items():
             cumulative, out = 0.0, []
             for bound in (*buckets, "+Inf"):

@@ -12,6 +12,13 @@ Reliability settings, and why:
 - worker_cancel_long_running_tasks_on_connection_loss: when the connection to Redis drops, a
   running chunk can no longer be acknowledged and is redelivered after the reconnect; stop it
   rather than finish it twice (Celery 6's default; without it Celery warns on every drop).
+- task_acks_on_failure_or_timeout stays true (the default), on purpose: a chunk whose task
+  raised is gone either way on Redis. With false, Celery rejects it without requeueing, and
+  kombu's Redis transport deletes a rejected message just like an acknowledged one; requeueing
+  it instead would loop forever on a chunk that always fails. So the chunk task retries every
+  error itself (worker/tasks.py: a retry is a new message, queued before the old one is
+  acknowledged), and the stuck-job sweep (worker/stuck_jobs.py) re-queues or fails whatever is still
+  lost. tests/test_stuck_jobs.py checks both and that the setting is what this says.
 - worker_prefetch_multiplier=1: a worker holds one chunk per pool process, so the chunks of a
   big zip spread over every worker instead of piling up in the first one's prefetch buffer.
 - worker_send_task_events off, task_send_sent_event off: task events are for Flower, which
@@ -20,6 +27,7 @@ Reliability settings, and why:
   chunk, and the sent event a tenth of the API's per submission (`make bench-latency`).
 """
 
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 from celery import Celery
@@ -46,6 +54,7 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,  # see above: the task retries, the sweep resolves
         task_ignore_result=True,
         task_default_queue=QUEUE,
         task_serializer="json",
@@ -67,3 +76,18 @@ def make_celery(settings: Settings) -> Celery:
 @lru_cache
 def get_celery() -> Celery:
     return make_celery(get_settings())
+
+
+def send_chunks(
+    celery: Celery, job_id: str, chunks: Iterable[list[TaskItem]], inline: Mapping[int, str] | None = None
+) -> int:
+    """Queue a job's chunks (the API at submission, the stuck-job sweep for lost items).
+
+    `inline`: a small upload's parts ({part: base64}, INLINE_UPLOAD_BYTES); each chunk carries
+    the parts its items are in."""
+    sent = 0
+    for chunk in chunks:
+        kwargs = {} if inline is None else {"parts": {str(i[1]): inline[i[1]] for i in chunk}}
+        celery.send_task(PROCESS_CHUNK, args=[job_id, chunk], kwargs=kwargs)
+        sent += 1
+    return sent

@@ -13,7 +13,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -58,10 +58,29 @@ def running_stack(data_dir: Path, flower: bool = False, **env: str) -> Iterator[
         stack.stop()
 
 
-def png(image: np.ndarray, fmt: str = "PNG") -> bytes:
+def png(image: "np.ndarray | Image.Image", fmt: str = "PNG", **options: Any) -> bytes:
+    """`image` encoded as PNG (or `fmt`, with Pillow's save `options`): a PIL image as it is, an
+    array clipped to 0-255 as 8-bit grey."""
+    if not isinstance(image, Image.Image):
+        image = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, fmt)
+    image.save(buffer, fmt, **options)
     return buffer.getvalue()
+
+
+def upscale(digit: np.ndarray, side: int) -> np.ndarray:
+    image = Image.fromarray(digit.astype(np.uint8)).resize((side, side), Image.Resampling.BICUBIC)
+    return np.asarray(image, dtype=np.float64)
+
+
+def paper(
+    digit: np.ndarray, size: tuple[int, int] = (200, 160), at: tuple[int, int] = (20, 30), side: int = 100
+) -> np.ndarray:
+    """Dark ink on light paper: the digit scaled to `side` px placed at `at` (row, col)."""
+    page = np.full(size, 235.0)
+    r, c = at
+    page[r : r + side, c : c + side] -= upscale(digit, side) * (200.0 / 255.0)
+    return page
 
 
 def make_zip(entries: dict[str, bytes]) -> bytes:

@@ -139,6 +139,7 @@ def test_the_owner_index_expires_and_is_pruned(
     assert 0 < redis_client.ttl(key) <= 100
 
 
+@pytest.mark.slow  # 100,000 jobs written first: `make test` runs it, `make test-fast` does not
 def test_listing_stays_fast_with_100000_jobs(app_client: TestClient, redis_client: redis.Redis) -> None:
     """An index per owner: a page costs the same with 100,000 jobs as with 10 (a SCAN would not)."""
     n, now = 100_000, time.time()

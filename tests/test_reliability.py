@@ -14,7 +14,7 @@ import redis
 
 from core.jobs import PREFIX
 from devstack.stack import Stack
-from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job
+from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -40,10 +40,7 @@ def pool_children(pid: int) -> list[int]:
 
 def submit_and_wait_until_started(client: httpx.Client, archive: bytes) -> str:
     job_id = client.post("/jobs", files=[("files", ("big.zip", archive))]).json()["id"]
-    deadline = time.monotonic() + 30
-    while client.get(f"/jobs/{job_id}").json()["counts"]["done"] == 0:
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.01)
+    wait_until(lambda: client.get(f"/jobs/{job_id}").json()["counts"]["done"], 30, 0.01, "the job to start")
     return job_id
 
 
@@ -73,6 +70,10 @@ def test_sigkill_of_a_whole_worker_mid_job(two_workers: Stack, big_zip: bytes) -
         os.killpg(victim.pid, signal.SIGKILL)  # main and pool process: nobody can requeue
         killed_at = time.monotonic()
         two_workers.processes.pop("worker2").wait()
+        # /ready stops listing it within 10 s (its heartbeat's TTL), while worker1 stays.
+        listed = lambda: {w["hostname"].split("@")[0] for w in client.get("/ready").json()["workers"]}  # noqa: E731
+        wait_until(lambda: listed() == {"worker1"}, 30, 0.1, "/ready to drop the killed worker")
+        assert time.monotonic() - killed_at <= 10.5, time.monotonic() - killed_at
         # worker1 finishes the rest; worker2's unacknowledged chunk comes back after the
         # visibility timeout (5 s here), not kombu's default hour.
         assert_every_item_exactly_once(two_workers, client, job_id)
@@ -101,6 +102,6 @@ def test_redis_restart_mid_job_loses_nothing(two_workers: Stack, big_zip: bytes)
         job_id = submit_and_wait_until_started(client, big_zip)
         two_workers.redis.stop()
         assert client.get(f"/jobs/{job_id}").status_code == 503
-        time.sleep(1)
+        time.sleep(1)  # Redis stays down a moment (not a wait for anything)
         two_workers.redis.start()
         assert_every_item_exactly_once(two_workers, client, job_id)

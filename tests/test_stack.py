@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,10 +69,8 @@ def test_run_prints_urls_and_stops_every_process(tmp_path: Path, stop: str) -> N
             lines.append(line)
         output = "".join(lines)
         assert f"http://127.0.0.1:{api_port}" in output and f"http://127.0.0.1:{flower_port}" in output
-        deadline = time.monotonic() + 60
-        while httpx.get(f"http://127.0.0.1:{api_port}/ready").status_code != 200:  # worker has its model
-            assert time.monotonic() < deadline, "the worker never became ready"
-            time.sleep(0.2)
+        ready_url = f"http://127.0.0.1:{api_port}/ready"
+        wait_until(lambda: httpx.get(ready_url).status_code == 200, 60, 0.2, "the worker's model")
         children = descendants(stack.pid)
         assert len(children) >= 5  # redis, worker + pool, api, flower
     finally:
@@ -90,10 +87,23 @@ def test_run_prints_urls_and_stops_every_process(tmp_path: Path, stop: str) -> N
         assert stack.returncode == 0, errors
         # Redis goes last: no worker or API lost its connection while shutting down.
         assert "Connection refused" not in errors and "Traceback" not in errors, errors
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in children):
-        assert time.monotonic() < deadline, [pid for pid in children if alive(pid)]
-        time.sleep(0.1)
+    wait_until(lambda: not any(alive(pid) for pid in children), 10, 0.1, "every child to be gone")
+
+
+def test_a_launcher_killed_while_its_worker_starts_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The case first reported: SIGKILLed a few seconds into `make run`, before the worker is up,
+    it left its embedded redis-server running."""
+    stack = launch(tmp_path, API_PORT=str(free_port()), FLOWER_PORT=str(free_port()))
+    try:
+        redis_server = lambda: [p for p in descendants(stack.pid) if "redis-server" in cmdline(p)]  # noqa: E731
+        wait_until(redis_server, 60, 0.05, "redis-server to start")
+        wait_until(lambda: child_running(stack.pid, "worker.app"), 60, 0.05, "the worker to start")
+        children = descendants(stack.pid)
+        assert redis_server()  # killed mid start-up: the worker is still loading its model
+    finally:
+        stack.kill()
+        stack.communicate(timeout=60)
+    wait_until(lambda: not any(alive(pid) for pid in children), 10, 0.1, "every child to be gone")
 
 
 def cmdline(pid: int) -> str:
@@ -162,13 +172,13 @@ def test_a_killed_worker_node_is_restarted_and_the_job_ends_exactly_once(supervi
     assert len(node) >= 2
     for pid in node:
         os.kill(pid, signal.SIGKILL)
-    # The API keeps answering while the worker is down and while it comes back.
-    new_worker = wait_until(
-        lambda: client.get("/health").status_code == 200 and child_running(stack.pid, "worker.app"),
-        60,
-        0.1,
-        "a new worker process",
-    )
+
+    def answering_and_restarted() -> int | None:
+        # The API keeps answering while the worker is down and while it comes back.
+        assert client.get("/health").status_code == 200
+        return child_running(stack.pid, "worker.app")
+
+    new_worker = wait_until(answering_and_restarted, 60, 0.1, "a new worker process")
     assert new_worker not in node
     assert_every_item_once(client, job_id, total)
     assert not any(alive(pid) for pid in node)

@@ -34,6 +34,7 @@ from ml import DigitModel, ModelIntegrityError
 from ml.registry import ModelSource, RegistryUnavailable, open_model_uri
 from ml.trust import ModelTrust
 from worker.housekeeping import SWEEP_EVERY_SECONDS, sweep_uploads
+from worker.stuck_jobs import StuckJobs, sweep_every
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ def serving() -> str | None:
 
 
 class Watcher:
-    """The worker main process' thread: heartbeat, reload candidates, sweeping upload copies."""
+    """The worker main process' thread: heartbeat, reload candidates, sweeping upload copies and
+    stuck jobs."""
 
     def __init__(self, hostname: str, settings: Settings) -> None:
         self.hostname = hostname
@@ -206,8 +208,14 @@ class Watcher:
 
         sweep_uploads(get_blob_store(), get_job_store())
 
+    def _sweep_jobs(self) -> None:
+        from core.connections import get_blob_store, get_job_store
+        from core.queue import get_celery
+
+        StuckJobs(get_job_store(), get_blob_store(), get_celery(), self.settings).sweep(self.hostname)
+
     def _run(self) -> None:
-        next_sweep = 0.0  # at start too: a restarted worker cleans up after its crash
+        next_sweep = next_jobs_sweep = 0.0  # at start too: a restarted worker cleans up after its crash
         while not self._stop.is_set():
             try:
                 self.tick()
@@ -219,4 +227,10 @@ class Watcher:
                     self._sweep()
                 except Exception as exc:
                     log.warning("upload sweep failed: %s", exc)
-            self._stop.wait(fleet.HEARTBEAT_SECONDS)
+            if time.monotonic() >= next_jobs_sweep:
+                next_jobs_sweep = time.monotonic() + sweep_every(self.settings)
+                try:
+                    self._sweep_jobs()
+                except Exception as exc:
+                    log.warning("stuck-job sweep failed: %s", exc, exc_info=True)
+            self._stop.wait(min(fleet.HEARTBEAT_SECONDS, sweep_every(self.settings)))

@@ -4,6 +4,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from celery import Task
+from celery.exceptions import Retry
 
 from core.config import get_settings
 from core.connections import get_blob_store, get_job_store
@@ -54,6 +55,25 @@ def process_chunk(
     self: Task, job_id: str, items: list[TaskItem], parts: dict[str, str] | None = None
 ) -> dict[str, int]:
     """`parts`: a small upload's parts, sent inline (core/queue.py INLINE_UPLOAD_BYTES)."""
+    try:
+        return _process_chunk(self, job_id, items, parts)
+    except Retry:
+        raise
+    except Exception as exc:
+        # Outside the per-item work (Redis, the upload store): a failed task's message is
+        # acknowledged and dropped (core/queue.py), so send the chunk again instead (a retry is a
+        # new message, queued before this one is acknowledged). After the last try, the stuck-job
+        # sweep (worker/stuck_jobs.py) re-queues or fails the items.
+        if self.request.retries < self.max_retries:
+            log.warning("chunk of job %s failed outside the item work, retrying: %r", job_id, exc)
+            raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
+        log.exception("chunk of job %s failed for good; the stuck-job sweep will resolve its items", job_id)
+        raise
+
+
+def _process_chunk(
+    self: Task, job_id: str, items: list[TaskItem], parts: dict[str, str] | None
+) -> dict[str, int]:
     store = get_job_store()
     status = store.status(job_id)
     if status is None or status in TERMINAL:

@@ -23,8 +23,8 @@ from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
-from core.jobs import TERMINAL, Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import PROCESS_CHUNK
+from core.jobs import CLAIM_SECONDS, TERMINAL, Job, JobStatus, JobStore, is_job_id, new_job_id
+from core.queue import send_chunks
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ PROBLEMS = {
     for code, text in {
         400: "Nothing to do: no files, an empty file, an unreadable zip, or a zip with no images",
         401: "Missing or wrong API key (only when API_KEYS is set)",
+        403: "Without API_KEYS: a client beyond loopback, or a cross-site browser request",
         404: "No such job (or it expired)",
         409: "A submission with this Idempotency-Key is still being created",
         413: "The upload, an image, or the number of images is over the limit",
@@ -81,7 +82,7 @@ def create_job(
     caller: str | None,
     files: list[UploadFile],
     items: list[Item],
-    extra: Mapping[str, str] | None = None,
+    extra: Mapping[str, str | int] | None = None,
     idempotency_key: str | None = None,
     job_id: str | None = None,
 ) -> tuple[str, bool]:
@@ -102,10 +103,11 @@ def create_job(
         for part, upload in enumerate(files if inline is None else ()):
             upload.file.seek(0)
             blobs.put(upload_key(job_id, part), upload.file)
-        store.create(job_id, [item.name for item in items], owner=caller, extra=extra)
-        for chunk in chunks(items, settings.chunk_size, settings.chunk_max_bytes):
-            kwargs = {} if inline is None else {"parts": {str(i[1]): inline[i[1]] for i in chunk}}
-            celery.send_task(PROCESS_CHUNK, args=[job_id, chunk], kwargs=kwargs)
+        # `parts`: how many stored uploads to re-list should the stuck-job sweep need to re-queue
+        # lost items (worker/stuck_jobs.py); none for an upload that lives in its messages only.
+        fields = {**(extra or {}), "parts": 0 if inline else len(files)}
+        store.create(job_id, [item.name for item in items], owner=caller, extra=fields, claim=claim)
+        send_chunks(celery, job_id, chunks(items, settings.chunk_size, settings.chunk_max_bytes), inline)
     except Exception:
         if claim:
             store.release_submission(claim)
@@ -166,7 +168,7 @@ def finished_job(store: JobStore, job_id: str, caller: str | None) -> JobWithRes
             "description": "With `Prefer: wait=N`, the job ended within N seconds: the finished job, "
             f"with its results inline when it has at most {INLINE_RESULTS} images",
         },
-        **{k: PROBLEMS[k] for k in (400, 401, 409, 413, 415, 422)},
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422)},
     },
     summary="Submit images or zip archives",
 )
@@ -237,7 +239,7 @@ async def submit_job(
     return JSONResponse(finished.model_dump(mode="json"), headers=dict(response.headers))
 
 
-@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 422)})
+@router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 403, 422)})
 def list_jobs(
     store: JobStoreDep,
     caller: CallerDep,
@@ -271,20 +273,23 @@ def _replayed(store: JobStore, job_id: str, response: Response) -> Job:
     """The answer to a retried submission: the job the first attempt created."""
     job = store.get(job_id)
     if job is None:
-        detail = "a job with this Idempotency-Key is still being created; retry in a moment"
+        detail = (
+            "a job with this Idempotency-Key is still being created; retry in a moment "
+            f"(if its first attempt failed, the key is free again within {CLAIM_SECONDS // 60} minutes)"
+        )
         raise ProblemError(409, "Submission in progress", detail, headers={"Retry-After": "1"})
     response.headers["Location"] = f"/jobs/{job_id}"
     response.headers["Idempotent-Replayed"] = "true"
     return job
 
 
-@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+@router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
     """The job's status, progress counts, times and model version."""
     return JobOut.of(job_or_404(store, job_id, caller))
 
 
-@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 404)})
+@router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep, caller: CallerDep) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
     job_or_404(store, job_id, caller)
@@ -389,7 +394,7 @@ def _jsonl_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterato
             "content": {"text/csv": {}, "application/jsonl": {}},
             "description": "A page of results, or all of them as CSV or JSON Lines",
         },
-        **{k: PROBLEMS[k] for k in (401, 404, 422)},
+        **{k: PROBLEMS[k] for k in (401, 403, 404, 422)},
     },
 )
 def get_results(

@@ -1,4 +1,5 @@
-"""Operations: readiness, Prometheus metrics, model reload; plus the API's logging and Sentry.
+"""Operations: readiness, Prometheus metrics, model reload; plus the API's logging, Sentry and
+response counts.
 
 Nothing here imports ml/ (or scikit-learn): worker state comes from Redis (core/fleet.py).
 """
@@ -14,10 +15,12 @@ import redis
 from fastapi import APIRouter, Body, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import require_admin_key
-from api.problems import ProblemError
+from api.problems import PROBLEM_JSON, ProblemError
+from api.schemas import Problem
+from api.waiting import get_completions
 from core import fleet, logs, metrics, sentry
 from core.config import get_settings
 from core.connections import get_redis
@@ -83,7 +86,12 @@ class ReloadIn(BaseModel):
 @admin.post(
     "/reload",
     responses={
-        409: {"description": "Refused: unknown/corrupt/untrusted version, no worker, or a reload in progress"}
+        code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": text}
+        for code, text in {
+            401: "Missing or wrong admin key",
+            403: "/admin disabled (no ADMIN_API_KEYS), or a client API key",
+            409: "Refused: unknown/corrupt/untrusted version, no worker, or a reload in progress",
+        }.items()
     },
 )
 async def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
@@ -113,18 +121,41 @@ async def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
 
 
 class JobContext:
-    """Log lines of a /jobs/{id} request carry its job id. Plain ASGI: `@app.middleware("http")`
-    (BaseHTTPMiddleware) costs a task and a memory stream per request."""
+    """Log lines of a /jobs/{id} request carry its job id, and every response is counted in Redis
+    by status class. Plain ASGI: `@app.middleware("http")` (BaseHTTPMiddleware) costs a task and
+    a memory stream per request, and a thread-pool hop for a synchronous count."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            match = JOB_PATH.match(scope["path"])
-            logs.clear()
-            logs.bind(job_id=match.group(1) if match else None)
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        match = JOB_PATH.match(scope["path"])
+        logs.clear()
+        logs.bind(job_id=match.group(1) if match else None)
+        status = 500  # an exception escaping the app: Starlette answers 500 outside this
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            await count_response(status)
+
+
+async def count_response(status: int) -> None:
+    """Count a response in Redis (async: a slow Redis must not stall the event loop); never fails
+    the request (with Redis down, the answer is a 503 and the count is lost)."""
+    try:
+        await get_completions().redis.hincrby(metrics.KEY, metrics.http_response_field(status), 1)
+    except (redis.RedisError, OSError, RuntimeError) as exc:
+        log.debug("response not counted: %s", exc)
 
 
 def install(app: FastAPI) -> None:

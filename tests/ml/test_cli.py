@@ -8,16 +8,17 @@ import json
 import zipfile
 
 import numpy as np
-from ml_test_helpers import encode, paper
+import pytest
 
 from ml.cli import build_parser, main
+from tests.helpers import paper, png
 
 
 def write_digits(folder, seven):
     folder.mkdir()
-    (folder / "a.png").write_bytes(encode(paper(seven)))
-    (folder / "b.jpg").write_bytes(encode(255.0 - paper(seven), "JPEG"))
-    (folder / "blank.png").write_bytes(encode(np.full((30, 30), 255.0)))
+    (folder / "a.png").write_bytes(png(paper(seven)))
+    (folder / "b.jpg").write_bytes(png(255.0 - paper(seven), "JPEG"))
+    (folder / "blank.png").write_bytes(png(np.full((30, 30), 255.0)))
     (folder / "notes.txt").write_text("ignored")
 
 
@@ -44,13 +45,14 @@ def test_predict_folder(tmp_path, capsys, seven, model_dir):
 def test_predict_zip_to_file(tmp_path, seven, model_dir):
     zpath = tmp_path / "in.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
-        zf.writestr("x/one.png", encode(paper(seven)))
+        zf.writestr("x/one.png", png(paper(seven)))
     out = tmp_path / "out.csv"
     assert main(["predict", str(zpath), "--model", str(model_dir), "--out", str(out)]) == 0
     rows = read_csv(out.read_text())
     assert rows == [{**rows[0], "name": "x/one.png", "digit": "7"}]
 
 
+@pytest.mark.slow  # evaluates every split and draws the report: `make test` runs it, `make test-fast` not
 def test_evaluate_writes_json_png_and_report(tmp_path, capsys, model_dir):
     report_dir = tmp_path / "report"
     args = ["evaluate", "--model", str(model_dir), "--out", str(tmp_path), "--report", str(report_dir)]

@@ -8,11 +8,11 @@ from dataclasses import FrozenInstanceError
 
 import numpy as np
 import pytest
-from ml_test_helpers import encode, paper
 
 from ml import Prediction
 from ml.data import upload_like_set
 from ml.evaluate import expected_calibration_error
+from tests.helpers import paper, png
 
 
 def test_prediction_is_frozen():
@@ -28,10 +28,10 @@ def test_attributes(model):
 
 def test_mixed_batch_keeps_order_and_never_raises(model, seven):
     blobs = [
-        encode(paper(seven)),
+        png(paper(seven)),
         b"garbage",
-        encode(np.full((50, 50), 255.0)),
-        encode(255.0 - paper(seven), "JPEG"),
+        png(np.full((50, 50), 255.0)),
+        png(255.0 - paper(seven), "JPEG"),
         b"",
     ]
     preds = model.predict_images(blobs)

@@ -9,11 +9,11 @@ import zlib
 
 import numpy as np
 import pytest
-from ml_test_helpers import encode, paper, upscale
 from PIL import Image
 from scipy import ndimage
 
 from ml.preprocess import MAX_PIXELS, ImageError, decode_image, preprocess_bytes, to_mnist
+from tests.helpers import paper, png, upscale
 
 
 def assert_mnist_like(out: np.ndarray) -> None:
@@ -42,8 +42,8 @@ def test_mnist_digit_is_nearly_unchanged(seven):
 
 
 def test_dark_on_light_is_inverted_and_matches_light_on_dark(seven):
-    dark_on_light = preprocess_bytes(encode(paper(seven)))
-    light_on_dark = preprocess_bytes(encode(255.0 - paper(seven)))
+    dark_on_light = preprocess_bytes(png(paper(seven)))
+    light_on_dark = preprocess_bytes(png(255.0 - paper(seven)))
     assert_mnist_like(dark_on_light)
     assert similarity(dark_on_light, light_on_dark) > 0.98
     assert similarity(dark_on_light, seven) > 0.85
@@ -51,7 +51,7 @@ def test_dark_on_light_is_inverted_and_matches_light_on_dark(seven):
 
 def test_off_centre_and_large_jpeg(seven):
     page = paper(seven, size=(600, 800), at=(450, 20), side=120)
-    out = preprocess_bytes(encode(page, "JPEG", quality=70))
+    out = preprocess_bytes(png(page, "JPEG", quality=70))
     assert_mnist_like(out)
     assert similarity(out, seven) > 0.85
 
@@ -59,7 +59,7 @@ def test_off_centre_and_large_jpeg(seven):
 def test_uneven_lighting(seven):
     page = paper(seven, size=(240, 240), at=(60, 60), side=120)
     page += np.linspace(0, -120, 240)[None, :]  # a shadow across the page
-    out = preprocess_bytes(encode(page, "JPEG", quality=85))
+    out = preprocess_bytes(png(page, "JPEG", quality=85))
     assert_mnist_like(out)
     assert similarity(out, seven) > 0.85
 
@@ -67,7 +67,7 @@ def test_uneven_lighting(seven):
 def test_dust_does_not_move_the_box(seven):
     page = paper(seven, size=(300, 300), at=(100, 100), side=100)
     page[5:8, 5:8] = 30  # a speck in the corner
-    out = preprocess_bytes(encode(page))
+    out = preprocess_bytes(png(page))
     assert similarity(out, seven) > 0.85
 
 
@@ -75,29 +75,29 @@ def test_dust_does_not_move_the_box(seven):
 def test_modes(seven, mode):
     img = Image.fromarray(paper(seven).astype(np.uint8)).convert(mode)
     fmt = "JPEG" if mode == "CMYK" else "PNG"
-    out = preprocess_bytes(encode(img, fmt))
+    out = preprocess_bytes(png(img, fmt))
     assert_mnist_like(out)
     assert similarity(out, seven) > 0.8
 
 
 @pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "WEBP", "JPEG"])
 def test_formats(seven, fmt):
-    assert similarity(preprocess_bytes(encode(paper(seven), fmt)), seven) > 0.85
+    assert similarity(preprocess_bytes(png(paper(seven), fmt)), seven) > 0.85
 
 
 def test_16_bit_grayscale(seven):
     page16 = (paper(seven) * 257).astype(np.uint16)
-    out = preprocess_bytes(encode(Image.fromarray(page16)))
+    out = preprocess_bytes(png(Image.fromarray(page16)))
     assert_mnist_like(out)
     assert similarity(out, seven) > 0.85
-    arr = decode_image(encode(Image.fromarray(page16)))
+    arr = decode_image(png(Image.fromarray(page16)))
     assert arr.max() <= 255.0
 
 
 def test_normal_rgba_opaque(seven):
     rgb = np.repeat(paper(seven)[..., None], 3, axis=2)
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255.0)]).astype(np.uint8)
-    assert similarity(preprocess_bytes(encode(Image.fromarray(rgba, "RGBA"))), seven) > 0.85
+    assert similarity(preprocess_bytes(png(Image.fromarray(rgba, "RGBA"))), seven) > 0.85
 
 
 def test_rgba_scan_with_transparent_margin(seven):
@@ -106,7 +106,7 @@ def test_rgba_scan_with_transparent_margin(seven):
     alpha[:, :10] = 0  # transparent margin whose colour channels are black
     rgb[:, :10] = 0
     rgba = np.dstack([rgb, alpha]).astype(np.uint8)
-    assert similarity(preprocess_bytes(encode(Image.fromarray(rgba, "RGBA"))), seven) > 0.85
+    assert similarity(preprocess_bytes(png(Image.fromarray(rgba, "RGBA"))), seven) > 0.85
 
 
 @pytest.mark.parametrize("ink_colour", [0, 255])
@@ -115,7 +115,7 @@ def test_ink_as_alpha_on_transparent(seven, ink_colour):
     alpha = upscale(seven, 120)
     rgb = np.full((120, 120, 3), float(ink_colour))
     rgba = np.dstack([rgb, alpha]).astype(np.uint8)
-    out = preprocess_bytes(encode(Image.fromarray(rgba, "RGBA")))
+    out = preprocess_bytes(png(Image.fromarray(rgba, "RGBA")))
     assert_mnist_like(out)
     assert similarity(out, seven) > 0.85
 
@@ -126,7 +126,7 @@ def test_palette_with_transparency(seven):
     img.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
     img.putdata(alpha.ravel().astype(np.uint8).tolist())
     img.info["transparency"] = 0  # white index is transparent
-    out = preprocess_bytes(encode(img, transparency=0))
+    out = preprocess_bytes(png(img, transparency=0))
     assert similarity(out, seven) > 0.8
 
 
@@ -136,34 +136,34 @@ def test_exif_orientation_is_applied(seven):
     stored = Image.fromarray(np.rot90(upright, k=1))
     exif = Image.Exif()
     exif[0x0112] = 6
-    out = preprocess_bytes(encode(stored, "JPEG", exif=exif.tobytes(), quality=95))
+    out = preprocess_bytes(png(stored, "JPEG", exif=exif.tobytes(), quality=95))
     assert similarity(out, seven) > 0.85
 
 
 @pytest.mark.parametrize("value", [0, 128, 255])
 def test_blank_is_an_error_not_a_guess(value):
     with pytest.raises(ImageError, match="blank"):
-        preprocess_bytes(encode(np.full((64, 64), float(value))))
+        preprocess_bytes(png(np.full((64, 64), float(value))))
 
 
 def test_blank_paper_with_jpeg_noise_is_blank():
     rng = np.random.default_rng(0)
     page = 220 + rng.normal(0, 3, (300, 300)) + np.linspace(0, -20, 300)[None, :]
     with pytest.raises(ImageError, match="blank"):
-        preprocess_bytes(encode(page, "JPEG", quality=60))
+        preprocess_bytes(png(page, "JPEG", quality=60))
 
 
 def test_one_pixel_images():
     with pytest.raises(ImageError, match="blank"):
-        preprocess_bytes(encode(np.zeros((1, 1))))
+        preprocess_bytes(png(np.zeros((1, 1))))
     with pytest.raises(ImageError, match="blank"):
-        preprocess_bytes(encode(np.full((1, 1), 255.0)))
+        preprocess_bytes(png(np.full((1, 1), 255.0)))
 
 
 def test_tiny_image_with_a_stroke():
     img = np.full((5, 5), 255.0)
     img[:, 2] = 0.0  # a vertical bar: a "1"
-    out = preprocess_bytes(encode(img))
+    out = preprocess_bytes(png(img))
     assert out.shape == (28, 28) and out.max() > 200
     rows = np.flatnonzero((out > 30).any(axis=1))
     assert rows[-1] - rows[0] + 1 >= 18  # scaled up to the 20 px box
@@ -172,7 +172,7 @@ def test_tiny_image_with_a_stroke():
 def test_large_image_is_downscaled_early_and_fast(seven):
     page = np.full((4000, 6000), 230.0)
     page[1000:3000, 2000:4000] -= upscale(seven, 2000) * 0.8
-    blob = encode(page, "JPEG", quality=80)
+    blob = png(page, "JPEG", quality=80)
     start = time.perf_counter()
     out = preprocess_bytes(blob)
     assert time.perf_counter() - start < 1.5
@@ -205,21 +205,21 @@ def test_unreadable(blob):
 @pytest.mark.parametrize("fmt", ["EPS", "PPM", "TGA", "ICO"])
 def test_other_formats_are_never_decoded(seven, fmt):
     """Only the six accepted formats reach a decoder: EPS would run Ghostscript on the bytes."""
-    blob = encode(paper(seven), fmt)
+    blob = png(paper(seven), fmt)
     assert Image.open(io.BytesIO(blob)).format == fmt  # Pillow itself would open it
     with pytest.raises(ImageError, match="not a readable image"):
         preprocess_bytes(blob)
 
 
 def test_truncated_file(seven):
-    blob = encode(paper(seven), "PNG")
+    blob = png(paper(seven), "PNG")
     with pytest.raises(ImageError, match="not a readable image"):
         preprocess_bytes(blob[: len(blob) // 2])
 
 
 def test_small_grey_png_fast_decode_equals_pillow(splits):
     for digit in splits.X_holdout[:50]:
-        blob = encode(digit)
+        blob = png(digit)
         np.testing.assert_array_equal(
             decode_image(blob), np.asarray(Image.open(io.BytesIO(blob)), np.float32)
         )
@@ -227,7 +227,7 @@ def test_small_grey_png_fast_decode_equals_pillow(splits):
 
 @pytest.mark.parametrize("size", [28, 64])
 def test_small_png_truncated_or_corrupt_is_an_image_error(seven, size):
-    blob = encode(upscale(seven, size))
+    blob = png(upscale(seven, size))
     with pytest.raises(ImageError, match="not a readable image"):
         decode_image(blob[: len(blob) // 2])
     corrupt = bytearray(blob)
@@ -240,7 +240,7 @@ def test_batch_preprocessing_equals_to_mnist(splits):
     """28x28 inputs go through the whole-batch path: same digits as `to_mnist` one by one."""
     from ml.preprocess import _to_mnist_fields, preprocess_batch
 
-    grays = [decode_image(encode(d)) for d in splits.X_holdout[:400]]
+    grays = [decode_image(png(d)) for d in splits.X_holdout[:400]]
     ref = np.stack([to_mnist(g) for g in grays])
     _, ok = _to_mnist_fields(np.stack(grays))
     assert ok.mean() > 0.9  # the batch path really is the common one

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
-from ops_helpers import AWS_ENV, BUCKET, REGISTRY, SIGNING_KEY, Collector, local_model_dir
 
 from core.config import PROJECT_ROOT
 from devstack.embedded_redis import free_port
+from tests.ops.ops_helpers import AWS_ENV, BUCKET, REGISTRY, SIGNING_KEY, Collector, local_model_dir
 
 
 @pytest.fixture(scope="session")

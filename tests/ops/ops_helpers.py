@@ -1,5 +1,6 @@
-"""Helpers for the operations tests: a Sentry envelope collector over HTTP, stacks whose
-processes log to files the tests can read, model versions to push."""
+"""Helpers of the operations tests only (images, zips, waits and plain stacks are in tests/helpers.py):
+a Sentry envelope collector over HTTP, stacks whose processes log to files the tests can read,
+model versions to push."""
 
 import gzip
 import json
@@ -7,7 +8,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -23,6 +23,7 @@ from devstack.stack import Stack
 from ml.artifacts import sha256_file
 from ml.registry import S3Registry
 from ml.trust import ModelTrust
+from tests.helpers import wait_until
 
 BUCKET = "digitq-ops"
 REGISTRY = f"s3://{BUCKET}/registry"
@@ -139,13 +140,8 @@ class Collector:
             return b"\n".join(self.envelopes)
 
     def wait_for(self, predicate, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for event in self.events():
-                if predicate(event):
-                    return event
-            time.sleep(0.2)
-        raise AssertionError(f"no matching Sentry event after {timeout}s; got {self.events()}")
+        found = lambda: next((event for event in self.events() if predicate(event)), None)  # noqa: E731
+        return wait_until(found, timeout, 0.2, "a matching Sentry event")
 
     def close(self) -> None:
         self.server.shutdown()
@@ -217,19 +213,17 @@ def logged_stack(data_dir: Path, **env: str) -> Iterator[LoggedStack]:
 def wait_ready(stack: Stack, workers: int | None = None, timeout: float = 90) -> dict:
     """Until /ready is 200 with `workers` live workers (default: as many as the stack started)."""
     want = workers or stack.settings.workers
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
+
+    def ready() -> dict | None:
         stack.check_alive()
         try:
             r = httpx.get(f"{stack.api_url}/ready", timeout=5)
-            body = r.json()
-            if r.status_code == 200 and len(body["workers"]) >= want:
-                return body
         except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"not ready after {timeout}s: {body}")
+            return None
+        body = r.json()
+        return body if r.status_code == 200 and len(body["workers"]) >= want else None
+
+    return wait_until(ready, timeout, 0.3, f"/ready with {want} worker(s)")
 
 
 def clear_cache(path: Path) -> None:

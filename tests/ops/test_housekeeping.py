@@ -9,12 +9,12 @@ from pathlib import Path
 import boto3
 import pytest
 import redis
-from ops_helpers import BUCKET
 
 from core.blobs import BlobStore, LocalBlobStore, S3BlobStore, upload_key
 from core.jobs import ItemResult, JobStore, new_job_id
 from devstack.embedded_redis import EmbeddedRedis
-from tests.helpers import running_stack
+from tests.helpers import running_stack, wait_until
+from tests.ops.ops_helpers import BUCKET
 from worker.housekeeping import ORPHAN_AFTER_SECONDS, sweep_uploads
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
@@ -90,8 +90,6 @@ def test_a_starting_worker_sweeps_what_a_crash_left_behind(tmp_path: Path) -> No
         (path / "part-0").write_bytes(b"left behind")
     _age(orphan, ORPHAN_AFTER_SECONDS + 60)
     with running_stack(tmp_path, WORKER_PROCESSES="1"):
-        deadline = time.monotonic() + 20
-        while orphan.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: not orphan.exists(), 20, 0.2, "the orphaned upload to be swept")
         assert not orphan.exists()
         assert fresh.exists()

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from ops_helpers import BUCKET, REGISTRY, SIGNING_KEY, TRUST, copy_as_version, local_model_dir
 
 from core.config import PROJECT_ROOT
 from ml import ModelIntegrityError
 from ml.registry import RegistryUnavailable, S3Registry, open_model_uri
+from tests.ops.ops_helpers import BUCKET, REGISTRY, SIGNING_KEY, TRUST, copy_as_version, local_model_dir
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 

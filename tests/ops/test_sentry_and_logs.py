@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from ops_helpers import API_KEY, AWS_ENV, Collector
 
 from core import logs
 from core.config import PROJECT_ROOT, Settings
+from tests.ops.ops_helpers import API_KEY, AWS_ENV, Collector
 
 pytestmark = pytest.mark.stack  # subprocesses and a local Sentry endpoint
 

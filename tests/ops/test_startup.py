@@ -4,12 +4,14 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from moto.server import ThreadedMotoServer
-from ops_helpers import BUCKET, REGISTRY, copy_as_version, make_stack, wait_ready
 
 from devstack.embedded_redis import free_port
 from ml.registry import S3Registry
+from tests.helpers import png, wait_until
+from tests.ops.ops_helpers import BUCKET, REGISTRY, copy_as_version, make_stack, wait_ready
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -46,15 +48,13 @@ def test_worker_waits_for_an_unreachable_s3_and_takes_no_work_meanwhile(pushed: 
     try:
         stack.start(flower=False)  # waits for the API only
         api = httpx.Client(base_url=stack.api_url, timeout=30)
-        deadline = time.monotonic() + 30
-        while "retrying" not in stack.log("worker1") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: "retrying" in stack.log("worker1"), 30, 0.2, "the worker to retry S3")
         r = api.get("/ready")
         assert r.status_code == 503, r.text
         assert r.json()["redis"] == "ok" and r.json()["workers"] == []
         assert any("no live worker" in reason for reason in r.json()["reasons"])
         job = api.post("/jobs", files=[("files", ("one.png", _png(), "image/png"))]).json()
-        time.sleep(2)
+        time.sleep(2)  # an absence: a worker taking jobs would have done this one by now
         assert api.get(f"/jobs/{job['id']}").json()["status"] == "queued"  # nobody took it
         assert api.get("/ready").json()["queue_depth"] == 1
         assert "model not loaded (attempt 1" in stack.log("worker1")
@@ -64,9 +64,7 @@ def test_worker_waits_for_an_unreachable_s3_and_takes_no_work_meanwhile(pushed: 
         server.start()  # same in-process S3 state as the session server: the model is there
         body = wait_ready(stack, timeout=90)
         assert body["workers"][0]["model_version"] == pushed
-        deadline = time.monotonic() + 60
-        while api.get(f"/jobs/{job['id']}").json()["status"] != "succeeded" and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: api.get(f"/jobs/{job['id']}").json()["status"] == "succeeded", 60, 0.2, "the job")
         assert api.get(f"/jobs/{job['id']}").json()["model_version"] == pushed
 
         # A worker that stops takes its heartbeat with it: not ready at once.
@@ -96,13 +94,6 @@ def test_ready_is_503_when_redis_is_down(tmp_path: Path) -> None:
 
 
 def _png() -> bytes:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     image = np.zeros((28, 28), np.uint8)
-    image[5:23, 12:16] = 255
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, "PNG")
-    return buffer.getvalue()
+    image[5:23, 12:16] = 255  # a "1"
+    return png(image)

@@ -1,0 +1,85 @@
+"""The stuck-job sweep's decisions, on a real Redis without workers (fast tier): what it re-queues,
+what it leaves alone, and when it gives up. tests/test_stuck_jobs.py runs it in real workers."""
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from api.uploads import part_items
+from core.blobs import LocalBlobStore, upload_key
+from core.config import Settings
+from core.jobs import PREFIX, ItemResult, JobStore, new_job_id
+from core.queue import QUEUE, make_celery, send_chunks
+from tests.helpers import make_zip, png
+from worker.stuck_jobs import LOCK, MAX_SWEEPS, StuckJobs, _carried
+
+
+@dataclass
+class Sweep:
+    client: redis.Redis
+    store: JobStore
+    blobs: LocalBlobStore
+    settings: Settings
+    archive: bytes
+
+    def stalled_job(self, stored: list[int]) -> str:
+        """A job created an hour ago whose items other than `stored` have no result, none queued."""
+        job_id = new_job_id()
+        self.blobs.put(upload_key(job_id, 0), io.BytesIO(self.archive))
+        _, items = part_items(io.BytesIO(self.archive), "a.zip", 0, self.settings.max_image_bytes)
+        self.store.create(job_id, [item.name for item in items], extra={"parts": 1})
+        self.store.record(job_id, [ItemResult(i, 1, 0.9) for i in stored])
+        an_hour_ago = time.time() - 3600
+        self.client.hset(PREFIX + job_id, mapping={"created_at": an_hour_ago, "progress_at": an_hour_ago})
+        return job_id
+
+    def run(self) -> list[str]:
+        self.client.delete(LOCK)  # as if the period's lock had expired
+        return StuckJobs(self.store, self.blobs, make_celery(self.settings), self.settings).sweep()
+
+    def queued(self) -> list[tuple[str, list[int]]]:
+        return [c for c in map(_carried, self.client.lrange(QUEUE, 0, -1)) if c]
+
+
+@pytest.fixture
+def sweep(redis_url: str, tmp_path: Path, digits) -> Sweep:
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    settings = Settings(redis_url=redis_url, data_dir=tmp_path, stuck_job_seconds=60, chunk_size=4)
+    archive = make_zip({f"{i}.png": png(digits[0][i]) for i in range(10)})
+    store = JobStore(client, settings.job_ttl_seconds)
+    return Sweep(client, store, LocalBlobStore(tmp_path / "uploads"), settings, archive)
+
+
+def test_lost_items_are_re_queued_in_chunks_once(sweep: Sweep) -> None:
+    job_id = sweep.stalled_job(stored=[0, 1, 2, 3, 8])
+    assert sweep.run() == [job_id]
+    assert sorted(i for _, indices in sweep.queued() for i in indices) == [4, 5, 6, 7, 9]
+    assert {j for j, _ in sweep.queued()} == {job_id}
+    assert sweep.run() == []  # swept just now, and its chunks are queued
+    assert len(sweep.queued()) == 2
+
+
+def test_a_job_still_moving_or_with_queued_chunks_is_left_alone(sweep: Sweep) -> None:
+    moving = sweep.stalled_job(stored=[0])
+    sweep.client.hset(PREFIX + moving, "progress_at", time.time())  # a result just now
+    assert sweep.run() == [] and sweep.queued() == []
+    waiting = sweep.stalled_job(stored=[0])  # its missing items wait in the queue (a backlog)
+    sweep.client.hset(PREFIX + moving, "progress_at", time.time() - 3600)
+    send_chunks(make_celery(sweep.settings), moving, [[(i, 0, f"{i}.png", None) for i in range(1, 10)]])
+    send_chunks(make_celery(sweep.settings), waiting, [[(i, 0, f"{i}.png", None) for i in range(1, 10)]])
+    assert sweep.run() == [] and len(sweep.queued()) == 2
+
+
+def test_after_max_sweeps_the_lost_items_fail_the_job_saying_why(sweep: Sweep) -> None:
+    job_id = sweep.stalled_job(stored=[0])
+    sweep.client.hset(PREFIX + job_id, "sweeps", MAX_SWEEPS)
+    assert sweep.run() == [job_id]
+    job = sweep.store.get(job_id)
+    assert job is not None and job.status == "failed" and job.done == 10 and job.failed == 9
+    assert f"re-queued {MAX_SWEEPS} times" in (job.error or "")
+    assert sweep.queued() == [] and sweep.store.active() == []

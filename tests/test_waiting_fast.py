@@ -58,27 +58,38 @@ def test_a_malformed_prefer_is_ignored(app_client: TestClient, digits) -> None:
     assert "preference-applied" not in response.headers
 
 
+class WaitingSubmission:
+    """A `POST /jobs` with `Prefer: wait=60` in a thread, once it is waiting (subscribed)."""
+
+    def __init__(self, client: TestClient, redis_client, image: bytes) -> None:
+        self.started = time.monotonic()
+        self.answer: dict = {}
+        files = [("files", ("a.png", image))]
+        headers = {"Prefer": "wait=60"}
+
+        def post() -> None:
+            self.answer["response"] = client.post("/jobs", files=files, headers=headers)
+
+        self.thread = threading.Thread(target=post)
+        self.thread.start()
+        self.job_id = wait_until(lambda: client.get("/jobs").json()["items"], what="the job")[0]["id"]
+        # The submission is waiting once its event loop has subscribed to job closes.
+        wait_until(lambda: redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1], what="the waiter's subscription")
+
+    def result(self) -> tuple[dict, float]:
+        """Its answer (a 200: the job ended) and how long it took."""
+        self.thread.join(timeout=90)
+        response = self.answer["response"]
+        assert response.status_code == 200, response.text
+        return response.json(), time.monotonic() - self.started
+
+
 def test_a_cancel_wakes_the_waiting_submission(app_client: TestClient, redis_client, digits) -> None:
     """Without the PUBLISH in the cancel script the submission would wait its whole 60 s."""
-    answer = {}
-
-    def submit() -> None:
-        files = [("files", ("a.png", png(digits[0][0])))]
-        answer["response"] = app_client.post("/jobs", files=files, headers={"Prefer": "wait=60"})
-
-    started = time.monotonic()
-    waiter = threading.Thread(target=submit)
-    waiter.start()
-    jobs = wait_until(lambda: app_client.get("/jobs").json()["items"], what="the job to be created")
-    # The submission is waiting once its event loop has subscribed to job closes.
-    wait_until(lambda: redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1], what="the waiter's subscription")
-    assert app_client.delete(f"/jobs/{jobs[0]['id']}").status_code == 200
-    waiter.join(timeout=90)
-    elapsed = time.monotonic() - started
-    response = answer["response"]
-    assert response.status_code == 200, response.text
-    assert response.json()["status"] == "cancelled"
-    assert response.json()["results"][0]["status"] == "pending"
+    waiting = WaitingSubmission(app_client, redis_client, png(digits[0][0]))
+    assert app_client.delete(f"/jobs/{waiting.job_id}").status_code == 200
+    job, elapsed = waiting.result()
+    assert job["status"] == "cancelled" and job["results"][0]["status"] == "pending"
     assert elapsed < 30, f"the cancel did not wake the waiter ({elapsed:.1f}s)"
 
 
@@ -87,24 +98,13 @@ def test_a_close_published_while_the_subscription_was_down_is_not_missed(
 ) -> None:
     """The subscription is killed, the job is cancelled before it is back (its PUBLISH reaches no
     one): the waiter reads the job again once subscribed again, not at the end of its 60 s."""
-    answer = {}
-
-    def submit() -> None:
-        files = [("files", ("a.png", png(digits[0][0])))]
-        answer["response"] = app_client.post("/jobs", files=files, headers={"Prefer": "wait=60"})
-
-    started = time.monotonic()
-    waiter = threading.Thread(target=submit)
-    waiter.start()
-    jobs = wait_until(lambda: app_client.get("/jobs").json()["items"], what="the job to be created")
-    wait_until(lambda: redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1], what="the waiter's subscription")
+    waiting = WaitingSubmission(app_client, redis_client, png(digits[0][0]))
     redis_client.client_kill_filter(_type="pubsub")
     assert redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1] == 0
-    assert JobStore(redis_client, 3600).cancel(jobs[0]["id"])  # published to no one
-    waiter.join(timeout=90)
-    assert answer["response"].status_code == 200
-    assert answer["response"].json()["status"] == "cancelled"
-    assert time.monotonic() - started < 30
+    assert JobStore(redis_client, 3600).cancel(waiting.job_id)  # published to no one
+    job, elapsed = waiting.result()
+    assert job["status"] == "cancelled"
+    assert elapsed < 30, f"{elapsed:.1f}s"
 
 
 def test_predict_times_out_with_a_504_that_names_the_job(make_client, digits) -> None:

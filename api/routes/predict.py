@@ -23,6 +23,10 @@ from api.waiting import get_completions
 from core.jobs import ItemResult, Job, JobStatus, new_job_id
 
 router = APIRouter(tags=["predict"])
+ANSWER_PROBLEMS = {
+    409: {**PROBLEMS[409], "description": "The job was cancelled (DELETE /jobs/{id}) before it answered"},
+    503: {**PROBLEMS[409], "description": "The job failed for an internal reason, or Redis is down: retry"},
+}
 TIMEOUT_PROBLEM = {
     "model": None,
     "content": {
@@ -68,9 +72,10 @@ async def _answer(
     "/predict",
     response_model=Prediction,
     responses={
-        422: {**PROBLEMS[422], "description": "The image could not be read (the problem says why)"},
+        422: {**PROBLEMS[422], "description": "The image could not be read, or a malformed request"},
         504: TIMEOUT_PROBLEM,
-        **{k: PROBLEMS[k] for k in (400, 401, 413, 415)},
+        **ANSWER_PROBLEMS,
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 413, 415)},
     },
     summary="Recognise one image, answered inline",
 )
@@ -132,7 +137,11 @@ def _batch_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
 @router.post(
     "/predict_batch",
     response_model=list[BatchPrediction],
-    responses={504: TIMEOUT_PROBLEM, **{k: PROBLEMS[k] for k in (400, 401, 413)}},
+    responses={
+        504: TIMEOUT_PROBLEM,
+        **ANSWER_PROBLEMS,
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 413, 422)},
+    },
     summary="Recognise several images or zips, answered inline",
 )
 async def predict_batch(

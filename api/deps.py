@@ -10,9 +10,11 @@ from fastapi import Depends, Header, Request
 from api.problems import ProblemError
 from core.blobs import BlobStore
 from core.config import Settings, get_settings, is_loopback
-from core.connections import get_blob_store, get_job_store
+from core.connections import get_blob_store, get_fair_share, get_job_store, get_quotas
+from core.dispatch import FairShare
 from core.jobs import JobStore
 from core.queue import get_celery
+from core.quotas import Quotas
 
 # `async def`: FastAPI runs a plain `def` dependency in the thread pool, a round trip to another
 # thread per dependency and request (a third of /predict's API time before); these only read caches.
@@ -34,10 +36,20 @@ async def _celery() -> Celery:
     return get_celery()
 
 
+async def _fair_share() -> FairShare:
+    return get_fair_share()
+
+
+async def _quotas() -> Quotas:
+    return get_quotas()
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 JobStoreDep = Annotated[JobStore, Depends(_job_store)]
 BlobStoreDep = Annotated[BlobStore, Depends(_blob_store)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
+FairShareDep = Annotated[FairShare, Depends(_fair_share)]
+QuotasDep = Annotated[Quotas, Depends(_quotas)]
 
 
 def _presented_key(authorization: str | None, x_api_key: str | None) -> str:

@@ -29,7 +29,7 @@ class ProblemError(Exception):
         title: str,
         detail: str,
         headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,  # more members of the problem (RFC 9457 extensions)
+        extra: dict[str, Any] | None = None,  # more members of the problem object
     ):
         super().__init__(detail)
         self.status, self.title, self.detail, self.headers = status, title, detail, headers

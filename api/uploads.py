@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from core.queue import INLINE_UPLOAD_BYTES, TaskItem
+from core.queue import INLINE_UPLOAD_BYTES, ChunkItem
 
 # Magic numbers of the image formats we accept, and of zip archives.
 IMAGE_SIGNATURES: dict[bytes, str] = {
@@ -54,8 +54,8 @@ class Item:
     size: int = 0
     error: str | None = None  # known before any worker looks at it
 
-    def to_task(self, index: int) -> TaskItem:
-        return (index, self.part, self.member, self.error)
+    def to_task(self, index: int) -> ChunkItem:
+        return ChunkItem(index, self.part, self.member, self.error)
 
 
 def is_junk(name: str) -> bool:
@@ -120,10 +120,10 @@ def part_items(data: BinaryIO, filename: str, part: int, max_image_bytes: int) -
 
 def chunks(
     items: list[Item], max_items: int, max_bytes: int, only: set[int] | None = None
-) -> Iterator[list[TaskItem]]:
+) -> Iterator[list[ChunkItem]]:
     """Split items in index order into task payloads bounded by count and compressed bytes
     (`only`: just these indices, as the stuck-job sweep re-queues lost items)."""
-    chunk: list[TaskItem] = []
+    chunk: list[ChunkItem] = []
     chunk_bytes = 0
     for index, item in enumerate(items):
         if only is not None and index not in only:

@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     # A queued/running job without a new result for this long, whose missing items no queued or
     # unacknowledged chunk carries, is stuck: the sweep re-queues or fails them (worker/stuck_jobs.py).
     stuck_job_seconds: int = Field(default=120, ge=1, description="no progress before the sweep acts")
+    # Lanes and fair share (issue 9, core/queue.py and core/dispatch.py).
+    interactive_max_items: int = Field(default=16, ge=0, description="jobs this small skip the bulk lane")
+    bulk_in_flight_chunks: int = Field(
+        default=0, ge=0, description="bulk chunks in the broker or running; 0: live pool processes + 2"
+    )
+
+    # Quotas per API key (one anonymous tenant when API_KEYS is unset): core/quotas.py.
+    max_queued_images_per_key: int = Field(default=1_000_000, ge=1)
+    submissions_per_minute_per_key: int = Field(default=600, ge=1)
 
     # Interactive answers (api/routes/predict.py): how long /predict and /predict_batch wait for their
     # job before answering 504 with its id.

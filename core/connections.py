@@ -1,12 +1,17 @@
 """Process-wide clients built from the settings (redis-py pools are fork-safe)."""
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import redis
 
 from core.blobs import BlobStore, make_blob_store
 from core.config import get_settings
 from core.jobs import JobStore
+
+if TYPE_CHECKING:
+    from core.dispatch import FairShare
+    from core.quotas import Quotas
 
 
 @lru_cache
@@ -27,9 +32,24 @@ def get_blob_store() -> BlobStore:
     return make_blob_store(get_settings())
 
 
+@lru_cache
+def get_fair_share() -> "FairShare":
+    from core.dispatch import FairShare
+
+    return FairShare(get_redis(), get_settings())
+
+
+@lru_cache
+def get_quotas() -> "Quotas":
+    from core.quotas import Quotas
+
+    return Quotas(get_redis(), get_settings())
+
+
 def reset_clients() -> None:
     """Forget the cached settings and clients (tests that change settings between apps)."""
     from core.queue import get_celery
 
-    for cached in (get_settings, get_redis, get_job_store, get_blob_store, get_celery):
+    cached_clients = (get_redis, get_job_store, get_blob_store, get_celery, get_fair_share, get_quotas)
+    for cached in (get_settings, *cached_clients):
         cached.cache_clear()

@@ -3,6 +3,10 @@
 Results are written per item with HSETNX inside a Lua script that also bumps the counters and
 closes the job when the last item lands. A chunk delivered twice therefore never duplicates or
 loses an item, and the counters always equal the number of stored results.
+
+This is the only module that reads or writes a job's keys: a chunk starts with one call
+(`start_chunk`), ends with one (`record`, which returns what the task counts in its metrics), and
+the webhook state on the job hash goes through `webhook_trigger`/`record_webhook_attempt`.
 """
 
 import json
@@ -17,7 +21,7 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
-from core import listing
+from core import listing, quotas
 
 PREFIX = "digitq:job:"
 # Pub/sub channel: the id of every job that ends (last item recorded, or cancelled), published by
@@ -95,15 +99,28 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class Recorded:
+    """What a chunk stored: all the task needs for its metrics and log line."""
+
     added: int  # results that were new (a redelivered chunk adds none)
     failed: int  # of those, errors
     closed_job: bool  # this call stored the job's last item
+    status: JobStatus | None = None  # the job's, after this call (None: it expired)
+    job_seconds: float | None = None  # created -> finished, when this call closed the job
 
 
-# KEYS: job hash, results hash, active index, closed channel. ARGV: now, job id, then (index,
-# result json, failed 0/1) triples.
+@dataclass(frozen=True)
+class ChunkStart:
+    """A chunk's job as the chunk starts: what is left to do, and with which model version."""
+
+    status: JobStatus | None  # None: the job expired
+    model_version: str | None
+    todo: list[int]  # the chunk's items without a result (a redelivered chunk may have none)
+
+
+# KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py), active index,
+# closed channel. ARGV: now, job id, then (index, result json, failed 0/1) triples.
 _RECORD = """
-local job, results = KEYS[1], KEYS[2]
+local job, results, queued = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', job) == 0 then return -1 end
 local added, failed = 0, 0
 for i = 3, #ARGV, 3 do
@@ -119,26 +136,45 @@ redis.call('HINCRBY', job, 'done', added)
 redis.call('HINCRBY', job, 'failed', failed)
 if added > 0 then redis.call('HSET', job, 'progress_at', ARGV[1]) end
 local status = redis.call('HGET', job, 'status')
+-- The quota gets its images back as they finish; a cancelled job gave back the rest already.
+if (status == 'queued' or status == 'running') and added > 0 and redis.call('EXISTS', queued) == 1 then
+  if redis.call('DECRBY', queued, added) < 0 then redis.call('SET', queued, 0, 'KEEPTTL') end
+end
 local done = tonumber(redis.call('HGET', job, 'done'))
 local total = tonumber(redis.call('HGET', job, 'total'))
 local closed = 0
 if done >= total and (status == 'queued' or status == 'running') then
-  local final = 'succeeded'
-  if redis.call('HEXISTS', job, 'error') == 1 then final = 'failed' end
-  redis.call('HSET', job, 'status', final, 'finished_at', ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[2])
-  redis.call('PUBLISH', KEYS[4], ARGV[2])
+  status = 'succeeded'
+  if redis.call('HEXISTS', job, 'error') == 1 then status = 'failed' end
+  redis.call('HSET', job, 'status', status, 'finished_at', ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('PUBLISH', KEYS[5], ARGV[2])
   closed = 1
 end
-return {added, failed, closed}
+return {added, failed, closed, status, redis.call('HGET', job, 'created_at')}
 """
 
-# KEYS: job hash. ARGV: now, model version. queued -> running, once.
-_START = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-if ARGV[2] ~= '' then redis.call('HSETNX', KEYS[1], 'model_version', ARGV[2]) end
-return 1
+# KEYS: job hash, results hash. ARGV: now, model version, then item indices. A chunk starts:
+# nothing to do if the job is gone or closed; else the items without a result, and (if any) the
+# job's model version pinned (the first chunk's wins) and queued -> running. {status, version, todo...}
+_START_CHUNK = """
+local job = KEYS[1]
+local status = redis.call('HGET', job, 'status')
+if not status then return {false, false} end
+if status ~= 'queued' and status ~= 'running' then return {status, false} end
+local out = {status, false}
+for i = 3, #ARGV do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then table.insert(out, ARGV[i]) end
+end
+if #out > 2 then
+  redis.call('HSETNX', job, 'model_version', ARGV[2])
+  if status == 'queued' then
+    redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[1])
+    out[1] = 'running'
+  end
+end
+out[2] = redis.call('HGET', job, 'model_version')
+return out
 """
 
 # KEYS: idempotency key. ARGV: job id, ttl. The job id it names already, or reserve it.
@@ -149,7 +185,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: job hash, active index, closed channel. ARGV: now, new status, error message, job id.
+# KEYS: job hash, the tenant's queued-images count, active index, closed channel. ARGV: now, new
+# status, error message, job id.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -157,8 +194,26 @@ if not status or status == 'succeeded' or status == 'failed' or status == 'cance
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
-redis.call('ZREM', KEYS[2], ARGV[4])
-redis.call('PUBLISH', KEYS[3], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[4])
+redis.call('PUBLISH', KEYS[4], ARGV[4])
+local left = tonumber(redis.call('HGET', KEYS[1], 'total')) - tonumber(redis.call('HGET', KEYS[1], 'done'))
+if left > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('DECRBY', KEYS[2], left) < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
+end
+return 1
+"""
+
+
+# Webhook delivery state (core/webhooks.py). KEYS: job hash.
+# ARGV: last status, last error, next attempt at, delivered 0/1, gone 0/1.
+# Never recreates a job that expired meanwhile (it would live forever without a TTL).
+_ATTEMPTED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
+redis.call('HSET', KEYS[1], 'webhook_last_status', ARGV[1], 'webhook_last_error', ARGV[2],
+           'webhook_next_at', ARGV[3])
+if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'webhook_delivered', '1') end
+if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'webhook_gone', '1') end
 return 1
 """
 
@@ -187,9 +242,10 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._record = client.register_script(_RECORD)
-        self._start = client.register_script(_START)
+        self._start_chunk = client.register_script(_START_CHUNK)
         self._finish = client.register_script(_FINISH)
         self._claim = client.register_script(_CLAIM)
+        self._webhook_attempted = client.register_script(_ATTEMPTED)
 
     @staticmethod
     def _keys(job_id: str) -> tuple[str, str, str]:
@@ -280,26 +336,28 @@ class JobStore:
         """The indices that have no result yet (a redelivered chunk skips the rest)."""
         return [i for i, r in zip(indices, self.results(job_id, indices), strict=True) if r is None]
 
-    def mark_running(self, job_id: str, model_version: str | None) -> None:
-        self._start(keys=[self._keys(job_id)[0]], args=[time.time(), model_version or ""])
+    def start_chunk(self, job_id: str, indices: Sequence[int], model_version: str) -> ChunkStart:
+        """One call as a chunk starts: which of `indices` are still to do and, when some are,
+        the job marked running and its model version pinned (the first chunk to start wins)."""
+        job, _, results = self._keys(job_id)
+        reply = self._start_chunk(keys=[job, results], args=[time.time(), model_version, *indices])
+        status = JobStatus(_text(reply[0])) if reply[0] else None
+        return ChunkStart(status, _opt_str(reply[1]), [int(i) for i in reply[2:]])
 
-    def pin_model_version(self, job_id: str, model_version: str) -> str:
-        """The version the job's results come from: the first one to claim it wins."""
-        job = self._keys(job_id)[0]
-        self.redis.hsetnx(job, "model_version", model_version)
-        return _opt_str(self.redis.hget(job, "model_version")) or model_version
-
-    def record(self, job_id: str, results: Iterable[ItemResult]) -> Recorded:
-        """Store the results that are not stored yet, closing the job with its last item."""
+    def record(self, job_id: str, results: Iterable[ItemResult], tenant: str = "") -> Recorded:
+        """Store the results that are not stored yet, closing the job with its last item, and
+        give the tenant's queued-images quota back its finished items."""
         job, _, results_key = self._keys(job_id)
         args: list[Any] = [time.time(), job_id]
         for r in results:
             args += [r.index, r.to_json(), int(r.error is not None)]
-        reply = self._record(keys=[job, results_key, ACTIVE, CLOSED_CHANNEL], args=args)
+        keys = [job, results_key, quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL]
+        reply = self._record(keys=keys, args=args)
         if reply == -1:
             return Recorded(0, 0, False)  # the job expired meanwhile
-        added, failed, closed = reply
-        return Recorded(int(added), int(failed), bool(closed))
+        added, failed, closed, status, created = reply
+        seconds = max(0.0, float(args[0]) - float(created)) if closed else None
+        return Recorded(int(added), int(failed), bool(closed), JobStatus(_text(status)), seconds)
 
     def claim_submission(self, key: str, job_id: str) -> str | None:
         """Reserve an idempotency key for a new job (for CLAIM_SECONDS, until `create` extends it);
@@ -311,9 +369,24 @@ class JobStore:
         """Free a key whose job could not be created, so that a retry can create it."""
         self.redis.delete(IDEMPOTENCY_PREFIX + key)
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, tenant: str = "") -> bool:
+        """Close a queued or running job; its unfinished items go back to the tenant's quota."""
+        keys = [self._keys(job_id)[0], quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL]
         args: list[Any] = [time.time(), JobStatus.cancelled.value, "", job_id]
-        return self._finish(keys=[self._keys(job_id)[0], ACTIVE, CLOSED_CHANNEL], args=args) == 1
+        return self._finish(keys=keys, args=args) == 1
+
+    def webhook_trigger(self, job_id: str) -> tuple[str, str, str, str]:
+        """What deciding on a webhook event needs: status, url, events, gone ('' when unset)."""
+        fields = ["status", "webhook_url", "webhook_events", "webhook_gone"]
+        raw = self.redis.hmget(self._keys(job_id)[0], fields)
+        status, url, events, gone = (_text(v) if v else "" for v in raw)
+        return status, url, events, gone
+
+    def record_webhook_attempt(
+        self, job_id: str, status: int | None, error: str, next_at: float | None, delivered: bool, gone: bool
+    ) -> None:
+        args: list[str | float] = [status or "", error[:500], next_at or "", int(delivered), int(gone)]
+        self._webhook_attempted(keys=[self._keys(job_id)[0]], args=args)
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""

@@ -12,8 +12,10 @@ What counts where:
 - jobs submitted / items submitted: the API, when a job is accepted.
 - items processed / items failed, chunk and per-item latency: the worker, after each chunk.
   Processed counts only results stored for the first time (a redelivered chunk adds nothing).
-- jobs finished by status, job latency (created -> finished): the worker that sees the job
-  closed, exactly once per job (guarded by an HSETNX flag on the job hash).
+- jobs finished by status, job latency (created -> finished): the worker whose chunk closed the
+  job (the record script closes a job once), or the API for a cancel; exactly once per job.
+- submissions refused by a quota, by reason: the API.
+- queue depth per lane (the broker's lists) and the tenants waiting in the bulk lane: read live.
 - HTTP responses by status class: each API process, per response (api/routes/ops.py).
 """
 
@@ -31,8 +33,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from core import fleet
-from core.jobs import PREFIX as JOB_PREFIX
-from core.queue import QUEUE
+from core.dispatch import TENANTS
+from core.queue import BULK, INTERACTIVE
 
 KEY = "digitq:metrics"
 BUCKETS = {
@@ -81,21 +83,20 @@ def items_recorded(client: redis.Redis, stored: int, failed: int) -> None:
     pipe.execute()
 
 
-def job_maybe_finished(client: redis.Redis, job_id: str) -> str | None:
-    """Count the job once when it has closed; returns its final status the first time."""
-    key = JOB_PREFIX + job_id
-    status, created, finished = (
-        fleet.text(v) for v in client.hmget(key, ["status", "created_at", "finished_at"])
-    )
-    if status not in ("succeeded", "failed", "cancelled") or not finished or not created:
-        return None
-    if not client.hsetnx(key, "metrics_counted", 1):
-        return None
+def job_finished(client: redis.Redis, status: str, seconds: float) -> None:
+    """A job closed (its last result stored, or cancelled): counted once, by the one call that closed it."""
     pipe = client.pipeline(transaction=False)
     pipe.hincrby(KEY, f"jobs_finished:{status}", 1)
-    _observe(pipe, "job_seconds", max(0.0, float(finished) - float(created)))
+    _observe(pipe, "job_seconds", max(0.0, seconds))
     pipe.execute()
-    return status
+
+
+REFUSALS = ("queued_images", "submission_rate")
+
+
+def refused(client: redis.Redis, reason: str) -> None:
+    """A submission refused by a quota (core/quotas.py)."""
+    client.hincrby(KEY, f"refusals:{reason}", 1)
 
 
 WEBHOOK_OUTCOMES = ("delivered", "retried", "gone", "gave_up", "failed")
@@ -159,7 +160,23 @@ class RedisCollector(Collector):
             yield HistogramMetricFamily(
                 f"digitq_{name}", HELP[name], buckets=out, sum_value=num(f"{name}:sum")
             )
-        yield GaugeMetricFamily("digitq_queue_depth", "Chunks waiting in the queue", self.client.llen(QUEUE))
+        refusals = CounterMetricFamily(
+            "digitq_submissions_refused", "Submissions refused by a quota, by reason", labels=["reason"]
+        )
+        for reason in REFUSALS:
+            refusals.add_metric([reason], num(f"refusals:{reason}"))
+        yield refusals
+        depth = GaugeMetricFamily(
+            "digitq_queue_depth", "Chunks waiting in the broker, by lane", labels=["lane"]
+        )
+        for lane, queue in (("interactive", INTERACTIVE), ("bulk", BULK)):
+            depth.add_metric([lane], self.client.llen(queue))
+        yield depth
+        yield GaugeMetricFamily(
+            "digitq_bulk_tenants_waiting",
+            "API keys with bulk chunks waiting for the window (core/dispatch.py)",
+            self.client.llen(TENANTS),
+        )
         alive = fleet.workers(self.client)
         yield GaugeMetricFamily("digitq_workers", "Workers with a live heartbeat", len(alive))
         info = InfoMetricFamily(

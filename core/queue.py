@@ -21,29 +21,121 @@ Reliability settings, and why:
   lost. tests/test_stuck_jobs.py checks both and that the setting is what this says.
 - worker_prefetch_multiplier=1: a worker holds one chunk per pool process, so the chunks of a
   big zip spread over every worker instead of piling up in the first one's prefetch buffer.
-- worker_send_task_events off, task_send_sent_event off: task events are for Flower, which
-  switches the workers' events on itself while it runs (its `enable_events` option, every few
-  seconds); without Flower they were a third of a worker main process' CPU per single-image
-  chunk, and the sent event a tenth of the API's per submission (`make bench-latency`).
+
+Two lanes (issue 9): jobs of at most INTERACTIVE_MAX_ITEMS images go to INTERACTIVE, the rest
+to BULK, and every worker consumes both, interactive first. What gives the order:
+- kombu's Redis transport waits for work with one `BRPOP k1 k2 ... timeout` over the worker's
+  queues, and Redis answers from the first non-empty key in the order given.
+- The order given is the channel's queue cycle (`_brpop_start`: `_queue_cycle.consume()`), in the
+  order the worker subscribed, which is `task_queues`' order below. kombu's default cycle is
+  `round_robin`: after each message `_brpop_read` calls `_queue_cycle.rotate(queue)`, moving the
+  queue just served to the end, so the next BRPOP would list BULK first and a worker would
+  alternate lanes (half its picks bulk while interactive work waits). kombu's `priority` cycle
+  does not rotate, but keeps the subscription order, which changes at run time: `celery control
+  cancel_consumer`/`add_consumer` (tests pause workers that way) appends a re-added queue at the
+  end. `queue_order_strategy` also takes a cycle class: `LaneOrder` below never rotates and
+  always lists the lanes in LANES' order, so every BRPOP reads INTERACTIVE, then BULK, whatever
+  happened to the subscriptions. An idle worker still never waits while bulk work is queued:
+  BRPOP returns from BULK as soon as INTERACTIVE is empty.
+- Why it holds with acks_late and worker_prefetch_multiplier=1: the prefetch count is
+  1 x pool processes and, with acks_late, a chunk counts against it until it has finished. kombu
+  registers a BRPOP only while `channel.qos.can_consume()` (delivered - acknowledged < prefetch
+  count), so a worker never holds a chunk that no process is running: it asks Redis for one only
+  when a process is free, and that BRPOP picks from INTERACTIVE first. An interactive chunk
+  therefore waits at most for the first running chunk to finish (one chunk time), never behind
+  the bulk queue.
+  (Celery's Redis "priorities", the other mechanism, are four sub-lists per queue read by the same
+  BRPOP: approximate, and they would not bound the bulk lane; two queues are simpler and exact.)
+The bulk lane is not fed all at once: core/dispatch.py keeps a small window of chunks in it and
+hands the slots out round-robin across API keys, then their jobs.
+
+worker_send_task_events off, task_send_sent_event off: task events are for Flower, which switches
+the workers' events on itself while it runs (its `enable_events` option, every few seconds);
+without Flower they were a third of a worker main process' CPU per single-image chunk, and the
+sent event a tenth of the API's per submission (`make bench-latency`).
 """
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
+from kombu.utils.scheduling import priority_cycle
 
 from core.config import Settings, get_settings
 
 PROCESS_CHUNK = "digitq.process_chunk"
-# What a task carries per item (a list once through JSON): index, part, zip member, preset error.
-TaskItem = tuple[int, int, str | None, str | None]
-QUEUE = "digitq"
+INTERACTIVE = "digitq.interactive"
+BULK = "digitq.bulk"
+LANES = (INTERACTIVE, BULK)  # the order every worker reads them in
 # A job whose upload is at most this many bytes in all (a few small images: the interactive case)
-# sends its parts inside the task message, base64 in the JSON (`parts` kwarg: {part: base64}),
-# instead of writing them to the blob store for the worker to read back and delete: no disk or
-# S3 round trip on either side. 64 KiB is ~100 typical 28x28 PNGs, or one phone-camera thumbnail;
-# a message stays under ~90 KB in Redis, while one pool process holds it.
+# sends its parts inside its chunks (`Chunk.parts`, base64 in the JSON message) instead of writing
+# them to the blob store for the worker to read back and delete: no disk or S3 round trip on
+# either side. 64 KiB is ~100 typical 28x28 PNGs; a message stays under ~90 KB in Redis.
 INLINE_UPLOAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkItem:
+    """One image of a chunk: its index in the job, upload part, zip member, error known upfront."""
+
+    index: int
+    part: int
+    member: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> list[Any]:  # compact on the wire: a chunk holds up to CHUNK_SIZE of them
+        return [self.index, self.part, self.member, self.error]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What one task carries: a run of a job's items (a JSON object on the wire)."""
+
+    job_id: str
+    items: tuple[ChunkItem, ...]
+    tenant: str = ""  # who the job counts against (quotas, fair share): core/quotas.tenant()
+    lane: str = BULK
+    parts: dict[str, str] | None = None  # a small upload's parts its items are in: {part: base64}
+
+    @property
+    def id(self) -> str:
+        """Unique within the job: its first item (chunks never overlap)."""
+        return f"{self.job_id}:{self.items[0].index}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.items[0].index}-{self.items[-1].index}"
+
+    def to_json(self) -> dict[str, Any]:
+        items = [item.to_json() for item in self.items]
+        out = {"job": self.job_id, "tenant": self.tenant, "lane": self.lane, "items": items}
+        return out if self.parts is None else {**out, "parts": self.parts}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> "Chunk":
+        items = tuple(ChunkItem(*item) for item in raw["items"])
+        return cls(raw["job"], items, raw.get("tenant", ""), raw.get("lane", BULK), raw.get("parts"))
+
+
+class LaneOrder(priority_cycle):
+    """kombu's queue cycle for the workers' BRPOP: the lanes in LANES' order, never rotated."""
+
+    def consume(self, n: int) -> list[str]:
+        rank = {lane: i for i, lane in enumerate(LANES)}
+        return sorted(self.items[:n], key=lambda queue: rank.get(queue, len(LANES)))
+
+
+def lane_for(n_items: int, settings: Settings | None = None) -> str:
+    """The queue a job of `n_items` images goes to (API routes use this, and only this)."""
+    limit = (settings or get_settings()).interactive_max_items
+    return INTERACTIVE if n_items <= limit else BULK
+
+
+def send_chunk(celery: Celery, chunk: Chunk) -> None:
+    celery.send_task(PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -56,7 +148,10 @@ def make_celery(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_acks_on_failure_or_timeout=True,  # see above: the task retries, the sweep resolves
         task_ignore_result=True,
-        task_default_queue=QUEUE,
+        # In LANES' order: the order of each worker's BRPOP (above). Each lane names its own
+        # exchange and routing key (without them Celery binds every queue to the default one's).
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in LANES],
+        task_default_queue=BULK,
         task_serializer="json",
         accept_content=["json"],
         worker_prefetch_multiplier=1,
@@ -68,6 +163,7 @@ def make_celery(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout,
             "unacked_restore_interval": restore_every,
             "unacked_restore_throttle": 1,
+            "queue_order_strategy": "core.queue:LaneOrder",  # INTERACTIVE, then BULK (above)
         },
     )
     return app
@@ -78,16 +174,11 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def send_chunks(
-    celery: Celery, job_id: str, chunks: Iterable[list[TaskItem]], inline: Mapping[int, str] | None = None
-) -> int:
-    """Queue a job's chunks (the API at submission, the stuck-job sweep for lost items).
-
-    `inline`: a small upload's parts ({part: base64}, INLINE_UPLOAD_BYTES); each chunk carries
-    the parts its items are in."""
+def send_chunks(celery: Celery, chunks: Iterable[Chunk]) -> int:
+    """Queue chunks, each to its lane (core/dispatch.py decides when; the stuck-job sweep for
+    lost items); returns how many."""
     sent = 0
     for chunk in chunks:
-        kwargs = {} if inline is None else {"parts": {str(i[1]): inline[i[1]] for i in chunk}}
-        celery.send_task(PROCESS_CHUNK, args=[job_id, chunk], kwargs=kwargs)
+        send_chunk(celery, chunk)
         sent += 1
     return sent

@@ -34,7 +34,7 @@ import redis
 from standardwebhooks import Webhook
 
 from core.config import Settings, get_settings
-from core.jobs import PREFIX, TERMINAL, JobStatus, JobStore
+from core.jobs import TERMINAL, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +147,6 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids
 """
 
-# KEYS: job hash. ARGV: last status, last error, next attempt at, delivered 0/1, gone 0/1.
-# Never recreates a job that expired meanwhile (it would live forever without a TTL).
-_ATTEMPTED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'webhook_attempts', 1)
-redis.call('HSET', KEYS[1], 'webhook_last_status', ARGV[1], 'webhook_last_error', ARGV[2],
-           'webhook_next_at', ARGV[3])
-if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'webhook_delivered', '1') end
-if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'webhook_gone', '1') end
-return 1
-"""
-
 
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
@@ -172,7 +160,6 @@ class Outbox:
         self.settings = settings
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
-        self._attempted = client.register_script(_ATTEMPTED)
 
     def enqueue(self, event_id: str, job_id: str, kind: str, now: float | None = None) -> bool:
         """Queue an event once (an id already queued is not queued again)."""
@@ -202,12 +189,6 @@ class Outbox:
         pipe.zadd(DUE, {event_id: when})
         pipe.execute()
 
-    def record_attempt(
-        self, job_id: str, status: int | None, error: str, next_at: float | None, delivered: bool, gone: bool
-    ) -> None:
-        args: list[str | float] = [status or "", error[:500], next_at or "", int(delivered), int(gone)]
-        self._attempted(keys=[PREFIX + job_id], args=args)
-
 
 def notify(store: JobStore, job_id: str, progressed: bool = False) -> None:
     """Queue the events a job asked for, after it may have started, progressed or closed.
@@ -216,14 +197,14 @@ def notify(store: JobStore, job_id: str, progressed: bool = False) -> None:
     fail a chunk), but logs.
     """
     try:
-        _notify(store.redis, job_id, progressed, get_settings())
+        _notify(store, job_id, progressed, get_settings())
     except Exception:
         log.warning("could not queue the webhook event of job %s", job_id, exc_info=True)
 
 
-def _notify(client: redis.Redis, job_id: str, progressed: bool, settings: Settings) -> None:
-    raw = client.hmget(PREFIX + job_id, ["status", "webhook_url", "webhook_events", "webhook_gone"])
-    status, url, events, gone = (_text(v) for v in raw)
+def _notify(store: JobStore, job_id: str, progressed: bool, settings: Settings) -> None:
+    client = store.redis
+    status, url, events, gone = store.webhook_trigger(job_id)
     if not url or gone or not status:
         return
     wanted = set(events.split(","))

@@ -58,6 +58,24 @@ def running_stack(data_dir: Path, flower: bool = False, **env: str) -> Iterator[
         stack.stop()
 
 
+@contextmanager
+def workers_paused(stack: Stack) -> Iterator[None]:
+    """The workers stop taking chunks from both lanes (Celery remote control), bulk first, so
+    work stays queued; they take them again on exit. Waits for every worker node's reply."""
+    from core.queue import LANES, make_celery
+
+    control = make_celery(stack.settings.model_copy(update={"redis_url": stack.redis_url})).control
+    nodes = stack.settings.workers
+    for lane in reversed(LANES):
+        replies = control.cancel_consumer(lane, reply=True, timeout=10, limit=nodes)
+        assert len(replies) == nodes, f"only {replies} stopped consuming {lane}"
+    try:
+        yield
+    finally:
+        for lane in LANES:
+            control.add_consumer(lane, reply=True, timeout=10, limit=nodes)
+
+
 def png(image: "np.ndarray | Image.Image", fmt: str = "PNG", **options: Any) -> bytes:
     """`image` encoded as PNG (or `fmt`, with Pillow's save `options`): a PIL image as it is, an
     array clipped to 0-255 as 8-bit grey."""

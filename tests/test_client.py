@@ -18,8 +18,6 @@ import termios
 import threading
 import tracemalloc
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +25,11 @@ import pytest
 import redis
 
 from core.jobs import JobStore
-from core.queue import QUEUE, make_celery
 from devstack.embedded_redis import free_port
 from devstack.stack import Stack
 from digitq import Client, ProblemError, Unreachable
 from digitq.multipart import zip_folder
-from tests.helpers import make_zip, png, wait_until
+from tests.helpers import make_zip, png, wait_until, workers_paused
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -54,17 +51,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory, digits: tuple[np.ndarray, n
         where.mkdir(parents=True, exist_ok=True)
         (where / f"{i:03d}-label{y[i * 160]}.png").write_bytes(png(255 - X[i * 160]))
     return root
-
-
-@contextmanager
-def queue_held(stack: Stack) -> Iterator[None]:
-    """The workers stop taking chunks (Celery remote control), so a job stays queued."""
-    control = make_celery(stack.settings.model_copy(update={"redis_url": stack.redis_url})).control
-    assert control.cancel_consumer(QUEUE, reply=True, timeout=5)
-    try:
-        yield
-    finally:
-        control.add_consumer(QUEUE, reply=True, timeout=5)
 
 
 def label(name: str) -> int:
@@ -133,7 +119,7 @@ def test_problem_details_are_one_exception(stack: Stack, tmp_path: Path) -> None
 
 def test_failed_and_cancelled_jobs_exit_1(stack: Stack, folder: Path) -> None:
     store = JobStore(redis.Redis.from_url(stack.redis_url), 3600)
-    with Client(stack.api_url) as dq, queue_held(stack):
+    with Client(stack.api_url) as dq, workers_paused(stack):
         failing = dq.submit([folder])
         cancelled = dq.submit([folder])
         # A job-level error, as a worker records it after an internal error on some chunk
@@ -182,7 +168,7 @@ class Reader(threading.Thread):
 @pytest.mark.parametrize("answer", ["y", "n"])
 def test_ctrl_c_during_wait_asks_whether_to_cancel(stack: Stack, folder: Path, answer: str) -> None:
     env = {**os.environ, "DIGITQ_URL": stack.api_url}
-    with queue_held(stack):
+    with workers_paused(stack):
         proc = subprocess.Popen(
             [DIGITQ, "submit", str(folder), "--wait"],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -2,7 +2,8 @@
 
 Redis runs without `maxmemory` and keeps an append-only file: a key that neither expires nor is
 bounded grows both forever. This runs real jobs end to end (with an Idempotency-Key, a cancel,
-a scrape of /ready and /metrics) and then inspects every key in the database.
+a scrape of /ready and /metrics) and then inspects every key in the database. (The bulk lane's
+window keys, which only exist while a job is in flight, are checked in tests/test_fairness.py.)
 """
 
 import fnmatch
@@ -17,7 +18,8 @@ pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py
 
 # Keys allowed to live without a TTL, each with why it is bounded. Anything else must expire.
 BOUNDED = {
-    "digitq": "the Celery queue: drained by the workers; each job adds at most MAX_ITEMS/CHUNK_SIZE",
+    "digitq.interactive": "the interactive lane: drained first; jobs of <= INTERACTIVE_MAX_ITEMS images",
+    "digitq.bulk": "the bulk lane: at most BULK_IN_FLIGHT_CHUNKS chunks (core/dispatch.py's window)",
     "digitq:metrics": "one hash with a fixed set of fields (counters and histogram buckets)",
     "digitq:model:current": "one version name",
     "unacked": "kombu: messages being worked on, at most one per pool process (prefetch 1)",
@@ -49,5 +51,7 @@ def test_every_key_expires_or_is_bounded(tmp_path, digits) -> None:
         client = redis.Redis.from_url(stack.redis_url or "")
         keys = sorted(k.decode() for k in client.scan_iter(count=1000))
         assert f"digitq:job:{job['id']}:results" in keys  # the test saw what it is about
+        assert "digitq:quota:queued:anonymous" in keys  # and the quotas (core/quotas.py)
+        assert any(k.startswith("digitq:quota:rate") for k in keys)
         forever = [k for k in keys if client.ttl(k) == -1 and not _bounded(k)]
         assert forever == [], f"keys without a TTL that are not known to be bounded: {forever}"

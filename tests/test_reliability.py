@@ -1,5 +1,6 @@
 """Killed workers lose no job and duplicate no result (acks_late, reject_on_worker_lost,
-a short Redis visibility timeout, and per-item HSETNX results)."""
+a short Redis visibility timeout, and per-item HSETNX results), with the bulk lane's window in
+use (core/dispatch.py): the killed chunk keeps its slot until its redelivery finishes."""
 
 import os
 import signal
@@ -44,6 +45,13 @@ def submit_and_wait_until_started(client: httpx.Client, archive: bytes) -> str:
     return job_id
 
 
+def assert_window_in_use(stack: Stack, job_id: str) -> None:
+    """The job's chunks are not all in the broker: some still wait for the window."""
+    from core.dispatch import PREFIX as FAIR
+
+    assert redis.Redis.from_url(stack.redis_url or "").llen(f"{FAIR}queue:{job_id}") > 0
+
+
 def assert_every_item_exactly_once(stack: Stack, client: httpx.Client, job_id: str) -> None:
     job = wait_for_job(client, job_id, timeout=120)
     assert job["status"] == "succeeded", job
@@ -58,6 +66,7 @@ def assert_every_item_exactly_once(stack: Stack, client: httpx.Client, job_id: s
 def test_sigkill_of_a_pool_process_mid_job(two_workers: Stack, big_zip: bytes) -> None:
     with httpx.Client(base_url=two_workers.api_url, timeout=30) as client:
         job_id = submit_and_wait_until_started(client, big_zip)
+        assert_window_in_use(two_workers, job_id)
         [child] = pool_children(two_workers.processes["worker1"].pid)
         os.kill(child, signal.SIGKILL)  # the chunk in flight is rejected and requeued at once
         assert_every_item_exactly_once(two_workers, client, job_id)
@@ -66,6 +75,7 @@ def test_sigkill_of_a_pool_process_mid_job(two_workers: Stack, big_zip: bytes) -
 def test_sigkill_of_a_whole_worker_mid_job(two_workers: Stack, big_zip: bytes) -> None:
     with httpx.Client(base_url=two_workers.api_url, timeout=30) as client:
         job_id = submit_and_wait_until_started(client, big_zip)
+        assert_window_in_use(two_workers, job_id)
         victim = two_workers.processes["worker2"]
         os.killpg(victim.pid, signal.SIGKILL)  # main and pool process: nobody can requeue
         killed_at = time.monotonic()
@@ -82,13 +92,16 @@ def test_sigkill_of_a_whole_worker_mid_job(two_workers: Stack, big_zip: bytes) -
 
 def test_redelivered_chunk_does_not_duplicate(two_workers: Stack, digits) -> None:
     """The same chunk twice (as after a visibility-timeout redelivery) changes nothing."""
-    from core.jobs import ItemResult, JobStore, Recorded
+    from core.jobs import ItemResult, JobStatus, JobStore, Recorded
 
     store = JobStore(redis.Redis.from_url(two_workers.redis_url or ""), 60)
     store.create("dup", ["a.png", "b.png"])
     first = [ItemResult(0, 3, 0.9), ItemResult(1, error="not a readable image")]
-    assert store.record("dup", first) == Recorded(added=2, failed=1, closed_job=True)
-    assert store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)]) == Recorded(0, 0, False)
+    recorded = store.record("dup", first)
+    assert (recorded.added, recorded.failed, recorded.closed_job) == (2, 1, True)
+    assert recorded.status == "succeeded" and recorded.job_seconds is not None
+    again = store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)])
+    assert again == Recorded(0, 0, False, JobStatus.succeeded)
     job = store.get("dup")
     assert job and (job.status, job.done, job.failed) == ("succeeded", 2, 1)
     assert store.results("dup", [0, 1]) == first

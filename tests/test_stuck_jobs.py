@@ -14,7 +14,7 @@ import redis
 from api.uploads import chunks, part_items
 from core.blobs import make_blob_store, upload_key
 from core.jobs import PREFIX, JobStore, new_job_id
-from core.queue import QUEUE, make_celery, send_chunks
+from core.queue import BULK, Chunk, ChunkItem, make_celery, send_chunks
 from devstack.stack import Stack
 from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until
 from worker.stuck_jobs import UNACKED
@@ -52,7 +52,7 @@ def half_submitted(stack: Stack, archive: bytes, send: int) -> str:
     store = JobStore(redis_of(stack), settings.job_ttl_seconds)
     store.create(job_id, [item.name for item in items], extra={"parts": 1})
     planned = list(chunks(items, settings.chunk_size, settings.chunk_max_bytes))
-    send_chunks(make_celery(settings), job_id, planned[:send])
+    send_chunks(make_celery(settings), [Chunk(job_id, tuple(run)) for run in planned[:send]])
     return job_id
 
 
@@ -84,8 +84,8 @@ def test_a_job_whose_queued_chunk_was_deleted_is_completed(stack: Stack, archive
     stack.stop_process("worker1")  # nobody takes the chunks while one is being lost
     try:
         job_id = half_submitted(stack, archive, send=99)
-        assert client.llen(QUEUE) == 7
-        assert client.lpop(QUEUE)  # the newest message: the last chunk (kombu pushes on the left)
+        assert client.llen(BULK) == 7
+        assert client.lpop(BULK)  # the newest message: the last chunk (kombu pushes on the left)
     finally:
         stack.start_worker("worker1")
     with httpx.Client(base_url=stack.api_url, timeout=30) as api:
@@ -110,7 +110,7 @@ def test_lost_items_whose_upload_is_gone_fail_the_job_saying_why(stack: Stack, a
 def retried_message_of(client: redis.Redis, job_id: str) -> bool:
     """A message of this job's chunk that Celery re-sent as a retry (queued, or held for its ETA)."""
     unacked = [json.dumps(json.loads(v)[0]).encode() for v in client.hvals(UNACKED)]
-    raws = client.lrange(QUEUE, 0, -1) + unacked
+    raws = client.lrange(BULK, 0, -1) + unacked
     for raw in raws:
         headers = json.loads(raw).get("headers", {})
         if job_id in str(headers.get("argsrepr")) and headers.get("retries", 0) >= 1:
@@ -130,7 +130,7 @@ def test_a_chunk_failing_outside_the_item_work_is_retried_not_dropped(stack: Sta
     # Storing the result fails (the results key has the wrong type): an error in Redis, after the
     # item work. The task must send the chunk again rather than let Celery drop it.
     client.set(f"{PREFIX}{job_id}:results", "not a hash", ex=600)
-    send_chunks(make_celery(settings), job_id, [[(0, 0, None, None)]])
+    send_chunks(make_celery(settings), [Chunk(job_id, (ChunkItem(0, 0),))])
     wait_until(lambda: retried_message_of(client, job_id), 60, 0.05, "the chunk to be re-sent as a retry")
     client.delete(f"{PREFIX}{job_id}:results")  # Redis is fine again
     with httpx.Client(base_url=stack.api_url, timeout=30) as api:
@@ -155,7 +155,7 @@ def test_the_sweep_leaves_a_job_alone_while_its_chunks_wait_in_the_queue(stack: 
         blobs = make_blob_store(stack.settings)
         client.delete("digitq:sweep:lock")
         assert StuckJobs(store, blobs, celery, sweeper_settings).sweep() == []
-        assert client.llen(QUEUE) == 7  # nothing re-queued
+        assert client.llen(BULK) == 7  # nothing re-queued
     finally:
         stack.start_worker("worker1")
     with httpx.Client(base_url=stack.api_url, timeout=30) as api:

@@ -13,7 +13,7 @@ from api.uploads import part_items
 from core.blobs import LocalBlobStore, upload_key
 from core.config import Settings
 from core.jobs import PREFIX, ItemResult, JobStore, new_job_id
-from core.queue import QUEUE, make_celery, send_chunks
+from core.queue import LANES, Chunk, ChunkItem, make_celery, send_chunks
 from tests.helpers import make_zip, png
 from worker.stuck_jobs import LOCK, MAX_SWEEPS, StuckJobs, _carried
 
@@ -42,7 +42,8 @@ class Sweep:
         return StuckJobs(self.store, self.blobs, make_celery(self.settings), self.settings).sweep()
 
     def queued(self) -> list[tuple[str, list[int]]]:
-        return [c for c in map(_carried, self.client.lrange(QUEUE, 0, -1)) if c]
+        raws = [raw for lane in LANES for raw in self.client.lrange(lane, 0, -1)]
+        return [c for c in map(_carried, raws) if c]
 
 
 @pytest.fixture
@@ -70,8 +71,9 @@ def test_a_job_still_moving_or_with_queued_chunks_is_left_alone(sweep: Sweep) ->
     assert sweep.run() == [] and sweep.queued() == []
     waiting = sweep.stalled_job(stored=[0])  # its missing items wait in the queue (a backlog)
     sweep.client.hset(PREFIX + moving, "progress_at", time.time() - 3600)
-    send_chunks(make_celery(sweep.settings), moving, [[(i, 0, f"{i}.png", None) for i in range(1, 10)]])
-    send_chunks(make_celery(sweep.settings), waiting, [[(i, 0, f"{i}.png", None) for i in range(1, 10)]])
+    for job_id in (moving, waiting):
+        items = tuple(ChunkItem(i, 0, f"{i}.png") for i in range(1, 10))
+        send_chunks(make_celery(sweep.settings), [Chunk(job_id, items)])
     assert sweep.run() == [] and len(sweep.queued()) == 2
 
 

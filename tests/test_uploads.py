@@ -49,4 +49,4 @@ def test_chunks_respect_count_and_bytes() -> None:
     assert [len(c) for c in by_count] == [4, 4, 2]
     by_bytes = list(chunks(items, max_items=100, max_bytes=250))
     assert [len(c) for c in by_bytes] == [2, 2, 2, 2, 2]
-    assert [t[0] for c in by_bytes for t in c] == list(range(10))
+    assert [t.index for c in by_bytes for t in c] == list(range(10))

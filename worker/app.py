@@ -1,20 +1,18 @@
 """The Celery worker application: `celery -A worker.app worker`.
 
 Signals wire in the operations side: logging (ours, not Celery's), Sentry, the model loaded in
-the main process before the pool forks (worker_init), the heartbeat/reload watcher
-(worker_ready), and per-task log context and metrics (task_prerun/task_postrun).
+the main process before the pool forks (worker_init), and the main process' threads
+(worker_ready): the heartbeat/reload watcher, webhook deliveries, the bulk lane's sweeper.
+Each task binds its own log context and records its own metrics (worker/tasks.py).
 """
 
 import logging
 import os
 import sys
-import time
 from typing import Any
 
 from celery.signals import (
     setup_logging,
-    task_postrun,
-    task_prerun,
     worker_init,
     worker_ready,
     worker_shutdown,
@@ -22,7 +20,7 @@ from celery.signals import (
 
 from core import logs, sentry
 from core.config import get_settings
-from core.queue import PROCESS_CHUNK, get_celery
+from core.queue import get_celery
 
 # One BLAS/OpenMP thread per pool process: the pool already uses every core.
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -34,7 +32,7 @@ log = logging.getLogger(__name__)
 sentry.init(get_settings(), "worker")  # before the fork: the pool processes inherit it
 _watcher: Any = None
 _webhooks: Any = None
-_started: dict[str, float] = {}
+_sweeper: Any = None
 
 
 @setup_logging.connect
@@ -79,6 +77,7 @@ def start_watcher(sender: Any = None, **_: Any) -> None:
     _watcher.tick()  # /ready sees this worker at once
     _watcher.start()
     start_webhooks()
+    start_sweeper()
 
 
 def start_webhooks() -> None:
@@ -91,51 +90,20 @@ def start_webhooks() -> None:
     _webhooks.start()
 
 
+def start_sweeper() -> None:
+    global _sweeper
+    from core.connections import get_fair_share
+    from worker.sweeper import Sweeper
+
+    _sweeper = Sweeper(app, get_fair_share())
+    _sweeper.start()
+
+
 @worker_shutdown.connect
 def stop_watcher(**_: Any) -> None:
     if _watcher is not None:
         _watcher.stop()
     if _webhooks is not None:
         _webhooks.stop()
-
-
-@task_prerun.connect
-def bind_task_context(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
-    logs.clear()
-    if task is not None and task.name == PROCESS_CHUNK and args and len(args) >= 2:
-        job_id, items = args[0], args[1]
-        chunk = f"{items[0][0]}-{items[-1][0]}" if items else None
-        logs.bind(job_id=job_id, chunk=chunk)
-        if task_id:
-            _started[task_id] = time.monotonic()
-
-
-@task_postrun.connect
-def record_task(
-    task_id: str | None = None,
-    task: Any = None,
-    args: Any = None,
-    retval: Any = None,
-    state: Any = None,
-    **_: Any,
-) -> None:
-    try:
-        started = _started.pop(task_id or "", None)
-        if task is None or task.name != PROCESS_CHUNK or started is None or state != "SUCCESS":
-            return
-        from core import metrics
-        from core.connections import get_redis
-
-        client = get_redis()
-        job_id, items = args[0], args[1]
-        stored, failed = retval["added"], retval["failed"]
-        seconds = time.monotonic() - started
-        if stored:
-            metrics.chunk_done(client, stored, failed, seconds, len(items))
-        log.info("chunk done: %d new result(s) in %.3fs", stored, seconds)
-        if metrics.job_maybe_finished(client, job_id):
-            log.info("job finished")
-    except Exception:
-        log.warning("could not record metrics", exc_info=True)
-    finally:
-        logs.clear()
+    if _sweeper is not None:
+        _sweeper.stop()

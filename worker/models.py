@@ -209,10 +209,11 @@ class Watcher:
         sweep_uploads(get_blob_store(), get_job_store())
 
     def _sweep_jobs(self) -> None:
-        from core.connections import get_blob_store, get_job_store
+        from core.connections import get_blob_store, get_fair_share, get_job_store
         from core.queue import get_celery
 
-        StuckJobs(get_job_store(), get_blob_store(), get_celery(), self.settings).sweep(self.hostname)
+        store, blobs, fair = get_job_store(), get_blob_store(), get_fair_share()
+        StuckJobs(store, blobs, get_celery(), self.settings, fair).sweep(self.hostname)
 
     def _run(self) -> None:
         next_sweep = next_jobs_sweep = 0.0  # at start too: a restarted worker cleans up after its crash

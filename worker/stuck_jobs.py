@@ -31,14 +31,16 @@ from api.uploads import Item, chunks, part_items
 from core import metrics
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
+from core.dispatch import FairShare
 from core.jobs import TERMINAL, ItemResult, JobStore
-from core.queue import QUEUE, send_chunks
+from core.queue import LANES, Chunk, lane_for, send_chunks
+from core.quotas import tenant_of
 from core.webhooks import notify
 
 log = logging.getLogger(__name__)
 
 LOCK = "digitq:sweep:lock"
-QUEUES = (QUEUE,)  # every broker queue a chunk can wait in
+QUEUES = LANES  # every broker queue a chunk can wait in
 MAX_SWEEPS = 3  # re-queues of one job before its still-missing items are failed
 SCAN_LIMIT = 20_000  # queued messages read per sweep at most
 UNACKED = "unacked"  # kombu's Redis transport: messages delivered and not yet acknowledged
@@ -67,10 +69,16 @@ def _messages(client: redis.Redis) -> Iterator[bytes] | None:
     return read()
 
 
-def queued_indices(client: redis.Redis, job_ids: Iterable[str]) -> dict[str, set[int]] | None:
-    """For each job, the item indices some queued or in-flight chunk still carries."""
+def queued_indices(
+    client: redis.Redis, job_ids: Iterable[str], fair: FairShare | None = None
+) -> dict[str, set[int]] | None:
+    """For each job, the item indices some queued or in-flight chunk still carries, or a chunk
+    waiting for the bulk window (core/dispatch.py: its own sweeper sends those)."""
     wanted = {job_id.encode(): job_id for job_id in job_ids}
     found: dict[str, set[int]] = {job_id: set() for job_id in wanted.values()}
+    if fair is not None:
+        for waiting in found:
+            found[waiting].update(fair.carried(waiting))
     messages = _messages(client)
     if messages is None:
         return None
@@ -86,10 +94,10 @@ def queued_indices(client: redis.Redis, job_ids: Iterable[str]) -> dict[str, set
 
 
 def _carried(raw: bytes) -> tuple[str, list[int]] | None:
-    """The job and item indices a chunk task's message carries (args: job id, task items)."""
+    """The job and item indices a chunk task's message carries (args: one Chunk, core/queue.py)."""
     try:
-        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
-        return args[0], [item[0] for item in args[1]]
+        chunk = Chunk.from_json(json.loads(base64.b64decode(json.loads(raw)["body"]))[0][0])
+        return chunk.job_id, [item.index for item in chunk.items]
     except (ValueError, KeyError, IndexError, TypeError):
         return None
 
@@ -104,8 +112,16 @@ def relist(blobs: BlobStore, job_id: str, parts: int, settings: Settings) -> lis
 
 
 class StuckJobs:
-    def __init__(self, store: JobStore, blobs: BlobStore, celery: Celery, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        blobs: BlobStore,
+        celery: Celery,
+        settings: Settings,
+        fair: FairShare | None = None,
+    ) -> None:
         self.store, self.blobs, self.celery, self.settings = store, blobs, celery, settings
+        self.fair = fair or FairShare(store.redis, settings)
 
     def sweep(self, hostname: str = "") -> list[str]:
         """Resolve the stuck jobs (when this process holds the period's lock); returns their ids."""
@@ -127,7 +143,7 @@ class StuckJobs:
                 stalled[job_id] = (sweeps, parts, missing)
         if not stalled:
             return []
-        queued = queued_indices(client, stalled)
+        queued = queued_indices(client, stalled, self.fair)
         if queued is None:
             log.info("%d job(s) look stuck but the queue is too long to check; later", len(stalled))
             return []
@@ -153,15 +169,22 @@ class StuckJobs:
             return self._fail(job_id, lost, "its upload is no longer available")
         self.store.mark_swept(job_id)
         s = self.settings
+        tenant, lane = tenant_of(job.owner), lane_for(job.total, s)
         todo = chunks(items, s.chunk_size, s.chunk_max_bytes, only=set(lost))
-        sent = send_chunks(self.celery, job_id, todo)
+        # Straight to the job's lane: lost items are few and rare, the window need not pace them.
+        sent = send_chunks(self.celery, [Chunk(job_id, tuple(run), tenant, lane) for run in todo])
         log.warning("job %s was stuck: re-queued %d lost item(s) in %d chunk(s)", job_id, len(lost), sent)
 
     def _fail(self, job_id: str, lost: list[int], why: str) -> None:
         self.store.fail(job_id, f"{len(lost)} item(s) were lost before a worker processed them ({why})")
-        recorded = self.store.record(job_id, [ItemResult(i, error=LOST.format(why=why)) for i in lost])
+        job = self.store.get(job_id)
+        tenant = tenant_of(job.owner if job else None)
+        recorded = self.store.record(
+            job_id, [ItemResult(i, error=LOST.format(why=why)) for i in lost], tenant
+        )
         metrics.items_recorded(self.store.redis, recorded.added, recorded.failed)
-        metrics.job_maybe_finished(self.store.redis, job_id)
+        if recorded.closed_job and recorded.status and recorded.job_seconds is not None:
+            metrics.job_finished(self.store.redis, recorded.status, recorded.job_seconds)
         notify(self.store, job_id)
         if recorded.closed_job:
             self.blobs.delete_prefix(job_id)

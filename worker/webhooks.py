@@ -128,14 +128,14 @@ class Sender:
         if not error:
             self._count("delivered")
             self.outbox.finish(event_id)
-            self.outbox.record_attempt(job_id, status, "", None, delivered=terminal, gone=False)
+            self.store.record_webhook_attempt(job_id, status, "", None, delivered=terminal, gone=False)
             log.info("webhook %s delivered (%s)", event_id, status)
             return
         if status == 410:
             self._count("gone")
             self.outbox.finish(event_id)
             error = "410 Gone: the receiver wants no more events of this job"
-            self.outbox.record_attempt(job_id, status, error, None, delivered=False, gone=True)
+            self.store.record_webhook_attempt(job_id, status, error, None, delivered=False, gone=True)
             log.info("webhook %s: receiver answered 410, no more events for job %s", event_id, job_id)
             return
         attempt = int(event.get("attempts", 0)) + 1
@@ -145,7 +145,7 @@ class Sender:
             self.outbox.finish(event_id)
             if terminal:
                 error = f"{error}; gave up after {attempt} attempts"
-            self.outbox.record_attempt(job_id, status, error, None, delivered=False, gone=False)
+            self.store.record_webhook_attempt(job_id, status, error, None, delivered=False, gone=False)
             log.warning("webhook %s not delivered, no more attempts: %s", event_id, error)
             return
         delay = delays[attempt - 1] * random.uniform(0.8, 1.2)  # jitter: receivers recovering together
@@ -154,7 +154,7 @@ class Sender:
         when = time.time() + delay
         self._count("retried")
         self.outbox.retry_at(event_id, when)
-        self.outbox.record_attempt(job_id, status, error, when, delivered=False, gone=False)
+        self.store.record_webhook_attempt(job_id, status, error, when, delivered=False, gone=False)
         log.info("webhook %s failed (%s), attempt %d; next in %.0fs", event_id, error, attempt, delay)
 
 

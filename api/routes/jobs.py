@@ -5,16 +5,16 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from celery import Celery
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
+from api.deps import BlobStoreDep, CallerDep, CeleryDep, FairShareDep, JobStoreDep, QuotasDep, SettingsDep
 from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
@@ -23,8 +23,10 @@ from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
+from core.dispatch import FairShare, dispatch
 from core.jobs import CLAIM_SECONDS, TERMINAL, Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import send_chunks
+from core.queue import Chunk, lane_for
+from core.quotas import QuotaExceeded, Quotas, tenant_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ PROBLEMS = {
         413: "The upload, an image, or the number of images is over the limit",
         415: "A part that is neither an image nor a zip",
         422: "A malformed parameter or metadata",
+        429: "Over a quota of the API key: MAX_QUEUED_IMAGES_PER_KEY or SUBMISSIONS_PER_MINUTE_PER_KEY",
     }.items()
 }
 CSV_PAGE = 1000
@@ -79,18 +82,26 @@ def create_job(
     store: JobStore,
     blobs: BlobStore,
     celery: Celery,
+    fair: FairShare,
+    quotas: Quotas,
     caller: str | None,
     files: list[UploadFile],
     items: list[Item],
     extra: Mapping[str, str | int] | None = None,
     idempotency_key: str | None = None,
     job_id: str | None = None,
+    count_submission: bool = False,
 ) -> tuple[str, bool]:
     """Store the upload, create the job (`job_id`, or a new id) and queue its chunks: (job id, replayed).
 
+    Within the caller's quotas (429 otherwise): the submission rate when `count_submission` (POST
+    /jobs counts it before reading the upload), the queued images always.
     `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
     Blocking (disk or S3, Redis): async routes run it in the thread pool.
     """
+    tenant = tenant_of(caller)
+    if count_submission:
+        _within_quota(quotas, quotas.count_submission, tenant)
     job_id = job_id or new_job_id()
     claim = None
     if idempotency_key:
@@ -98,7 +109,10 @@ def create_job(
         earlier = store.claim_submission(claim, job_id)
         if earlier:
             return earlier, True
+    reserved = False
     try:
+        _within_quota(quotas, quotas.reserve, tenant, len(items))  # all of them, or none
+        reserved = True
         inline = inline_parts([upload.file for upload in files])
         for part, upload in enumerate(files if inline is None else ()):
             upload.file.seek(0)
@@ -107,8 +121,15 @@ def create_job(
         # lost items (worker/stuck_jobs.py); none for an upload that lives in its messages only.
         fields = {**(extra or {}), "parts": 0 if inline else len(files)}
         store.create(job_id, [item.name for item in items], owner=caller, extra=fields, claim=claim)
-        send_chunks(celery, job_id, chunks(items, settings.chunk_size, settings.chunk_max_bytes), inline)
+        lane = lane_for(len(items), settings)
+        runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes)
+        carried = (
+            (lambda run: None) if inline is None else (lambda run: {str(i.part): inline[i.part] for i in run})
+        )
+        dispatch(celery, fair, [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs])
     except Exception:
+        if reserved:
+            quotas.release(tenant, len(items))
         if claim:
             store.release_submission(claim)
         raise
@@ -124,6 +145,8 @@ def _submit(
     store: JobStore,
     blobs: BlobStore,
     celery: Celery,
+    fair: FairShare,
+    quotas: Quotas,
     caller: str | None,
     files: list[UploadFile] | None,
     idempotency_key: str | None,
@@ -131,6 +154,7 @@ def _submit(
     webhook: str | None,
     webhook_events: str | None,
 ) -> Job:
+    _within_quota(quotas, quotas.count_submission, tenant_of(caller))  # before reading the upload
     labels = parse_metadata(metadata)
     hook = parse_webhook(webhook, webhook_events, settings)
     if not files:
@@ -143,7 +167,17 @@ def _submit(
         raise ProblemError(413, "Too many images", detail)
     extra = {**hook, "metadata": json.dumps(labels)} if labels else hook
     job_id, replayed = create_job(
-        settings, store, blobs, celery, caller, files, items, extra, idempotency_key=idempotency_key
+        settings,
+        store,
+        blobs,
+        celery,
+        fair,
+        quotas,
+        caller,
+        files,
+        items,
+        extra,
+        idempotency_key=idempotency_key,
     )
     if replayed:
         return _replayed(store, job_id, response)
@@ -168,7 +202,7 @@ def finished_job(store: JobStore, job_id: str, caller: str | None) -> JobWithRes
             "description": "With `Prefer: wait=N`, the job ended within N seconds: the finished job, "
             f"with its results inline when it has at most {INLINE_RESULTS} images",
         },
-        **{k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422)},
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429)},
     },
     summary="Submit images or zip archives",
 )
@@ -178,6 +212,8 @@ async def submit_job(
     store: JobStoreDep,
     blobs: BlobStoreDep,
     celery: CeleryDep,
+    fair: FairShareDep,
+    quotas: QuotasDep,
     caller: CallerDep,
     files: Annotated[
         list[UploadFile] | None,
@@ -228,7 +264,8 @@ async def submit_job(
     finished job and its `results`, plus `Preference-Applied: wait=10`; else `202` as usual.
     """
     wait = parse_prefer_wait(prefer)
-    args = (settings, store, blobs, celery, caller, files, idempotency_key, metadata, webhook, webhook_events)
+    args = (settings, store, blobs, celery, fair, quotas, caller, files, idempotency_key, metadata, webhook)
+    args += (webhook_events,)
     job = await run_in_threadpool(_submit, response, *args)
     if not wait:
         return JobOut.of(job)
@@ -264,6 +301,21 @@ def list_jobs(
     return JobList(items=[JobOut.of(job) for job in found.jobs], next=next_url)
 
 
+def _within_quota(quotas: Quotas, check: Callable[..., None], *args: Any) -> None:
+    """Run a quota check; over the quota is a 429 naming the limit, counted in /metrics."""
+    try:
+        check(*args)
+    except QuotaExceeded as exc:
+        metrics.refused(quotas.redis, exc.reason)
+        raise ProblemError(
+            429,
+            "Quota exceeded",
+            exc.detail,
+            headers={"Retry-After": str(exc.retry_after)},
+            extra={"limit": exc.limit},
+        ) from None
+
+
 def idempotency_claim(caller: str | None, idempotency_key: str) -> str:
     """Scoped to the caller: two API keys may pick the same string."""
     return hashlib.sha256(f"{caller or ''}:{idempotency_key}".encode()).hexdigest()
@@ -290,12 +342,18 @@ def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
-def cancel_job(job_id: str, store: JobStoreDep, blobs: BlobStoreDep, caller: CallerDep) -> JobOut:
+def cancel_job(
+    job_id: str, store: JobStoreDep, blobs: BlobStoreDep, fair: FairShareDep, caller: CallerDep
+) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
     job_or_404(store, job_id, caller)
-    if store.cancel(job_id):  # a job that already finished keeps its status
+    if store.cancel(job_id, tenant_of(caller)):  # a job that already finished keeps its status
+        fair.forget(job_id)  # its chunks still waiting for the bulk window are never sent
         blobs.delete_prefix(job_id)
         webhooks.notify(store, job_id)  # job.cancelled
+        job = job_or_404(store, job_id, caller)
+        metrics.job_finished(store.redis, JobStatus.cancelled, (job.finished_at or 0) - job.created_at)
+        return JobOut.of(job)
     return JobOut.of(job_or_404(store, job_id, caller))
 
 

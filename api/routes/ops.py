@@ -24,7 +24,7 @@ from api.waiting import get_completions
 from core import fleet, logs, metrics, sentry
 from core.config import get_settings
 from core.connections import get_redis
-from core.queue import QUEUE
+from core.queue import LANES
 
 router = APIRouter(tags=["operations"])
 admin = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_admin_key)])
@@ -44,7 +44,7 @@ def ready() -> JSONResponse:
         client = get_redis()
         client.ping()
         detail["redis"] = "ok"
-        detail["queue_depth"] = client.llen(QUEUE)
+        detail["queue_depth"] = sum(client.llen(lane) for lane in LANES)
         detail["model_version"] = fleet.current_version(client)
         detail["workers"] = [
             {

@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import BlobStoreDep, CallerDep, CeleryDep, JobStoreDep, SettingsDep
+from api.deps import BlobStoreDep, CallerDep, CeleryDep, FairShareDep, JobStoreDep, QuotasDep, SettingsDep
 from api.problems import ProblemError
 from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, visible
 from api.schemas import BatchPrediction, Prediction
@@ -75,7 +75,7 @@ async def _answer(
         422: {**PROBLEMS[422], "description": "The image could not be read, or a malformed request"},
         504: TIMEOUT_PROBLEM,
         **ANSWER_PROBLEMS,
-        **{k: PROBLEMS[k] for k in (400, 401, 403, 413, 415)},
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 413, 415, 429)},
     },
     summary="Recognise one image, answered inline",
 )
@@ -84,6 +84,8 @@ async def predict(
     store: JobStoreDep,
     blobs: BlobStoreDep,
     celery: CeleryDep,
+    fair: FairShareDep,
+    quotas: QuotasDep,
     caller: CallerDep,
     file: Annotated[UploadFile | None, File(description="One image: PNG, JPEG, BMP, GIF, TIFF, WebP")] = None,
 ) -> Prediction:
@@ -94,7 +96,9 @@ async def predict(
     if file is None:
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
     items = _single_image(file, settings.max_image_bytes)
-    create = partial(create_job, settings, store, blobs, celery, caller, [file], items)
+    create = partial(
+        create_job, settings, store, blobs, celery, fair, quotas, caller, [file], items, count_submission=True
+    )
     job, (result,) = await _answer(create, 1, caller, settings.predict_timeout_seconds)
     job_id = job.id
     if result is None:  # cannot happen for a job that ended other than cancelled; never a 500
@@ -140,7 +144,7 @@ def _batch_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
     responses={
         504: TIMEOUT_PROBLEM,
         **ANSWER_PROBLEMS,
-        **{k: PROBLEMS[k] for k in (400, 401, 403, 413, 422)},
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 413, 422, 429)},
     },
     summary="Recognise several images or zips, answered inline",
 )
@@ -149,6 +153,8 @@ async def predict_batch(
     store: JobStoreDep,
     blobs: BlobStoreDep,
     celery: CeleryDep,
+    fair: FairShareDep,
+    quotas: QuotasDep,
     caller: CallerDep,
     files: Annotated[
         list[UploadFile] | None,
@@ -170,7 +176,9 @@ async def predict_batch(
     if len(items) > INLINE_RESULTS:
         detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
         raise ProblemError(413, "Too many images", detail)
-    create = partial(create_job, settings, store, blobs, celery, caller, files, items)
+    create = partial(
+        create_job, settings, store, blobs, celery, fair, quotas, caller, files, items, count_submission=True
+    )
     _, results = await _answer(create, len(items), caller, settings.predict_timeout_seconds)
     return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
 

@@ -20,9 +20,9 @@ import pytest
 
 from core.config import PROJECT_ROOT
 from core.jobs import JobStore
-from core.queue import INLINE_UPLOAD_BYTES, PROCESS_CHUNK, QUEUE, make_celery
+from core.queue import INLINE_UPLOAD_BYTES, Chunk, ChunkItem, make_celery, send_chunk
 from ml.registry import S3Registry
-from tests.helpers import png, wait_for_job, wait_until
+from tests.helpers import png, wait_for_job, wait_until, workers_paused
 from tests.ops.ops_helpers import (
     ADMIN_KEY,
     API_KEY,
@@ -193,7 +193,8 @@ def test_metrics_count_jobs_items_latency_and_versions(
     assert values['digitq_job_seconds_bucket{le="+Inf"}'] == values["digitq_job_seconds_count"]
     assert added["digitq_item_seconds_count"] == 5
     assert added["digitq_chunk_seconds_count"] >= 2
-    assert values["digitq_queue_depth"] == 0
+    assert values['digitq_queue_depth{lane="interactive"}'] == 0
+    assert values['digitq_queue_depth{lane="bulk"}'] == 0
     assert values["digitq_workers"] == 2
     assert f'version="{served(fleet)[0]}"' in text
 
@@ -265,16 +266,12 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
     wait_until(lambda: api.get(f"/jobs/{big}").json()["counts"]["done"], 30, 0.05, "the big job to start")
     # Hold the rest of the job in the queue while the fleet switches (chunks take milliseconds,
     # a reload seconds): the workers stop consuming, through Celery's own remote control.
-    control = make_celery(fleet.settings.model_copy(update={"redis_url": fleet.redis_url})).control
-    assert len(control.cancel_consumer(QUEUE, reply=True, timeout=5)) == 2
-    try:
+    with workers_paused(fleet):
         r = admin.post("/admin/reload", json={"version": V2, "timeout": 60})
         assert r.status_code == 200, r.text
         assert r.json()["previous"] in (None, pushed) and r.json()["version"] == V2
         in_flight = api.get(f"/jobs/{big}").json()
         assert in_flight["status"] == "running", "the test needs the job to span the reload"
-    finally:
-        control.add_consumer(QUEUE, reply=True, timeout=5)
 
     done = wait_for_job(api, big)
     assert (
@@ -323,9 +320,8 @@ def test_failed_job_reaches_sentry_with_its_job_id_and_no_secrets(
     store = JobStore(redis.Redis.from_url(client), 3600)
     job_id = os.urandom(16).hex()  # a job of its own each run
     store.create(job_id, ["missing.png"])
-    make_celery(fleet.settings.model_copy(update={"redis_url": client})).send_task(
-        PROCESS_CHUNK, args=[job_id, [[0, 0, None, None]]]
-    )
+    celery = make_celery(fleet.settings.model_copy(update={"redis_url": client}))
+    send_chunk(celery, Chunk(job_id, (ChunkItem(0, 0),)))
     event = sentry_collector.wait_for(lambda e: e.get("tags", {}).get("job_id") == job_id, timeout=90)
     assert event["tags"]["model_version"] == version
     assert event["tags"]["role"] == "worker"

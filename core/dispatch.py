@@ -1,0 +1,206 @@
+"""Putting a job's chunks on the queue: `dispatch()`, and the bulk lane's fair share.
+
+An interactive job (core/queue.py `lane_for`) sends its chunks at once. A bulk job does not: its
+chunks wait in Redis, and only a small window of bulk chunks is in the broker or running at any
+time (BULK_IN_FLIGHT_CHUNKS; by default the live pool processes + 2, enough to keep every
+process busy since a chunk refills the window before it is acknowledged). Each free slot goes to
+the next API key in a ring of keys with waiting chunks, and within that key to the next of its
+jobs, so two keys share the workers evenly whatever their number of jobs, and a new key's job
+starts within about one chunk time.
+
+Keys (all bounded, all expiring after JOB_TTL_SECONDS of no writes):
+- `digitq:fair:tenants`: ring (LIST) of the tenants with waiting chunks.
+- `digitq:fair:tenant:<tenant>`: ring of that tenant's jobs with waiting chunks.
+- `digitq:fair:queue:<job>`: the job's waiting chunks (first item indices), in order.
+- `digitq:fair:chunks:<job>`: HASH first index -> chunk JSON, of waiting and in-flight chunks.
+- `digitq:fair:inflight`: ZSET `<job>:<first index>` -> when it was (re)sent: at most the window.
+The scripts touch a job's keys by name (Lua builds them): fine on one Redis, not on a cluster.
+
+Crashes: a chunk whose worker dies stays in `inflight` while the broker redelivers it (acks_late,
+visibility timeout). A chunk is taken off `inflight` and the window refilled in one script when
+it finishes; the process may die between that script and sending the chunks it picked, or the
+send may fail: the chunks stay in `inflight` and the sweeper (each worker's main process, every
+few seconds) sends again any that stayed there longer than STALE_AFTER, and refills the window,
+so no job is left stuck. A chunk sent twice is harmless: results are written per item with
+HSETNX (core/jobs.py), and a task skips the items already stored.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import redis
+from celery import Celery
+
+from core import fleet
+from core.config import Settings
+from core.queue import BULK, Chunk, lane_for, send_chunks
+
+log = logging.getLogger(__name__)
+
+PREFIX = "digitq:fair:"
+TENANTS = PREFIX + "tenants"
+INFLIGHT = PREFIX + "inflight"
+SLACK = 2  # chunks queued beyond one per pool process: the next one is there when a process frees
+
+# KEYS: tenants ring, inflight. ARGV: budget, now, ttl, prefix, then an optional finished chunk id
+# (`<job>:<index>`) to take off first. Returns {chunk json, ...} for the caller to send.
+_REFILL = """
+local tenants, inflight = KEYS[1], KEYS[2]
+local budget, now, ttl, prefix = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if ARGV[5] then
+  if redis.call('ZREM', inflight, ARGV[5]) == 1 then
+    local sep = string.find(ARGV[5], ':', 1, true)
+    local job, index = string.sub(ARGV[5], 1, sep - 1), string.sub(ARGV[5], sep + 1)
+    redis.call('HDEL', prefix .. 'chunks:' .. job, index)
+  end
+end
+local out = {}
+local steps = 0
+while redis.call('ZCARD', inflight) < budget and steps < 10000 do
+  steps = steps + 1
+  local tenant = redis.call('LMOVE', tenants, tenants, 'LEFT', 'RIGHT')
+  if not tenant then break end
+  local ring = prefix .. 'tenant:' .. tenant
+  local job = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
+  if job then
+    local queue = prefix .. 'queue:' .. job
+    local index = redis.call('LPOP', queue)
+    if redis.call('LLEN', queue) == 0 then redis.call('LREM', ring, 0, job) end
+    if index then
+      local chunk = redis.call('HGET', prefix .. 'chunks:' .. job, index)
+      if chunk then
+        redis.call('ZADD', inflight, now, job .. ':' .. index)
+        redis.call('EXPIRE', inflight, ttl)
+        table.insert(out, chunk)
+      end
+    end
+  end
+  if redis.call('LLEN', ring) == 0 then redis.call('LREM', tenants, 0, tenant) end
+end
+return out
+"""
+
+# KEYS: inflight. ARGV: sent before (stale), now, prefix. Claims the stale chunks (their time
+# becomes now, so another sweeper does not send them too) and returns their JSON.
+_STALE = """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)) do
+  local sep = string.find(id, ':', 1, true)
+  local job, index = string.sub(id, 1, sep - 1), string.sub(id, sep + 1)
+  local chunk = redis.call('HGET', ARGV[3] .. 'chunks:' .. job, index)
+  if chunk then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    table.insert(out, chunk)
+  else
+    redis.call('ZREM', KEYS[1], id)  -- its job expired or was cancelled
+  end
+end
+return out
+"""
+
+
+# KEYS: tenants ring. ARGV: tenant, ttl. The tenant joins the ring's end unless it is in it already.
+_JOIN = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+"""
+
+
+class FairShare:
+    """The bulk lane's waiting chunks and its window (state in Redis, shared by every process)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.settings = settings
+        self.ttl = settings.job_ttl_seconds
+        self.stale_after = 2.0 * settings.visibility_timeout
+        self._refill = client.register_script(_REFILL)
+        self._stale = client.register_script(_STALE)
+        self._join = client.register_script(_JOIN)
+        self._budget, self._budget_until = 1 + SLACK, 0.0
+
+    def budget(self) -> int:
+        """How many bulk chunks may be in the broker or running at once (the fleet's size is
+        read from the heartbeats at most once per heartbeat period: it is called per chunk)."""
+        if self.settings.bulk_in_flight_chunks:
+            return self.settings.bulk_in_flight_chunks
+        now = time.monotonic()
+        if now >= self._budget_until:
+            processes = sum(int(w.get("concurrency") or 0) for w in fleet.workers(self.redis))
+            self._budget = max(processes, 1) + SLACK
+            self._budget_until = now + fleet.HEARTBEAT_SECONDS
+        return self._budget
+
+    def add(self, chunks: Sequence[Chunk]) -> None:
+        """Queue a new job's chunks (all of one job and tenant) behind the window."""
+        job_id, tenant = chunks[0].job_id, chunks[0].tenant
+        chunks_key, queue, ring = (f"{PREFIX}{kind}:{name}" for kind, name in
+                                   (("chunks", job_id), ("queue", job_id), ("tenant", tenant)))  # fmt: skip
+        pipe = self.redis.pipeline()
+        for start in range(0, len(chunks), 1000):
+            part = chunks[start : start + 1000]
+            pipe.hset(chunks_key, mapping={str(c.items[0].index): json.dumps(c.to_json()) for c in part})
+            pipe.rpush(queue, *[c.items[0].index for c in part])
+        pipe.rpush(ring, job_id)
+        for key in (chunks_key, queue, ring):
+            pipe.expire(key, self.ttl)
+        pipe.execute()
+        # After its job is in its ring: a refill that sees the tenant also sees the job.
+        self._join(keys=[TENANTS], args=[tenant, self.ttl])
+
+    def refill(self, finished: Chunk | None = None) -> list[Chunk]:
+        """Take `finished` off the window, then fill it: the chunks the caller must send now."""
+        args: list[str | int | float] = [self.budget(), time.time(), self.ttl, PREFIX]
+        if finished is not None:
+            args.append(finished.id)
+        raw = self._refill(keys=[TENANTS, INFLIGHT], args=args)
+        return [Chunk.from_json(json.loads(r)) for r in raw]
+
+    def stale(self) -> list[Chunk]:
+        """In-flight chunks not finished long after they were sent (lost sends): send them again."""
+        now = time.time()
+        raw = self._stale(keys=[INFLIGHT], args=[now - self.stale_after, now, PREFIX])
+        return [Chunk.from_json(json.loads(r)) for r in raw]
+
+    def carried(self, job_id: str) -> set[int]:
+        """The job's item indices in chunks waiting for the window or in it (the stuck-job sweep
+        leaves those to this module's sweeper)."""
+        found: set[int] = set()
+        for raw in self.redis.hvals(f"{PREFIX}chunks:{job_id}"):
+            found.update(item[0] for item in json.loads(raw)["items"])
+        return found
+
+    def forget(self, job_id: str) -> None:
+        """A cancelled job's waiting chunks are never sent (its ring entry goes on the next refill)."""
+        self.redis.delete(f"{PREFIX}queue:{job_id}", f"{PREFIX}chunks:{job_id}")
+
+
+def dispatch(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> None:
+    """Put a new job's chunks to work: all at once in the interactive lane, else behind the window."""
+    if not chunks:
+        return
+    if chunks[0].lane != BULK:
+        send_chunks(celery, chunks)
+        return
+    fair.add(chunks)
+    send_chunks(celery, fair.refill())
+
+
+def finished(celery: Celery, fair: FairShare, chunk: Chunk) -> None:
+    """A chunk is done (or has nothing left to do): its window slot goes to the next chunk."""
+    if chunk.lane == BULK:
+        send_chunks(celery, fair.refill(chunk))
+
+
+def sweep(celery: Celery, fair: FairShare) -> int:
+    """Catch up what crashed processes missed: lost sends and missed refills. Returns chunks sent."""
+    chunks = fair.stale() + fair.refill()
+    if chunks:
+        log.info("fair-share sweep sent %d chunk(s)", len(chunks))
+    send_chunks(celery, chunks)
+    return len(chunks)
+
+
+__all__ = ["FairShare", "dispatch", "finished", "lane_for", "sweep"]

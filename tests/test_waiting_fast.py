@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.options import MAX_WAIT_SECONDS, parse_prefer_wait
 from core.jobs import CLOSED_CHANNEL, JobStore
-from core.queue import INLINE_UPLOAD_BYTES, QUEUE
+from core.queue import INLINE_UPLOAD_BYTES, LANES
 from tests.helpers import make_zip, png, wait_until
 
 
@@ -164,10 +164,10 @@ def test_predict_batch_refuses_an_empty_request_and_too_many_images(app_client: 
     assert "POST /jobs" in response.json()["detail"]
 
 
-def _queued_kwargs(redis_client) -> list[dict]:
-    """The kwargs of every task message waiting in the Celery queue (kombu's JSON envelope)."""
-    messages = [json.loads(raw) for raw in redis_client.lrange(QUEUE, 0, -1)]
-    return [json.loads(base64.b64decode(m["body"]))[1] for m in messages]
+def _queued_chunks(redis_client) -> list[dict]:
+    """The chunk of every task message waiting in the broker's lanes (kombu's JSON envelope)."""
+    messages = [json.loads(raw) for lane in LANES for raw in redis_client.lrange(lane, 0, -1)]
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
 
 
 def test_a_small_upload_travels_inside_the_task_message(make_client, redis_client, tmp_path, digits) -> None:
@@ -175,8 +175,8 @@ def test_a_small_upload_travels_inside_the_task_message(make_client, redis_clien
     image = png(digits[0][0])
     response = client.post("/jobs", files=[("files", ("a.png", image)), ("files", ("b.png", image))])
     assert response.status_code == 202
-    (kwargs,) = _queued_kwargs(redis_client)
-    sent = {part: base64.b64decode(data) for part, data in kwargs["parts"].items()}
+    (chunk,) = _queued_chunks(redis_client)
+    sent = {part: base64.b64decode(data) for part, data in chunk["parts"].items()}
     assert sent == {"0": image, "1": image}
     assert not (tmp_path / "uploads" / response.json()["id"]).exists()  # nothing written to the blob store
 
@@ -187,7 +187,7 @@ def test_a_bigger_upload_goes_through_the_blob_store(make_client, redis_client, 
     assert len(archive) > INLINE_UPLOAD_BYTES
     response = client.post("/jobs", files=[("files", ("a.zip", archive))])
     assert response.status_code == 202
-    assert all("parts" not in kwargs for kwargs in _queued_kwargs(redis_client))
+    assert all("parts" not in chunk for chunk in _queued_chunks(redis_client))
     assert (tmp_path / "uploads" / response.json()["id"] / "part-0").read_bytes() == archive
 
 

@@ -211,3 +211,18 @@ def test_predict_refuses_an_image_over_the_limit(make_client, digits) -> None:
     assert response.status_code == 413 and "1000" in response.json()["detail"]
     batch = client.post("/predict_batch", files=[("files", ("big.png", png(digits[0][0]) + bytes(2000)))])
     assert batch.status_code == 504  # accepted: the big part is an item with its error (no worker here)
+
+
+def test_quotas_apply_to_the_predict_routes(make_client, digits) -> None:
+    client = make_client(API_KEYS="k1", SUBMISSIONS_PER_MINUTE_PER_KEY="2", MAX_QUEUED_IMAGES_PER_KEY="2")
+    key = {"X-API-Key": "k1"}
+    image = png(digits[0][0])
+    three = [("files", (f"{i}.png", image)) for i in range(3)]
+    refused = client.post("/predict_batch", files=three, headers=key)  # 3 images queued > 2
+    assert refused.status_code == 429 and refused.json()["limit"] == "MAX_QUEUED_IMAGES_PER_KEY"
+    client = make_client(API_KEYS="k2", SUBMISSIONS_PER_MINUTE_PER_KEY="1", PREDICT_TIMEOUT_SECONDS="0.2")
+    other = {"X-API-Key": "k2"}  # a key with no submission yet
+    assert client.post("/predict", files={"file": ("a.png", image)}, headers=other).status_code == 504
+    refused = client.post("/predict", files={"file": ("a.png", image)}, headers=other)
+    assert refused.status_code == 429 and refused.json()["limit"] == "SUBMISSIONS_PER_MINUTE_PER_KEY"
+    assert refused.headers["Retry-After"]

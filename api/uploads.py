@@ -4,12 +4,13 @@ Nothing is extracted here: a zip is stored as uploaded and workers read its memb
 so entry names (absolute paths, `..`) never become file system paths.
 """
 
+import base64
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from core.queue import ChunkItem
+from core.queue import INLINE_UPLOAD_BYTES, ChunkItem
 
 # Magic numbers of the image formats we accept, and of zip archives.
 IMAGE_SIGNATURES: dict[bytes, str] = {
@@ -134,3 +135,19 @@ def chunks(
         chunk_bytes += item.size
     if chunk:
         yield chunk
+
+
+def inline_parts(parts: Sequence[BinaryIO], limit: int = INLINE_UPLOAD_BYTES) -> dict[int, str] | None:
+    """Every part as base64, when they add up to at most `limit` bytes (they then travel inside
+    the task messages instead of the blob store); None for a bigger upload."""
+    sizes = []
+    for data in parts:
+        data.seek(0, 2)
+        sizes.append(data.tell())
+        if sum(sizes) > limit:
+            return None
+    encoded = {}
+    for part, data in enumerate(parts):
+        data.seek(0)
+        encoded[part] = base64.b64encode(data.read()).decode()
+    return encoded

@@ -3,7 +3,7 @@
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Task
@@ -23,13 +23,16 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal error while processing this item; the operators have been told"
 
 
-def classify(job_id: str, items: Sequence[ChunkItem], model_version: str) -> list[ItemResult]:
+def classify(
+    job_id: str, items: Sequence[ChunkItem], model_version: str, parts: Mapping[str, str] | None = None
+) -> list[ItemResult]:
+    """`parts`: a small upload's parts, sent inside the chunk (core/queue.py INLINE_UPLOAD_BYTES)."""
     settings = get_settings()
     model = models.get(model_version)
     results: dict[int, ItemResult] = {}
     readable: list[tuple[int, bytes]] = []
     close_deleted_zips()
-    reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes)
+    reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes, parts)
     for item in items:
         if item.error:
             results[item.index] = ItemResult(item.index, error=item.error)
@@ -103,7 +106,7 @@ def _process(self: Task, chunk: Chunk, started: float) -> None:
     version = start.model_version or models.current().version
     notify(store, job_id)  # webhooks: job.running
     try:
-        results = classify(job_id, items, version)
+        results = classify(job_id, items, version, chunk.parts)
     except Exception as exc:
         if store.status(job_id) not in (JobStatus.queued, JobStatus.running):
             return  # cancelled meanwhile (its upload may be gone already)
@@ -115,6 +118,6 @@ def _process(self: Task, chunk: Chunk, started: float) -> None:
         results = [ItemResult(i.index, error=INTERNAL_ERROR) for i in items]
     recorded = store.record(job_id, results, chunk.tenant)
     notify(store, job_id, progressed=recorded.added > 0)  # webhooks: job.progress, or the terminal event
-    if recorded.closed_job:
+    if recorded.closed_job and chunk.parts is None:
         get_blob_store().delete_prefix(job_id)  # every item has its result: the upload can go
     _count(recorded, time.monotonic() - started, len(items))

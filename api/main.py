@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI
 from api import problems
 from api.deps import require_api_key
 from api.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_FIELDS, BodyLimits
-from api.routes import health, jobs, ops, ui
+from api.routes import health, jobs, ops, predict, ui
 from core.config import get_settings, open_api_refusal
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,10 @@ Recognise handwritten digits in images, one at a time or tens of thousands in a 
    keeps only the errors.
 
 `GET /jobs` lists your jobs, newest first (`metadata` sent with a job is echoed there).
+
+Answers in the same request: `Prefer: wait=N` on `POST /jobs` (`200` with the results if the job
+ends within N s), and the old service's `POST /predict` (one part `file`) and `POST /predict_batch`
+(parts `files`), which go through the same queue.
 
 Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details.
 When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`
@@ -64,6 +68,7 @@ def create_app() -> FastAPI:
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
+    app.include_router(predict.router, dependencies=[Depends(require_api_key)])
     ops.install(app)  # /ready, /metrics, /admin/reload, logging, Sentry
     ui.install(app)  # the web page at / and its static files
     return app

@@ -1,6 +1,7 @@
-"""Optional form fields of `POST /jobs` besides the files: `metadata` (and the webhook fields).
+"""Optional fields of `POST /jobs` besides the files: `metadata`, the webhook fields, `Prefer: wait`.
 
-Each parser answers a 4xx problem that says what to fix, never a 500.
+Each parser answers a 4xx problem that says what to fix, never a 500 (a `Prefer` it cannot read
+is ignored instead, as RFC 7240 asks of preferences).
 """
 
 import json
@@ -11,6 +12,7 @@ from core.config import Settings
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_CHARS = 512
+MAX_WAIT_SECONDS = 60
 
 
 def _bad_metadata(detail: str) -> ProblemError:
@@ -58,3 +60,21 @@ def parse_webhook(url: str | None, events: str | None, settings: Settings) -> di
     except webhooks.UnsafeURL as exc:
         raise ProblemError(400, "Webhook refused", f"webhook {url[:200]!r}: {exc}") from None
     return webhooks.job_fields(url, kinds)
+
+
+def parse_prefer_wait(header: str | None) -> int | None:
+    """Seconds to hold the request from RFC 7240's `Prefer: wait=N` (`wait` alone: the most), or None.
+
+    At most MAX_WAIT_SECONDS. A malformed value (`wait=soon`, `wait=1.5`: delta-seconds are whole
+    numbers) is ignored like any preference the server does not understand: the usual 202. Of
+    several `wait`s the first counts; other preferences (`respond-async`, ...) are ignored.
+    """
+    for preference in (header or "").split(","):
+        token, equals, value = preference.split(";")[0].strip().partition("=")
+        if token.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not equals:
+            return MAX_WAIT_SECONDS
+        return min(int(value), MAX_WAIT_SECONDS) if value.isascii() and value.isdigit() else None
+    return None

@@ -122,6 +122,14 @@ class ItemOut(BaseModel):
     error: str | None = Field(None, description="why this image could not be read")
 
 
+class JobWithResults(JobOut):
+    """A job that ended while its submission waited (`Prefer: wait`)."""
+
+    results: list[ItemOut] | None = Field(
+        description="every item, as GET /jobs/{id}/results shows them; null above 1,000 images (page them)"
+    )
+
+
 class ResultsPage(BaseModel):
     job_id: str
     status: JobStatus
@@ -144,3 +152,52 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+
+
+class Prediction(BaseModel):
+    """`POST /predict`: one image, answered inline (the old service's fields, plus the job)."""
+
+    digit: int = Field(ge=0, le=9)
+    confidence: float = Field(ge=0, le=1, description="calibrated probability")
+    low_confidence: bool = Field(description="confidence below the model's threshold")
+    model_version: str | None = Field(description="the model that answered")
+    job_id: str = Field(description="the job it ran as: GET /jobs/{id} shows it for a week")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "digit": 7,
+                    "confidence": 0.993,
+                    "low_confidence": False,
+                    "model_version": "2026.11.25-hogsvm-be5404",
+                    "job_id": "3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b",
+                }
+            ]
+        }
+    }
+
+
+class BatchPrediction(BaseModel):
+    """One item of `POST /predict_batch`, in input order (zip members in archive order)."""
+
+    name: str = Field(description="file name, or path inside the zip")
+    digit: int | None = Field(None, ge=0, le=9)
+    confidence: float | None = Field(None, ge=0, le=1, description="calibrated probability")
+    low_confidence: bool = Field(False, description="confidence below the model's threshold")
+    error: str | None = Field(None, description="why this item could not be read (then no digit)")
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {"name": "7.png", "digit": 7, "confidence": 0.993, "low_confidence": False, "error": None},
+                {
+                    "name": "scans/notes.txt",
+                    "digit": None,
+                    "confidence": None,
+                    "low_confidence": False,
+                    "error": "not a readable image",
+                },
+            ]
+        }
+    }

@@ -8,18 +8,19 @@ uncompressed bytes (the zip's `file_size`, which the worker's read cannot exceed
 pixels, read from each image's header (the first bytes of the entry; nothing is decoded).
 """
 
+import base64
 import io
 import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from PIL import Image
 
-from core.queue import ChunkItem
+from core.queue import INLINE_UPLOAD_BYTES, ChunkItem
 
 # Magic numbers of the image formats we accept, and of zip archives.
 IMAGE_SIGNATURES: dict[bytes, str] = {
@@ -283,3 +284,19 @@ def chunks(
         chunk_pixels += item.pixels
     if chunk:
         yield chunk
+
+
+def inline_parts(parts: Sequence[BinaryIO], limit: int = INLINE_UPLOAD_BYTES) -> dict[int, str] | None:
+    """Every part as base64, when they add up to at most `limit` bytes (they then travel inside
+    the task messages instead of the blob store); None for a bigger upload."""
+    sizes = []
+    for data in parts:
+        data.seek(0, 2)
+        sizes.append(data.tell())
+        if sum(sizes) > limit:
+            return None
+    encoded = {}
+    for part, data in enumerate(parts):
+        data.seek(0)
+        encoded[part] = base64.b64encode(data.read()).decode()
+    return encoded

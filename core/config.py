@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     max_queued_images_per_key: int = Field(default=1_000_000, ge=1)
     submissions_per_minute_per_key: int = Field(default=600, ge=1)
 
+    # Interactive answers (api/routes/predict.py): how long /predict and /predict_batch wait for their
+    # job before answering 504 with its id.
+    predict_timeout_seconds: float = Field(default=30, gt=0, le=600)
+
     # Model.
     model_uri: str = str(PROJECT_ROOT / "models")  # a local dir, or s3://bucket/prefix/<version|latest>
     model_cache_dir: Path = PROJECT_ROOT / "data" / "model-cache"

@@ -103,9 +103,10 @@ WEBHOOK_OUTCOMES = ("delivered", "retried", "gone", "gave_up", "failed")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
-def http_response(client: redis.Redis, status: int) -> None:
-    """One API response, counted by status class (the 4xx/5xx rates of the dashboard and alerts)."""
-    client.hincrby(KEY, f"http_responses:{status // 100}xx", 1)
+def http_response_field(status: int) -> str:
+    """The field that counts an API response by status class (the 4xx/5xx rates of the dashboard
+    and alerts); the API's middleware increments it (api/routes/ops.py)."""
+    return f"http_responses:{status // 100}xx"
 
 
 def webhook_attempt(client: redis.Redis, outcome: str) -> None:

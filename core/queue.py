@@ -72,6 +72,11 @@ to BULK, and every worker consumes both, interactive first. What gives the order
   BRPOP: approximate, and they would not bound the bulk lane; two queues are simpler and exact.)
 The bulk lane is not fed all at once: core/dispatch.py keeps a small window of chunks in it and
 hands the slots out round-robin across API keys, then their jobs.
+
+worker_send_task_events off, task_send_sent_event off: task events are for Flower, which switches
+the workers' events on itself while it runs (its `enable_events` option, every few seconds);
+without Flower they were a third of a worker main process' CPU per single-image chunk, and the
+sent event a tenth of the API's per submission (`make bench-latency`).
 """
 
 from collections.abc import Iterable
@@ -89,6 +94,11 @@ PROCESS_CHUNK = "digitq.process_chunk"
 INTERACTIVE = "digitq.interactive"
 BULK = "digitq.bulk"
 LANES = (INTERACTIVE, BULK)  # the order every worker reads them in
+# A job whose upload is at most this many bytes in all (a few small images: the interactive case)
+# sends its parts inside its chunks (`Chunk.parts`, base64 in the JSON message) instead of writing
+# them to the blob store for the worker to read back and delete: no disk or S3 round trip on
+# either side. 64 KiB is ~100 typical 28x28 PNGs; a message stays under ~90 KB in Redis.
+INLINE_UPLOAD_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +122,7 @@ class Chunk:
     items: tuple[ChunkItem, ...]
     tenant: str = ""  # who the job counts against (quotas, fair share): core/quotas.tenant()
     lane: str = BULK
+    parts: dict[str, str] | None = None  # a small upload's parts its items are in: {part: base64}
 
     @property
     def id(self) -> str:
@@ -124,12 +135,13 @@ class Chunk:
 
     def to_json(self) -> dict[str, Any]:
         items = [item.to_json() for item in self.items]
-        return {"job": self.job_id, "tenant": self.tenant, "lane": self.lane, "items": items}
+        out = {"job": self.job_id, "tenant": self.tenant, "lane": self.lane, "items": items}
+        return out if self.parts is None else {**out, "parts": self.parts}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> "Chunk":
         items = tuple(ChunkItem(*item) for item in raw["items"])
-        return cls(raw["job"], items, raw.get("tenant", ""), raw.get("lane", BULK))
+        return cls(raw["job"], items, raw.get("tenant", ""), raw.get("lane", BULK), raw.get("parts"))
 
 
 class LaneOrder(priority_cycle):
@@ -176,8 +188,8 @@ def make_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_send_task_events=True,  # Flower's live view
-        task_send_sent_event=True,
+        worker_send_task_events=False,  # Flower turns them on while it runs (see above)
+        task_send_sent_event=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout,

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from core.queue import INLINE_UPLOAD_BYTES
 from devstack.stack import Stack
 from tests.helpers import png, running_stack, wait_for_job
 
@@ -83,7 +84,8 @@ def mode(path: Path) -> int:
 def test_data_files_and_uploads_are_owner_only(stack: Stack, digits) -> None:
     images, _ = digits
     with httpx.Client(base_url=stack.api_url, timeout=30) as client:
-        response = client.post("/jobs", files=[("files", ("a.png", png(images[0])))])
+        big = png(images[0]) + bytes(INLINE_UPLOAD_BYTES)  # over the inline limit: stored as a file
+        response = client.post("/jobs", files=[("files", ("a.png", big))])
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
         uploads = stack.settings.data_dir / "uploads"

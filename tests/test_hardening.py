@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from core import fleet
 from core.jobs import MAX_ERROR_CHARS, MAX_NAME_CHARS, ItemResult, JobStore
+from core.queue import INLINE_UPLOAD_BYTES
 from devstack.embedded_redis import free_port
 from tests.helpers import make_zip, png
 
@@ -76,7 +77,8 @@ def test_a_failing_s3_put_is_503(make_client: Callable[..., TestClient], digits)
         AWS_SECRET_ACCESS_KEY="test-secret-key",
         AWS_DEFAULT_REGION="us-east-1",
     )
-    response = client.post("/jobs", files=[("files", ("a.png", png(digits[0][0])))])
+    big = png(digits[0][0]) + bytes(INLINE_UPLOAD_BYTES)  # over the inline limit: goes to the store
+    response = client.post("/jobs", files=[("files", ("a.png", big))])
     assert response.status_code == 503, response.text
     assert response.headers["Retry-After"] and "upload store" in response.json()["detail"]
     assert "test-secret-key" not in response.text

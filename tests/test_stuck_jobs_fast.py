@@ -85,3 +85,15 @@ def test_after_max_sweeps_the_lost_items_fail_the_job_saying_why(sweep: Sweep) -
     assert job is not None and job.status == "failed" and job.done == 10 and job.failed == 9
     assert f"re-queued {MAX_SWEEPS} times" in (job.error or "")
     assert sweep.queued() == [] and sweep.store.active() == []
+
+
+def test_a_lost_small_upload_sent_inline_fails_its_items_at_once(sweep: Sweep) -> None:
+    """Its parts lived only in its task messages (INLINE_UPLOAD_BYTES): nothing to re-list."""
+    job_id = sweep.stalled_job(stored=[0])
+    sweep.client.hset(PREFIX + job_id, "parts", 0)
+    sweep.blobs.delete_prefix(job_id)
+    assert sweep.run() == [job_id]
+    assert sweep.queued() == []
+    assert sweep.store.status(job_id) == "failed"
+    lost = sweep.store.results(job_id, [1])[0]
+    assert lost is not None and "no longer available" in (lost.error or "")

@@ -1,8 +1,11 @@
-"""Read the bytes of a chunk's items from the stored upload parts."""
+"""Read the bytes of a chunk's items from the upload parts: stored, or inside the task message."""
 
+import base64
+import io
 import os
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 from core.blobs import BlobStore, upload_key
@@ -33,22 +36,34 @@ def close_deleted_zips() -> None:
 
 
 class PartReader:
-    """Reads a job's items: plain image parts from their file, zip entries by name."""
+    """Reads a job's items: plain image parts from their file, zip entries by name.
 
-    def __init__(self, blobs: BlobStore, job_id: str, max_image_bytes: int) -> None:
+    `inline`: the parts a small upload sent inside the task message ({part: base64},
+    core/queue.py INLINE_UPLOAD_BYTES); the blob store is not touched for those.
+    """
+
+    def __init__(
+        self, blobs: BlobStore, job_id: str, max_image_bytes: int, inline: Mapping[str, str] | None = None
+    ) -> None:
         self.blobs = blobs
         self.job_id = job_id
         self.max_bytes = max_image_bytes
+        self.inline = {int(part): base64.b64decode(data) for part, data in (inline or {}).items()}
 
     def _path(self, part: int) -> Path:
         return self.blobs.local_path(upload_key(self.job_id, part))
 
+    def _zip(self, part: int) -> zipfile.ZipFile:
+        if part in self.inline:
+            return zipfile.ZipFile(io.BytesIO(self.inline[part]))  # small: parsed once per chunk is cheap
+        return _open_zip(self._path(part))
+
     def read(self, part: int, member: str | None) -> bytes:
         """The item's bytes; raises ValueError with a message for the user on a bad entry."""
         if member is None:
-            return self._path(part).read_bytes()
+            return self.inline[part] if part in self.inline else self._path(part).read_bytes()
         try:
-            archive = _open_zip(self._path(part))
+            archive = self._zip(part)
             if archive.getinfo(member).compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise ValueError("entry is not stored or deflated; only those are read")  # as the API says
             with archive.open(member) as entry:

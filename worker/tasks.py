@@ -3,7 +3,7 @@
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Task
@@ -32,9 +32,7 @@ POISON_ERROR = (
 def _prepare(model: DigitModel, reader: PartReader, item: ChunkItem) -> Prepared | str:
     """One item read and brought down to 28x28 (its bytes are let go on return), or its error."""
     try:
-        data = reader.read(
-            item.part, item.member
-        )  # other errors (S3, a cancelled job's upload) end the chunk
+        data = reader.read(item.part, item.member)  # other errors (S3, upload gone) end the chunk
     except ValueError as exc:
         return str(exc)  # a bad zip entry
     try:
@@ -51,16 +49,21 @@ class OutOfTime(Exception):
 
 
 def classify(
-    job_id: str, items: Sequence[ChunkItem], model_version: str, deadline: float
+    job_id: str,
+    items: Sequence[ChunkItem],
+    model_version: str,
+    deadline: float,
+    parts: Mapping[str, str] | None = None,
 ) -> list[ItemResult]:
     """Read, decode and shrink one item at a time (a chunk never holds more than one full-size
-    image), then classify the small arrays as one batch; stops at `deadline` (monotonic)."""
+    image), then classify the small arrays as one batch; stops at `deadline` (monotonic).
+    `parts`: a small upload's parts, sent inside the chunk (core/queue.py INLINE_UPLOAD_BYTES)."""
     settings = get_settings()
     model = models.get(model_version)
     results: dict[int, ItemResult] = {}
     ready: list[tuple[int, Prepared]] = []
     close_deleted_zips()
-    reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes)
+    reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes, parts)
     for item in items:
         if time.monotonic() > deadline:
             raise OutOfTime(f"chunk stopped at its deadline, before item {item.index}")
@@ -144,7 +147,7 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
     version = start.model_version or models.current().version
     notify(store, job_id)  # webhooks: job.running
     try:
-        results = classify(job_id, items, version, deadline)
+        results = classify(job_id, items, version, deadline, chunk.parts)
     except Exception as exc:
         if store.status(job_id) not in (JobStatus.queued, JobStatus.running):
             return  # cancelled meanwhile (its upload may be gone already)
@@ -163,6 +166,6 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
 def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float) -> None:
     recorded = store.record(chunk.job_id, results, chunk.tenant)
     notify(store, chunk.job_id, progressed=recorded.added > 0)  # webhooks: progress, or the terminal event
-    if recorded.closed_job:
+    if recorded.closed_job and chunk.parts is None:
         get_blob_store().delete_prefix(chunk.job_id)  # every item has its result: the upload can go
     _count(recorded, time.monotonic() - started, len(results))

@@ -5,22 +5,26 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
+from celery import Celery
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
-from fastapi.responses import StreamingResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import BlobStoreDep, CallerDep, CeleryDep, FairShareDep, JobStoreDep, QuotasDep, SettingsDep
-from api.options import parse_metadata, parse_webhook
+from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
 from api.problems import ProblemError
-from api.schemas import ItemOut, ItemStatus, JobList, JobOut, Problem, ResultsPage
-from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, part_items
+from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
+from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, inline_parts, part_items
+from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
-from core.blobs import upload_key
-from core.dispatch import dispatch
-from core.jobs import CLAIM_SECONDS, Job, JobStatus, JobStore, is_job_id, new_job_id
+from core.blobs import BlobStore, upload_key
+from core.config import Settings
+from core.dispatch import FairShare, dispatch
+from core.jobs import CLAIM_SECONDS, TERMINAL, Job, JobStatus, JobStore, is_job_id, new_job_id
 from core.queue import Chunk, lane_for
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
@@ -42,16 +46,21 @@ PROBLEMS = {
 }
 CSV_PAGE = 1000
 FILTER_BUDGET = 10_000  # items one filtered results page may read (the page may then be short)
+INLINE_RESULTS = 1000  # a job that ends while its submission waits carries its results up to this size
 MAX_OFFSET = 2**31 - 1  # Redis list indices are 64-bit; anything near is past every job's end
 
 
-def _job_or_404(store: JobStore, job_id: str, caller: str | None) -> Job:
+def job_or_404(store: JobStore, job_id: str, caller: str | None) -> Job:
     # Every /jobs/{id} route comes here first: an id we could not have made is never looked up
     # in Redis (`<id>:names` would be another key type) nor used in a path (cancel's delete).
     if not is_job_id(job_id):
         raise ProblemError(404, "Not found", "there is no such job: job ids are 32 hexadecimal characters")
-    job = store.get(job_id)
-    # Another key's job is "not found" too: its existence is not the caller's business.
+    return visible(store.get(job_id), job_id, caller)
+
+
+def visible(job: Job | None, job_id: str, caller: str | None) -> Job:
+    """The job if the caller may see it. Another key's job is "not found" too: its existence is
+    not the caller's business."""
     if job is None or (caller is not None and job.owner is not None and job.owner != caller):
         raise ProblemError(404, "Not found", f"there is no job {job_id!r} (jobs expire after a week)")
     return job
@@ -70,14 +79,136 @@ def _list_items(files: list[UploadFile], max_image_bytes: int, max_items: int) -
     return items
 
 
+def create_job(
+    settings: Settings,
+    store: JobStore,
+    blobs: BlobStore,
+    celery: Celery,
+    fair: FairShare,
+    quotas: Quotas,
+    caller: str | None,
+    files: list[UploadFile],
+    items: list[Item],
+    extra: Mapping[str, str | int] | None = None,
+    idempotency_key: str | None = None,
+    job_id: str | None = None,
+    count_submission: bool = False,
+) -> tuple[str, bool]:
+    """Store the upload, create the job (`job_id`, or a new id) and queue its chunks: (job id, replayed).
+
+    Within the caller's quotas (429 otherwise): the submission rate when `count_submission` (POST
+    /jobs counts it before reading the upload), the queued images always.
+    `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
+    Blocking (disk or S3, Redis): async routes run it in the thread pool.
+    """
+    tenant = tenant_of(caller)
+    if count_submission:
+        _within_quota(quotas, quotas.count_submission, tenant)
+    job_id = job_id or new_job_id()
+    claim = None
+    if idempotency_key:
+        claim = idempotency_claim(caller, idempotency_key)
+        earlier = store.claim_submission(claim, job_id)
+        if earlier:
+            return earlier, True
+    reserved = False
+    try:
+        _within_quota(quotas, quotas.reserve, tenant, len(items))  # all of them, or none
+        reserved = True
+        inline = inline_parts([upload.file for upload in files])
+        for part, upload in enumerate(files if inline is None else ()):
+            upload.file.seek(0)
+            blobs.put(upload_key(job_id, part), upload.file)
+        # `parts`: how many stored uploads to re-list should the stuck-job sweep need to re-queue
+        # lost items (worker/stuck_jobs.py); none for an upload that lives in its messages only.
+        fields = {**(extra or {}), "parts": 0 if inline else len(files)}
+        store.create(job_id, [item.name for item in items], owner=caller, extra=fields, claim=claim)
+        lane = lane_for(len(items), settings)
+        runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
+        carried = (
+            (lambda run: None) if inline is None else (lambda run: {str(i.part): inline[i.part] for i in run})
+        )
+        dispatch(celery, fair, [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs])
+    except Exception:
+        if reserved:
+            quotas.release(tenant, len(items))
+        if claim:
+            store.release_submission(claim)
+        raise
+    with logs.bound(job_id=job_id):
+        metrics.job_submitted(store.redis, len(items))
+        log.info("job submitted")
+    return job_id, False
+
+
+def _submit(
+    response: Response,
+    settings: Settings,
+    store: JobStore,
+    blobs: BlobStore,
+    celery: Celery,
+    fair: FairShare,
+    quotas: Quotas,
+    caller: str | None,
+    files: list[UploadFile] | None,
+    idempotency_key: str | None,
+    metadata: str | None,
+    webhook: str | None,
+    webhook_events: str | None,
+) -> Job:
+    _within_quota(quotas, quotas.count_submission, tenant_of(caller))  # before reading the upload
+    labels = parse_metadata(metadata)
+    hook = parse_webhook(webhook, webhook_events, settings)
+    if not files:
+        raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
+    items = _list_items(files, settings.max_image_bytes, settings.max_items_per_job)
+    if not items:
+        raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
+    if len(items) > settings.max_items_per_job:
+        detail = f"{len(items)} images; a job takes at most {settings.max_items_per_job}: split the upload"
+        raise ProblemError(413, "Too many images", detail)
+    extra = {**hook, "metadata": json.dumps(labels)} if labels else hook
+    job_id, replayed = create_job(
+        settings,
+        store,
+        blobs,
+        celery,
+        fair,
+        quotas,
+        caller,
+        files,
+        items,
+        extra,
+        idempotency_key=idempotency_key,
+    )
+    if replayed:
+        return _replayed(store, job_id, response)
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return job_or_404(store, job_id, caller)
+
+
+def finished_job(store: JobStore, job_id: str, caller: str | None) -> JobWithResults:
+    """The job with its results inline when it has at most INLINE_RESULTS items."""
+    job = job_or_404(store, job_id, caller)
+    results = _items(store, job_id, 0, job.total) if job.total <= INLINE_RESULTS else None
+    return JobWithResults(**JobOut.of(job).model_dump(), results=results)
+
+
 @router.post(
     "",
     status_code=202,
     response_model=JobOut,
-    responses={k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429)},
+    responses={
+        200: {
+            "model": JobWithResults,
+            "description": "With `Prefer: wait=N`, the job ended within N seconds: the finished job, "
+            f"with its results inline when it has at most {INLINE_RESULTS} images",
+        },
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 409, 413, 415, 422, 429)},
+    },
     summary="Submit images or zip archives",
 )
-def submit_job(
+async def submit_job(
     response: Response,
     settings: SettingsDep,
     store: JobStoreDep,
@@ -98,6 +229,16 @@ def submit_job(
             "instead of creating another (kept as long as jobs are)",
         ),
     ] = None,
+    prefer: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description=f"`wait=N` (RFC 7240; N <= {MAX_WAIT_SECONDS} s, `wait` alone: {MAX_WAIT_SECONDS}): "
+            "hold the request until the job ends, then answer 200 with the job and its results; "
+            "if it has not ended after N s, the usual 202. A malformed value is ignored.",
+            examples=["wait=10"],
+        ),
+    ] = None,
     metadata: Annotated[
         str | None,
         Form(
@@ -116,57 +257,25 @@ def submit_job(
             "job.cancelled; default: the three terminal ones"
         ),
     ] = None,
-) -> JobOut:
+) -> JobOut | JSONResponse:
     """Queue every image of the upload; answers at once with the job to poll.
 
     `curl -F files=@digits.zip -F files=@seven.png http://127.0.0.1:8000/jobs`
-    """
-    tenant = tenant_of(caller)
-    _within_quota(quotas, quotas.count_submission, tenant)
-    labels = parse_metadata(metadata)
-    hook = parse_webhook(webhook, webhook_events, settings)
-    if not files:
-        raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
-    items = _list_items(files, settings.max_image_bytes, settings.max_items_per_job)
-    if not items:
-        raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
-    if len(items) > settings.max_items_per_job:
-        detail = f"{len(items)} images; a job takes at most {settings.max_items_per_job}: split the upload"
-        raise ProblemError(413, "Too many images", detail)
 
-    job_id = new_job_id()
-    claim = None
-    if idempotency_key:
-        claim = idempotency_claim(caller, idempotency_key)
-        earlier = store.claim_submission(claim, job_id)
-        if earlier:
-            return _replayed(store, earlier, response)
-    reserved = False
-    try:
-        _within_quota(quotas, quotas.reserve, tenant, len(items))  # all of them, or none
-        reserved = True
-        for part, upload in enumerate(files):
-            upload.file.seek(0)
-            blobs.put(upload_key(job_id, part), upload.file)
-        # `parts`: how many uploads to re-list should the sweep need to re-queue lost items.
-        extra: dict[str, str | int] = {**hook, "parts": len(files)}
-        if labels:
-            extra["metadata"] = json.dumps(labels)
-        store.create(job_id, [item.name for item in items], owner=caller, extra=extra, claim=claim)
-        lane = lane_for(len(items), settings)
-        runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
-        dispatch(celery, fair, [Chunk(job_id, tuple(run), tenant, lane) for run in runs])
-    except Exception:
-        if reserved:
-            quotas.release(tenant, len(items))
-        if claim:
-            store.release_submission(claim)
-        raise
-    with logs.bound(job_id=job_id):
-        metrics.job_submitted(store.redis, len(items))
-        log.info("job submitted")
-    response.headers["Location"] = f"/jobs/{job_id}"
-    return JobOut.of(_job_or_404(store, job_id, caller))
+    With `Prefer: wait=10` the answer waits (up to 10 s) for the job to end: `200` with the
+    finished job and its `results`, plus `Preference-Applied: wait=10`; else `202` as usual.
+    """
+    wait = parse_prefer_wait(prefer)
+    args = (settings, store, blobs, celery, fair, quotas, caller, files, idempotency_key, metadata, webhook)
+    args += (webhook_events,)
+    job = await run_in_threadpool(_submit, response, *args)
+    if not wait:
+        return JobOut.of(job)
+    response.headers["Preference-Applied"] = f"wait={wait}"
+    if job.status not in TERMINAL and not await get_completions().wait(job.id, wait):
+        return JobOut.of(await run_in_threadpool(job_or_404, store, job.id, caller))
+    finished = await run_in_threadpool(finished_job, store, job.id, caller)
+    return JSONResponse(finished.model_dump(mode="json"), headers=dict(response.headers))
 
 
 @router.get("", response_model=JobList, responses={k: PROBLEMS[k] for k in (400, 401, 403, 422)})
@@ -214,7 +323,7 @@ def idempotency_claim(caller: str | None, idempotency_key: str) -> str:
     return hashlib.sha256(f"{caller or ''}:{idempotency_key}".encode()).hexdigest()
 
 
-def _replayed(store: JobStore, job_id: str, response: Response) -> JobOut:
+def _replayed(store: JobStore, job_id: str, response: Response) -> Job:
     """The answer to a retried submission: the job the first attempt created."""
     job = store.get(job_id)
     if job is None:
@@ -225,13 +334,13 @@ def _replayed(store: JobStore, job_id: str, response: Response) -> JobOut:
         raise ProblemError(409, "Submission in progress", detail, headers={"Retry-After": "1"})
     response.headers["Location"] = f"/jobs/{job_id}"
     response.headers["Idempotent-Replayed"] = "true"
-    return JobOut.of(job)
+    return job
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
     """The job's status, progress counts, times and model version."""
-    return JobOut.of(_job_or_404(store, job_id, caller))
+    return JobOut.of(job_or_404(store, job_id, caller))
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
@@ -239,15 +348,15 @@ def cancel_job(
     job_id: str, store: JobStoreDep, blobs: BlobStoreDep, fair: FairShareDep, caller: CallerDep
 ) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
-    _job_or_404(store, job_id, caller)
+    job_or_404(store, job_id, caller)
     if store.cancel(job_id, tenant_of(caller)):  # a job that already finished keeps its status
         fair.forget(job_id)  # its chunks still waiting for the bulk window are never sent
         blobs.delete_prefix(job_id)
         webhooks.notify(store, job_id)  # job.cancelled
-        job = _job_or_404(store, job_id, caller)
+        job = job_or_404(store, job_id, caller)
         metrics.job_finished(store.redis, JobStatus.cancelled, (job.finished_at or 0) - job.created_at)
         return JobOut.of(job)
-    return JobOut.of(_job_or_404(store, job_id, caller))
+    return JobOut.of(job_or_404(store, job_id, caller))
 
 
 class ResultFormat(StrEnum):
@@ -364,7 +473,7 @@ def get_results(
 
     With `status=`, a JSON page may hold fewer than `limit` items while `next` says more follow.
     """
-    job = _job_or_404(store, job_id, caller)
+    job = job_or_404(store, job_id, caller)
     if format is not ResultFormat.json:
         rows, media_type = {
             ResultFormat.csv: (_csv_rows, "text/csv"),

@@ -12,14 +12,15 @@ from typing import Annotated, Any
 
 import anyio
 import redis
-from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import require_admin_key
 from api.problems import PROBLEM_JSON, ProblemError
 from api.schemas import Problem
+from api.waiting import get_completions
 from core import fleet, logs, metrics, sentry
 from core.config import get_settings
 from core.connections import get_redis
@@ -119,12 +120,41 @@ async def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
     return {"version": result.version, "previous": result.previous, "workers": result.workers}
 
 
-def count_response(status: int) -> None:
-    """Count a response in Redis (threadpool: a slow Redis must not stall the event loop); never
-    fails the request (with Redis down, the answer is a 503 and the count is lost)."""
+class JobContext:
+    """Log lines of a /jobs/{id} request carry its job id, and every response is counted in Redis
+    by status class. Plain ASGI: `@app.middleware("http")` (BaseHTTPMiddleware) costs a task and
+    a memory stream per request, and a thread-pool hop for a synchronous count."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        match = JOB_PATH.match(scope["path"])
+        logs.clear()
+        logs.bind(job_id=match.group(1) if match else None)
+        status = 500  # an exception escaping the app: Starlette answers 500 outside this
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            await count_response(status)
+
+
+async def count_response(status: int) -> None:
+    """Count a response in Redis (async: a slow Redis must not stall the event loop); never fails
+    the request (with Redis down, the answer is a 503 and the count is lost)."""
     try:
-        metrics.http_response(get_redis(), status)
-    except (redis.RedisError, RuntimeError) as exc:
+        await get_completions().redis.hincrby(metrics.KEY, metrics.http_response_field(status), 1)
+    except (redis.RedisError, OSError, RuntimeError) as exc:
         log.debug("response not counted: %s", exc)
 
 
@@ -134,18 +164,6 @@ def install(app: FastAPI) -> None:
     logs.configure(settings, "api")
     sentry.init(settings, "api")
 
-    @app.middleware("http")
-    async def job_context(request: Request, call_next: Any) -> Response:
-        match = JOB_PATH.match(request.url.path)
-        logs.clear()
-        logs.bind(job_id=match.group(1) if match else None)
-        try:
-            response = await call_next(request)
-        except Exception:
-            await run_in_threadpool(count_response, 500)  # Starlette answers 500 outside this
-            raise
-        await run_in_threadpool(count_response, response.status_code)
-        return response
-
+    app.add_middleware(JobContext)
     app.include_router(router)
     app.include_router(admin)

@@ -20,7 +20,7 @@ import pytest
 
 from core.config import PROJECT_ROOT
 from core.jobs import JobStore
-from core.queue import Chunk, ChunkItem, make_celery, send_chunk
+from core.queue import INLINE_UPLOAD_BYTES, Chunk, ChunkItem, make_celery, send_chunk
 from ml.registry import S3Registry
 from tests.helpers import png, wait_for_job, wait_until, workers_paused
 from tests.ops.ops_helpers import (
@@ -47,11 +47,21 @@ BAD = "2099.03.04-hogsvm-corrupt"
 EVIL = "2099.03.05-hogsvm-unsigned"
 
 
-def digit_png(seed: int) -> bytes:
+def digit_png(seed: int, pad: int = 0) -> bytes:
+    """A noisy "1"; `pad` bytes of PNG text chunk make it bigger (readers skip it)."""
+    from PIL import Image, PngImagePlugin
+
     rng = np.random.default_rng(seed)
     image = np.zeros((28, 28), np.uint8)
     image[5:23, 12:16] = 255  # a "1"
-    return png(np.clip(image.astype(int) + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8))
+    image = np.clip(image.astype(int) + rng.integers(0, 30, image.shape), 0, 255).astype(np.uint8)
+    if not pad:
+        return png(image)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("pad", "x" * pad)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +121,8 @@ def serve(admin: httpx.Client, fleet: LoggedStack, version: str) -> None:
     wait_until(lambda: served(fleet) == [version, version], 30, 0.2, f"both workers on {version}")
 
 
-def submit(api: httpx.Client, n: int, seed: int = 0) -> str:
-    files = [("files", (f"d{i}.png", digit_png(seed + i), "image/png")) for i in range(n)]
+def submit(api: httpx.Client, n: int, seed: int = 0, pad: int = 0) -> str:
+    files = [("files", (f"d{i}.png", digit_png(seed + i, pad), "image/png")) for i in range(n)]
     r = api.post("/jobs", files=files)
     assert r.status_code == 202, r.text
     return r.json()["id"]
@@ -137,7 +147,7 @@ def test_job_on_s3_uploads_records_its_model_version(
     api: httpx.Client, admin: httpx.Client, fleet: LoggedStack, s3_requests: list[str], pushed: str
 ) -> None:
     serve(admin, fleet, pushed)
-    job_id = submit(api, 25)
+    job_id = submit(api, 25, pad=INLINE_UPLOAD_BYTES // 20)  # over the inline limit: through the store
     job = wait_for_job(api, job_id)
     assert job["status"] == "succeeded" and job["counts"]["done"] == 25 and job["model_version"] == pushed
     # The uploads went through S3BlobStore: the API PUT each part, a worker GET it.

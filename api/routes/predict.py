@@ -1,0 +1,195 @@
+"""The old synchronous service's routes, answered through the queue: `/predict` and `/predict_batch`.
+
+Same paths, parts and field names as before, so an old client only changes its base URL (and
+sends an API key when the server has them). Each request is a job like any other (listed,
+owned by the caller's key, kept for JOB_TTL_SECONDS); the request waits for it to end, learning
+of it by notification (api/waiting.py), for at most PREDICT_TIMEOUT_SECONDS, then answers 504
+with the job's id so that the client can poll it.
+"""
+
+from collections.abc import Callable
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import BlobStoreDep, CallerDep, CeleryDep, FairShareDep, JobStoreDep, QuotasDep, SettingsDep
+from api.problems import ProblemError
+from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, visible
+from api.schemas import BatchPrediction, Prediction
+from api.uploads import ACCEPTED, Item, UploadError, part_items
+from api.waiting import get_completions
+from core.jobs import ItemResult, Job, JobStatus, new_job_id
+
+router = APIRouter(tags=["predict"])
+ANSWER_PROBLEMS = {
+    409: {**PROBLEMS[409], "description": "The job was cancelled (DELETE /jobs/{id}) before it answered"},
+    503: {**PROBLEMS[409], "description": "The job failed for an internal reason, or Redis is down: retry"},
+}
+TIMEOUT_PROBLEM = {
+    "model": None,
+    "content": {
+        "application/problem+json": {
+            "example": {
+                "type": "about:blank",
+                "title": "Still running",
+                "status": 504,
+                "detail": "no answer within 30 s; the job goes on: poll /jobs/3f2a… and read its results",
+                "job_id": "3f2a9c0e5b8d4e6f9a1b2c3d4e5f6a7b",
+                "links": {"self": "/jobs/3f2a…", "results": "/jobs/3f2a…/results"},
+            }
+        }
+    },
+    "description": "No answer within PREDICT_TIMEOUT_SECONDS; `job_id` and `links` say what to poll",
+}
+
+
+async def _answer(
+    create: Callable[..., object], items: int, caller: str | None, timeout: float
+) -> tuple[Job, list[ItemResult | None]]:
+    """Create the job (`create(job_id=...)`, blocking: in the thread pool), wait for it, read it and
+    its results; 504 with the job's id when it takes longer than `timeout`."""
+    job_id = new_job_id()
+    completions = get_completions()
+    if not await completions.wait(job_id, timeout, lambda: run_in_threadpool(create, job_id=job_id)):
+        base = f"/jobs/{job_id}"
+        detail = f"no answer within {timeout:g} s; the job goes on: poll {base} and read {base}/results"
+        links = {"self": base, "results": f"{base}/results"}
+        extra = {"job_id": job_id, "links": links}
+        raise ProblemError(504, "Still running", detail, headers={"Location": base}, extra=extra)
+    found, results = await completions.read(job_id, items)
+    job = visible(found, job_id, caller)
+    if job.status is JobStatus.cancelled:
+        raise ProblemError(409, "Cancelled", f"job {job_id} was cancelled before it answered")
+    if job.error:  # an internal error, after retries: not the image's fault
+        detail = f"job {job_id} failed ({job.error}); retry shortly"
+        raise ProblemError(503, "Service unavailable", detail, headers={"Retry-After": "5"})
+    return job, results
+
+
+@router.post(
+    "/predict",
+    response_model=Prediction,
+    responses={
+        422: {**PROBLEMS[422], "description": "The image could not be read, or a malformed request"},
+        504: TIMEOUT_PROBLEM,
+        **ANSWER_PROBLEMS,
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 413, 415, 429)},
+    },
+    summary="Recognise one image, answered inline",
+)
+async def predict(
+    settings: SettingsDep,
+    store: JobStoreDep,
+    blobs: BlobStoreDep,
+    celery: CeleryDep,
+    fair: FairShareDep,
+    quotas: QuotasDep,
+    caller: CallerDep,
+    file: Annotated[UploadFile | None, File(description="One image: PNG, JPEG, BMP, GIF, TIFF, WebP")] = None,
+) -> Prediction:
+    """The old service's `POST /predict`: one part named `file`.
+
+    `curl -F file=@seven.png http://127.0.0.1:8000/predict`
+    """
+    if file is None:
+        raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
+    items = _single_image(file, settings.max_image_bytes)
+    create = partial(
+        create_job, settings, store, blobs, celery, fair, quotas, caller, [file], items, count_submission=True
+    )
+    job, (result,) = await _answer(create, 1, caller, settings.predict_timeout_seconds)
+    job_id = job.id
+    if result is None:  # cannot happen for a job that ended other than cancelled; never a 500
+        raise ProblemError(503, "Service unavailable", f"job {job_id} ended without a result; retry")
+    if result.error or result.digit is None or result.confidence is None:
+        detail = f"{file.filename or 'the image'}: {result.error} (job {job_id})"
+        raise ProblemError(422, "Unreadable image", detail, extra={"job_id": job_id})
+    return Prediction(
+        digit=result.digit,
+        confidence=result.confidence,
+        low_confidence=result.low_confidence,
+        model_version=job.model_version,
+        job_id=job_id,
+    )
+
+
+def _single_image(upload: UploadFile, max_image_bytes: int) -> list[Item]:
+    try:
+        kind, items = part_items(upload.file, upload.filename or "image", 0, max_image_bytes)
+    except UploadError as exc:
+        raise ProblemError(exc.status, "Unusable upload", str(exc)) from exc
+    if kind == "zip":
+        detail = "/predict takes one image; send zips (and several images) to /predict_batch as 'files'"
+        raise ProblemError(415, "Not an image", detail)
+    return items
+
+
+def _batch_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
+    """Every part's items; a part the service cannot take is an item with its error, as in a zip."""
+    items: list[Item] = []
+    for part, upload in enumerate(files):
+        name = upload.filename or f"file-{part + 1}"
+        try:
+            items += part_items(upload.file, name, part, max_image_bytes)[1]
+        except UploadError as exc:
+            items.append(Item(name=name, part=part, error=str(exc)))
+    return items
+
+
+@router.post(
+    "/predict_batch",
+    response_model=list[BatchPrediction],
+    responses={
+        504: TIMEOUT_PROBLEM,
+        **ANSWER_PROBLEMS,
+        **{k: PROBLEMS[k] for k in (400, 401, 403, 413, 422, 429)},
+    },
+    summary="Recognise several images or zips, answered inline",
+)
+async def predict_batch(
+    settings: SettingsDep,
+    store: JobStoreDep,
+    blobs: BlobStoreDep,
+    celery: CeleryDep,
+    fair: FairShareDep,
+    quotas: QuotasDep,
+    caller: CallerDep,
+    files: Annotated[
+        list[UploadFile] | None,
+        File(description=f"Parts named 'files': {ACCEPTED}; at most {INLINE_RESULTS} images in all"),
+    ] = None,
+) -> list[BatchPrediction]:
+    """The old service's `POST /predict_batch`: one item per image, in input order.
+
+    A part or zip member that cannot be read is an item with an `error`, never the whole request.
+    For more than 1,000 images, submit a job (`POST /jobs`) and page its results.
+
+    `curl -F files=@seven.png -F files=@digits.zip http://127.0.0.1:8000/predict_batch`
+    """
+    if not files:
+        raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
+    items = _batch_items(files, settings.max_image_bytes)
+    if not items:
+        raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
+    if len(items) > INLINE_RESULTS:
+        detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
+        raise ProblemError(413, "Too many images", detail)
+    create = partial(
+        create_job, settings, store, blobs, celery, fair, quotas, caller, files, items, count_submission=True
+    )
+    _, results = await _answer(create, len(items), caller, settings.predict_timeout_seconds)
+    return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
+
+
+def _batch_item(item: Item, result: ItemResult | None) -> BatchPrediction:
+    if result is None:
+        return BatchPrediction(name=item.name, error="no result (the job ended without this item)")
+    return BatchPrediction(
+        name=item.name,
+        digit=result.digit,
+        confidence=result.confidence,
+        low_confidence=result.low_confidence,
+        error=result.error,
+    )

@@ -99,7 +99,8 @@ def test_an_s3_put_refused_by_the_server_is_503(make_client: Callable[..., TestC
             AWS_SECRET_ACCESS_KEY="test-secret-key",
             AWS_DEFAULT_REGION="us-east-1",
         )
-        response = client.post("/jobs", files=[("files", ("a.png", png(digits[0][0])))])
+        big = png(digits[0][0]) + bytes(INLINE_UPLOAD_BYTES)  # over the inline limit: goes to the store
+        response = client.post("/jobs", files=[("files", ("a.png", big))])
     finally:
         server.stop()
     assert response.status_code == 503, response.text

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast model bench bench-model bench-latency bench-fairness lint format clean install browser promtool
+.PHONY: run test test-fast model bench bench-model bench-bounds bench-latency bench-fairness lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
@@ -27,6 +27,9 @@ bench: $(STAMP) models/LATEST  ## end-to-end throughput vs in-process
 
 bench-model: $(STAMP) models/LATEST  ## in-process us/image per step (decode, preprocess, features, classify)
 	$(PY) bench/bench_model.py
+
+bench-bounds: $(STAMP)  ## what listing a zip costs per entry; the worst decode per format vs a chunk's deadline
+	$(PY) bench/bench_bounds.py
 
 bench-latency: $(STAMP) models/LATEST  ## one image per request: /predict, Prefer: wait, polling; 1 and 16 clients
 	$(PY) bench/bench_latency.py

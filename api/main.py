@@ -8,7 +8,7 @@ from fastapi import Depends, FastAPI
 
 from api import problems
 from api.deps import require_api_key
-from api.limits import BodySizeLimit
+from api.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_FIELDS, BodyLimits
 from api.routes import health, jobs, ops, predict, ui
 from core.config import get_settings, open_api_refusal
 
@@ -57,8 +57,14 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=refuse_open_exposure,
+        form_limits={"max_fields": MAX_FORM_FIELDS, "max_part_size": MAX_FORM_FIELD_BYTES},
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=settings.max_upload_bytes,
+        read_timeout=settings.body_read_timeout_seconds,
+        max_concurrent=settings.max_concurrent_uploads,
+    )
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])

@@ -12,7 +12,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.blobs import BlobStoreUnavailable
 
 PROBLEM_JSON = "application/problem+json"
-TITLES = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed", 413: "Upload too large"}
+TITLES = {
+    401: "Unauthorized",
+    404: "Not found",
+    405: "Method not allowed",
+    408: "Request timeout",
+    413: "Upload too large",
+}
 # Starlette's multipart parser stops at 1,000 parts (its message says so, not what to do instead).
 HINTS = {"Too many files": "send more images in a .zip archive: one part can hold them all"}
 

@@ -2,13 +2,23 @@
 
 Nothing is extracted here: a zip is stored as uploaded and workers read its members by name,
 so entry names (absolute paths, `..`) never become file system paths.
+
+What a chunk costs a worker is bounded here, before anything is queued: by item count, by
+uncompressed bytes (the zip's `file_size`, which the worker's read cannot exceed) and by decoded
+pixels, read from each image's header (the first bytes of the entry; nothing is decoded).
 """
 
 import base64
+import io
+import struct
+import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from PIL import Image
 
 from core.queue import INLINE_UPLOAD_BYTES, ChunkItem
 
@@ -25,6 +35,15 @@ IMAGE_SIGNATURES: dict[bytes, str] = {
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip, or an empty zip
 ACCEPTED = "PNG, JPEG, BMP, GIF, TIFF, WebP images or .zip archives of them"
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
+# The decoders Pillow may use to read a header: the accepted formats only (as ml/preprocess.py).
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+# ml/preprocess.py refuses larger images before decoding them: no image costs a chunk more.
+MAX_PIXELS = 40_000_000
+HEADER_BYTES = 64 * 1024  # enough for every header but a TIFF's whose directory is at the end
+# Workers read stored and deflated entries only: bzip2 and lzma decompress ~10-100x slower
+# per byte and reach ratios (20 MiB from 37 KB) that make the compressed size meaningless.
+READABLE_COMPRESSION = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
+COMPRESSION_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma", 9: "deflate64"}
 
 
 class UploadError(ValueError):
@@ -51,7 +70,8 @@ class Item:
     name: str
     part: int
     member: str | None = None
-    size: int = 0
+    size: int = 0  # uncompressed bytes
+    pixels: int = 0  # decoded pixels, from the header (MAX_PIXELS when unknown)
     error: str | None = None  # known before any worker looks at it
 
     def to_task(self, index: int) -> ChunkItem:
@@ -79,7 +99,115 @@ def unsafe_reason(name: str) -> str | None:
     return None
 
 
-def zip_items(data: BinaryIO, part: int, max_image_bytes: int) -> Iterator[Item]:
+def header_pixels(head: bytes) -> int:
+    """Pixels of the image whose first bytes are `head`, from its header alone; MAX_PIXELS when
+    the header cannot be read there (the worker then finds out, and bounds it the same way)."""
+    if len(head) >= 24 and head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":  # ~1 us
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return min(width * height, MAX_PIXELS)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression-bomb warning: the size is what we want
+            width, height = Image.open(io.BytesIO(head), formats=PIL_FORMATS).size
+    except Exception:  # noqa: BLE001 - truncated, unknown or broken: assume the worst
+        return MAX_PIXELS
+    return min(width * height, MAX_PIXELS)
+
+
+# End of central directory record, and zip64's locator and record (APPNOTE 4.3.14-16).
+END = struct.Struct("<4s4H2LH")  # signature, disk numbers, entries (disk, total), size, offset, comment
+END64_LOCATOR = struct.Struct("<4sLQL")
+END64 = struct.Struct("<4sQ2H2L4Q")  # ..., entries (disk, total), directory size, offset
+ENTRY_SIGNATURE = b"PK\x01\x02"  # starts every central directory entry
+
+
+def _declared_entries(data: BinaryIO) -> int:
+    """The entry count the zip's end record declares (zip64's when there is one), found as
+    zipfile finds it: the last signature in the final 64 KiB + 22 bytes; 0 if none."""
+    data.seek(0, 2)
+    tail_start = max(0, data.tell() - END.size - 0xFFFF)
+    data.seek(tail_start)
+    tail = data.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < END.size:
+        return 0
+    entries = END.unpack_from(tail, at)[4]
+    locator = at - END64_LOCATOR.size
+    if locator >= END64.size and tail[locator : locator + 4] == b"PK\x06\x07":
+        record = tail[locator - END64.size : locator]
+        if record.startswith(b"PK\x06\x06"):
+            entries = END64.unpack(record)[7]
+    return entries
+
+
+def _count_entries(data: BinaryIO, most: int) -> int:
+    """How many central directory entries zipfile would build (~400 B and ~5 us apiece), known
+    before it builds any; counting stops once past `most`.
+
+    The end record declares the count: an honest huge zip is refused from it at once. As it may
+    lie, the entry signatures in the whole file are counted too, 1 MiB at a time (zipfile
+    refuses an entry without one, so no more can be listed; a chance match in image data can
+    only overcount, by one in ~4 GB).
+    """
+    declared = _declared_entries(data)
+    if declared > most:
+        return declared
+    data.seek(0)
+    counted, tail = 0, b""
+    while counted <= most and (block := data.read(1 << 20)):
+        counted += (tail + block).count(ENTRY_SIGNATURE)
+        tail = block[-3:]
+    data.seek(0)
+    return max(declared, counted)
+
+
+def _entry_head(data: BinaryIO, info: zipfile.ZipInfo) -> bytes:
+    """The first HEADER_BYTES of a stored or deflated entry, read past its local header as
+    zipfile would (at a third of the cost of `ZipFile.open`: this runs once per entry)."""
+    data.seek(info.header_offset)
+    local = data.read(30)
+    if len(local) < 30 or not local.startswith(b"PK\x03\x04"):
+        raise zipfile.BadZipFile("bad local header")
+    name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+    data.seek(info.header_offset + 30 + name_length + extra_length)
+    raw = data.read(min(info.compress_size, HEADER_BYTES))
+    if info.compress_type == zipfile.ZIP_STORED:
+        return raw
+    return zlib.decompressobj(-15).decompress(raw, HEADER_BYTES)  # raw deflate, as in zips
+
+
+def _entry_pixels(data: BinaryIO, info: zipfile.ZipInfo) -> int:
+    try:
+        return header_pixels(_entry_head(data, info))
+    except Exception:  # noqa: BLE001 - a corrupt entry: the worker reports it on the item
+        return MAX_PIXELS
+
+
+@dataclass
+class EntryBudget:
+    """Zip directory entries (folders and junk included) a job may still list: listing costs
+    per entry, whatever the entry is. Twice MAX_ITEMS_PER_JOB leaves room for the `__MACOSX/`
+    twin macOS adds to every file; the exact image count is checked after listing."""
+
+    max_items: int
+    left: int = -1
+
+    def __post_init__(self) -> None:
+        if self.left < 0:
+            self.left = 2 * self.max_items + 1000
+
+    def take(self, part: int, entries: int) -> None:
+        if entries > self.left:
+            raise UploadError(
+                413,
+                f"part {part + 1} holds more than {self.left} zip entries; a job takes at most "
+                f"{self.max_items} images: split the upload",
+            )
+        self.left -= entries
+
+
+def zip_items(data: BinaryIO, part: int, max_image_bytes: int, budget: EntryBudget) -> Iterator[Item]:
+    budget.take(part, _count_entries(data, budget.left))
     try:
         archive = zipfile.ZipFile(data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -92,13 +220,24 @@ def zip_items(data: BinaryIO, part: int, max_image_bytes: int) -> Iterator[Item]
             error = unsafe_reason(name)
             if error is None and info.flag_bits & 0x1:
                 error = "encrypted zip entry; cannot be read"
+            if error is None and info.compress_type not in READABLE_COMPRESSION:
+                method = COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
+                error = f"entry is compressed with {method}; only stored and deflate entries are read"
             if error is None and info.file_size > max_image_bytes:
                 error = f"entry is {info.file_size} bytes; the limit per image is {max_image_bytes}"
-            yield Item(name=name, part=part, member=name, size=info.compress_size, error=error)
+            if error:  # costs a worker nothing: no chunk is cut for it
+                yield Item(name=name, part=part, member=name, error=error)
+            else:
+                pixels = _entry_pixels(data, info)
+                yield Item(name=name, part=part, member=name, size=info.file_size, pixels=pixels)
 
 
-def part_items(data: BinaryIO, filename: str, part: int, max_image_bytes: int) -> tuple[str, list[Item]]:
-    """Sniff one uploaded part and list its items; raises UploadError for a part we can't take."""
+def part_items(
+    data: BinaryIO, filename: str, part: int, max_image_bytes: int, budget: EntryBudget | None = None
+) -> tuple[str, list[Item]]:
+    """Sniff one uploaded part and list its items; raises UploadError for a part we can't take.
+
+    `budget` bounds what listing zips may cost (shared by a job's parts)."""
     head = data.read(16)
     data.seek(0, 2)
     size = data.tell()
@@ -110,29 +249,39 @@ def part_items(data: BinaryIO, filename: str, part: int, max_image_bytes: int) -
     if kind is None:
         raise UploadError(415, f"{label} is neither an image nor a zip; send {ACCEPTED}")
     if kind == "zip":
-        items = list(zip_items(data, part, max_image_bytes))
+        budget = budget or EntryBudget(100_000)
+        items = list(zip_items(data, part, max_image_bytes, budget))
         data.seek(0)
         return kind, items
     if size > max_image_bytes:
         raise UploadError(413, f"{label} is {size} bytes; the limit per image is {max_image_bytes}")
-    return kind, [Item(name=filename, part=part, size=size)]
+    pixels = header_pixels(data.read(HEADER_BYTES))
+    data.seek(0)
+    return kind, [Item(name=filename, part=part, size=size, pixels=pixels)]
 
 
 def chunks(
-    items: list[Item], max_items: int, max_bytes: int, only: set[int] | None = None
+    items: list[Item],
+    max_items: int,
+    max_bytes: int,
+    max_pixels: int = MAX_PIXELS,
+    only: set[int] | None = None,
 ) -> Iterator[list[ChunkItem]]:
-    """Split items in index order into task payloads bounded by count and compressed bytes
-    (`only`: just these indices, as the stuck-job sweep re-queues lost items)."""
+    """Split items in index order into task payloads bounded by count, uncompressed bytes and
+    decoded pixels (an item over a bound alone is a chunk of its own); `only`: just these
+    indices, as the stuck-job sweep re-queues lost items."""
     chunk: list[ChunkItem] = []
-    chunk_bytes = 0
+    chunk_bytes = chunk_pixels = 0
     for index, item in enumerate(items):
         if only is not None and index not in only:
             continue
-        if chunk and (len(chunk) >= max_items or chunk_bytes + item.size > max_bytes):
+        over = chunk_bytes + item.size > max_bytes or chunk_pixels + item.pixels > max_pixels
+        if chunk and (len(chunk) >= max_items or over):
             yield chunk
-            chunk, chunk_bytes = [], 0
+            chunk, chunk_bytes, chunk_pixels = [], 0, 0
         chunk.append(item.to_task(index))
         chunk_bytes += item.size
+        chunk_pixels += item.pixels
     if chunk:
         yield chunk
 

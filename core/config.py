@@ -30,14 +30,23 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 200 * 1024 * 1024
     max_items_per_job: int = 100_000
     max_image_bytes: int = 20 * 1024 * 1024  # one image, or one uncompressed zip entry
+    # A request body must arrive within this time (slow clients hold connections and disk).
+    body_read_timeout_seconds: float = Field(default=120, gt=0)
+    max_concurrent_uploads: int = Field(default=8, ge=1, description="bodies over 64 KiB, per API process")
     job_ttl_seconds: int = 7 * 24 * 3600
 
     # Work distribution and reliability.
+    # A chunk's cost is bounded by count, uncompressed bytes and decoded pixels so that a healthy
+    # one always finishes well within its time limit (core/queue.py says why each matters).
     chunk_size: int = Field(default=250, ge=1, description="images per Celery task")
-    chunk_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="bytes per task")
+    chunk_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="uncompressed bytes per task")
+    chunk_max_pixels: int = Field(default=100_000_000, ge=1, description="decoded pixels per task")
     visibility_timeout: int = Field(
         default=30, ge=5, description="seconds before an unacknowledged chunk is redelivered"
     )
+    # A chunk whose pool process dies (OOM kill) or that runs out of time is redelivered; after this
+    # many deliveries its remaining items fail instead of killing process after process (poison).
+    max_chunk_deliveries: int = Field(default=3, ge=1)
     # A queued/running job without a new result for this long, whose missing items no queued or
     # unacknowledged chunk carries, is stuck: the sweep re-queues or fails them (worker/stuck_jobs.py).
     stuck_job_seconds: int = Field(default=120, ge=1, description="no progress before the sweep acts")

@@ -1,4 +1,5 @@
-"""Job state in Redis: one hash per job, the item names in input order, one result per item.
+"""Job state in Redis: one hash per job, the item names in input order, one result per item
+(and, per chunk, how often it was started: `:deliveries`).
 
 Results are written per item with HSETNX inside a Lua script that also bumps the counters and
 closes the job when the last item lands. A chunk delivered twice therefore never duplicates or
@@ -387,6 +388,18 @@ class JobStore:
     ) -> None:
         args: list[str | float] = [status or "", error[:500], next_at or "", int(delivered), int(gone)]
         self._webhook_attempted(keys=[self._keys(job_id)[0]], args=args)
+
+    def count_delivery(self, job_id: str, chunk: str) -> int:
+        """How many times the chunk named `chunk` has been started, this one included.
+
+        One small hash per job (`:deliveries`, a field per chunk), expiring with the job: kept
+        apart from the job hash, which the API reads whole.
+        """
+        key = self._keys(job_id)[0] + ":deliveries"
+        pipe = self.redis.pipeline()
+        pipe.hincrby(key, chunk, 1)
+        pipe.expire(key, self.ttl)
+        return int(pipe.execute()[0])
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for."""

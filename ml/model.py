@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ml.artifacts import load_pipeline
-from ml.preprocess import ImageError, decode_image, preprocess_batch, preprocess_bytes
+from ml.preprocess import FIELD, ImageError, decode_image, preprocess_batch, to_mnist
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,14 @@ class Prediction:
     confidence: float | None
     low_confidence: bool
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One decoded image, at most 28x28: a finished digit, or a 28x28 image still to preprocess."""
+
+    array: np.ndarray
+    final: bool
 
 
 class DigitModel:
@@ -54,45 +62,70 @@ class DigitModel:
         best = proba.argmax(axis=1)
         return [self._prediction(int(self.classes[k]), float(p[k])) for k, p in zip(best, proba, strict=True)]
 
-    def predict_images(self, blobs: Sequence[bytes]) -> list[Prediction]:
-        """Decode, preprocess and classify raw image files; bad items get an error, never raise.
+    def prepare(self, blob: bytes) -> Prepared:
+        """Decode one image and bring it down to 28x28 at once (raises ImageError), so that a
+        caller going through a chunk holds one full-size image at a time, never all of them.
 
-        Decoding is per file; preprocessing and the pipeline run on the whole batch."""
-        results: list[Prediction | None] = [None] * len(blobs)
-        ok_index: list[int] = []
-        grays: list[np.ndarray] = []
-        for i, blob in enumerate(blobs):
-            try:
-                grays.append(decode_image(blob))
-                ok_index.append(i)
-            except ImageError as exc:
-                results[i] = Prediction(None, None, False, str(exc))
-            except Exception:  # a decoder bug must not sink the whole batch
-                results[i] = Prediction(None, None, False, "could not process image")
+        A 28x28 image is kept as decoded: `predict_prepared` preprocesses those as one batch."""
+        gray = decode_image(blob)
+        if gray.shape == (FIELD, FIELD):
+            return Prepared(gray, final=False)
+        return Prepared(to_mnist(gray), final=True)
+
+    def predict_prepared(self, prepared: Sequence[Prepared]) -> list[Prediction]:
+        """Classify prepared images as one batch; an image that turns out blank gets an error."""
+        results: list[Prediction | None] = [None] * len(prepared)
+        digits = np.zeros((len(prepared), FIELD, FIELD), dtype=np.float32)
+        good = [i for i, p in enumerate(prepared) if p.final]
+        for i in good:
+            digits[i] = prepared[i].array
+        raw = [i for i, p in enumerate(prepared) if not p.final]
         try:
-            digits, errors = preprocess_batch(grays)
+            fields, errors = preprocess_batch([prepared[i].array for i in raw])
         except Exception:  # never expected; keep the per-item guarantee all the same
-            return self._one_by_one(blobs)
-        good = [k for k, error in enumerate(errors) if error is None]
-        for k, error in enumerate(errors):
-            if error is not None:
-                results[ok_index[k]] = Prediction(None, None, False, error)
+            fields, errors = self._one_by_one([prepared[i].array for i in raw])
+        for k, i in enumerate(raw):
+            if errors[k] is None:
+                digits[i] = fields[k]
+                good.append(i)
+            else:
+                results[i] = Prediction(None, None, False, errors[k])
+        good.sort()
         if good:
-            for k, pred in zip(good, self.predict_arrays(digits[good]), strict=True):
-                results[ok_index[k]] = pred
+            for i, pred in zip(good, self.predict_arrays(digits[good]), strict=True):
+                results[i] = pred
         return results  # type: ignore[return-value]
 
-    def _one_by_one(self, blobs: Sequence[bytes]) -> list[Prediction]:
-        """The slow, fully isolated path: one image at a time, each failure its own."""
-        out = []
+    def predict_images(self, blobs: Iterable[bytes]) -> list[Prediction]:
+        """Decode, preprocess and classify raw image files; bad items get an error, never raise.
+
+        Each file is decoded and brought down to 28x28 as it comes (`prepare`: the iterable may
+        be lazy), and the small arrays are classified as one batch."""
+        out: list[Prediction | Prepared] = []
         for blob in blobs:
             try:
-                out.append(self.predict_arrays(preprocess_bytes(blob)[None])[0])
+                out.append(self.prepare(blob))
             except ImageError as exc:
                 out.append(Prediction(None, None, False, str(exc)))
-            except Exception:
+            except Exception:  # a decoder bug must not sink the whole batch
                 out.append(Prediction(None, None, False, "could not process image"))
-        return out
+        ready = [p for p in out if isinstance(p, Prepared)]
+        predicted = iter(self.predict_prepared(ready))
+        return [next(predicted) if isinstance(p, Prepared) else p for p in out]
+
+    @staticmethod
+    def _one_by_one(grays: Sequence[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
+        """The slow, fully isolated path: one image at a time, each failure its own."""
+        out = np.zeros((len(grays), FIELD, FIELD), dtype=np.float32)
+        errors: list[str | None] = [None] * len(grays)
+        for k, gray in enumerate(grays):
+            try:
+                out[k] = to_mnist(gray)
+            except ImageError as exc:
+                errors[k] = str(exc)
+            except Exception:
+                errors[k] = "could not process image"
+        return out, errors
 
     def _prediction(self, digit: int, confidence: float) -> Prediction:
         return Prediction(digit, confidence, confidence < self.low_confidence_threshold, None)

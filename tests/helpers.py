@@ -8,6 +8,8 @@ Two tiers of tests:
 """
 
 import io
+import os
+import struct
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -59,6 +61,45 @@ def running_stack(data_dir: Path, flower: bool = False, **env: str) -> Iterator[
 
 
 @contextmanager
+def running_api(data_dir: Path, **env: str) -> Iterator[Stack]:
+    """The API alone (uvicorn over an embedded Redis, no workers): real HTTP for the API's own
+    defences (slow bodies, memory), a process whose memory the test can read."""
+    base = {"DATA_DIR": str(data_dir), "API_PORT": str(free_port()), "LOG_LEVEL": "WARNING", "REDIS_URL": ""}
+    env = base | env
+    stack = Stack.from_env(env)
+    try:
+        stack.settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stack.start_redis()
+        stack.start_api()
+        stack.wait_for(f"{stack.api_url}/health")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """A process' peak resident memory (VmHWM), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def pool_children(pid: int) -> list[int]:
+    """A Celery worker's pool processes."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (user + system); 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
 def workers_paused(stack: Stack) -> Iterator[None]:
     """The workers stop taking chunks from both lanes (Celery remote control), bulk first, so
     work stays queued; they take them again on exit. Waits for every worker node's reply."""
@@ -107,6 +148,28 @@ def make_zip(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def empty_entries_zip(count: int, declared: int | None = None) -> bytes:
+    """A zip of `count` empty stored entries, written with struct in a second or two (zipfile
+    takes far longer for a million); zip64 records when the count needs them. `declared` is the
+    count its end record claims (a liar's zip), by default the true one."""
+    local, central, offset = [], [], 0
+    for i in range(count):
+        name = b"%x" % i
+        sizes = (0, 0, 0, 0, 0, 0, 0, len(name), 0)  # flags, method, time, date, crc, sizes, name, extra
+        local.append(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, *sizes) + name)
+        central.append(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, *sizes, 0, 0, 0, 0, offset) + name)
+        offset += 30 + len(name)
+    directory = b"".join(central)
+    n = count if declared is None else declared
+    end = b""
+    if n > 0xFFFF:  # zip64: the count lives in the zip64 end record, the classic one says 0xFFFF
+        record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, n, n, len(directory), offset)
+        end = record + struct.pack("<4sLQL", b"PK\x06\x07", 0, offset + len(directory), 1)
+        n = 0xFFFF
+    end += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, n, n, len(directory), offset, 0)
+    return b"".join(local) + directory + end
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:

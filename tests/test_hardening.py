@@ -84,6 +84,30 @@ def test_a_failing_s3_put_is_503(make_client: Callable[..., TestClient], digits)
     assert "test-secret-key" not in response.text
 
 
+def test_an_s3_put_refused_by_the_server_is_503(make_client: Callable[..., TestClient], digits) -> None:
+    """A real S3 server that answers, with an error (the bucket is gone): a ClientError, not a 500."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        client = make_client(
+            BLOB_URL="s3://no-such-bucket/digitq",
+            AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+            AWS_ACCESS_KEY_ID="test-access-key",
+            AWS_SECRET_ACCESS_KEY="test-secret-key",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
+        big = png(digits[0][0]) + bytes(INLINE_UPLOAD_BYTES)  # over the inline limit: goes to the store
+        response = client.post("/jobs", files=[("files", ("a.png", big))])
+    finally:
+        server.stop()
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] and "upload store" in response.json()["detail"]
+    assert "test-secret-key" not in response.text
+
+
 def _scans(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_scan", {}).get("calls", 0))
 
@@ -94,6 +118,10 @@ def test_ready_and_metrics_read_the_worker_index_not_scan(
     """SCAN over every key per /ready or /metrics scrape costs O(keyspace) on a busy Redis."""
     fleet.beat(redis_client, "w1@host", {"model_version": "v1", "concurrency": 2})
     fleet.beat(redis_client, "w2@host", {"model_version": "v1", "concurrency": 2})
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(100_000):  # a busy Redis: the routes' cost must not depend on these
+        pipe.set(f"unrelated:{i}", 1, ex=60)
+    pipe.execute()
     before = _scans(redis_client)
     ready = app_client.get("/ready").json()
     assert [w["hostname"] for w in ready["workers"]] == ["w1@host", "w2@host"]

@@ -51,6 +51,7 @@ def test_every_key_expires_or_is_bounded(tmp_path, digits) -> None:
         client = redis.Redis.from_url(stack.redis_url or "")
         keys = sorted(k.decode() for k in client.scan_iter(count=1000))
         assert f"digitq:job:{job['id']}:results" in keys  # the test saw what it is about
+        assert f"digitq:job:{job['id']}:deliveries" in keys  # chunk starts (poison chunks)
         assert "digitq:quota:queued:anonymous" in keys  # and the quotas (core/quotas.py)
         assert any(k.startswith("digitq:quota:rate") for k in keys)
         forever = [k for k in keys if client.ttl(k) == -1 and not _bounded(k)]

@@ -6,7 +6,6 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +14,7 @@ import redis
 
 from core.jobs import PREFIX
 from devstack.stack import Stack
-from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until
+from tests.helpers import all_results, make_zip, png, pool_children, running_stack, wait_for_job, wait_until
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -33,10 +32,6 @@ def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def big_zip(digits) -> bytes:
     images, _ = digits
     return make_zip({f"{i:05d}.png": png(images[i % len(images)]) for i in range(IMAGES)})
-
-
-def pool_children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def submit_and_wait_until_started(client: httpx.Client, archive: bytes) -> str:

@@ -63,7 +63,10 @@ class PartReader:
         if member is None:
             return self.inline[part] if part in self.inline else self._path(part).read_bytes()
         try:
-            with self._zip(part).open(member) as entry:
+            archive = self._zip(part)
+            if archive.getinfo(member).compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ValueError("entry is not stored or deflated; only those are read")  # as the API says
+            with archive.open(member) as entry:
                 data = entry.read(self.max_bytes + 1)  # headers can lie about sizes
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
             raise ValueError(f"corrupted zip entry ({exc})") from exc

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 import redis
 from celery import Celery
 
-from api.uploads import Item, chunks, part_items
+from api.uploads import EntryBudget, Item, chunks, part_items
 from core import metrics
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
@@ -107,7 +107,8 @@ def relist(blobs: BlobStore, job_id: str, parts: int, settings: Settings) -> lis
     items: list[Item] = []
     for part in range(parts):
         with blobs.local_path(upload_key(job_id, part)).open("rb") as data:
-            items += part_items(data, f"part-{part + 1}", part, settings.max_image_bytes)[1]
+            budget = EntryBudget(settings.max_items_per_job)  # as the API listed it
+            items += part_items(data, f"part-{part + 1}", part, settings.max_image_bytes, budget)[1]
     return items
 
 
@@ -170,7 +171,7 @@ class StuckJobs:
         self.store.mark_swept(job_id)
         s = self.settings
         tenant, lane = tenant_of(job.owner), lane_for(job.total, s)
-        todo = chunks(items, s.chunk_size, s.chunk_max_bytes, only=set(lost))
+        todo = chunks(items, s.chunk_size, s.chunk_max_bytes, s.chunk_max_pixels, only=set(lost))
         # Straight to the job's lane: lost items are few and rare, the window need not pace them.
         sent = send_chunks(self.celery, [Chunk(job_id, tuple(run), tenant, lane) for run in todo])
         log.warning("job %s was stuck: re-queued %d lost item(s) in %d chunk(s)", job_id, len(lost), sent)

@@ -7,42 +7,73 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from core import dispatch, logs, metrics
 from core.config import get_settings
 from core.connections import get_blob_store, get_fair_share, get_job_store
-from core.jobs import ItemResult, JobStatus, Recorded
-from core.queue import PROCESS_CHUNK, Chunk, ChunkItem
+from core.jobs import ItemResult, JobStatus, JobStore, Recorded
+from core.queue import PROCESS_CHUNK, Chunk, ChunkItem, chunk_time_limits
 from core.webhooks import notify
+from ml.model import DigitModel, Prepared
 from worker import models
 from worker.app import app
 from worker.reading import PartReader, close_deleted_zips
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal error while processing this item; the operators have been told"
+POISON_ERROR = (
+    "not processed: its chunk was started {n} times and never finished (its worker process was "
+    "killed, e.g. out of memory, or it ran out of time); it is not retried. Resubmit the image alone "
+    "to find out which one it was"
+)
+
+
+def _prepare(model: DigitModel, reader: PartReader, item: ChunkItem) -> Prepared | str:
+    """One item read and brought down to 28x28 (its bytes are let go on return), or its error."""
+    try:
+        data = reader.read(item.part, item.member)  # other errors (S3, upload gone) end the chunk
+    except ValueError as exc:
+        return str(exc)  # a bad zip entry
+    try:
+        return model.prepare(data)
+    except ValueError as exc:  # ImageError: not an image, blank, too large
+        return str(exc)
+    except Exception:  # a decoder bug must not sink the whole chunk
+        log.exception("item %d of job %s could not be decoded", item.index, reader.job_id)
+        return "could not process image"
+
+
+class OutOfTime(Exception):
+    """The chunk reached its deadline (core/queue.py): it is requeued, and counted as a start."""
 
 
 def classify(
-    job_id: str, items: Sequence[ChunkItem], model_version: str, parts: Mapping[str, str] | None = None
+    job_id: str,
+    items: Sequence[ChunkItem],
+    model_version: str,
+    deadline: float,
+    parts: Mapping[str, str] | None = None,
 ) -> list[ItemResult]:
-    """`parts`: a small upload's parts, sent inside the chunk (core/queue.py INLINE_UPLOAD_BYTES)."""
+    """Read, decode and shrink one item at a time (a chunk never holds more than one full-size
+    image), then classify the small arrays as one batch; stops at `deadline` (monotonic).
+    `parts`: a small upload's parts, sent inside the chunk (core/queue.py INLINE_UPLOAD_BYTES)."""
     settings = get_settings()
     model = models.get(model_version)
     results: dict[int, ItemResult] = {}
-    readable: list[tuple[int, bytes]] = []
+    ready: list[tuple[int, Prepared]] = []
     close_deleted_zips()
     reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes, parts)
     for item in items:
-        if item.error:
-            results[item.index] = ItemResult(item.index, error=item.error)
-            continue
-        try:
-            readable.append((item.index, reader.read(item.part, item.member)))
-        except ValueError as exc:
-            results[item.index] = ItemResult(item.index, error=str(exc))
-    predictions = model.predict_images([data for _, data in readable])
-    for (index, _), p in zip(readable, predictions, strict=True):
+        if time.monotonic() > deadline:
+            raise OutOfTime(f"chunk stopped at its deadline, before item {item.index}")
+        prepared = item.error or _prepare(model, reader, item)
+        if isinstance(prepared, str):
+            results[item.index] = ItemResult(item.index, error=prepared)
+        else:
+            ready.append((item.index, prepared))
+    predictions = model.predict_prepared([prepared for _, prepared in ready])
+    for (index, _), p in zip(ready, predictions, strict=True):
         results[index] = ItemResult(index, p.digit, p.confidence, p.low_confidence, p.error)
     return [results[item.index] for item in items]
 
@@ -68,12 +99,12 @@ def process_chunk(self: Task, payload: dict[str, Any]) -> None:
     logs.bind(job_id=chunk.job_id, chunk=chunk.label)
     started = time.monotonic()
     try:
-        _process(self, chunk, started)
+        _process(self, chunk, started, started + chunk_time_limits(get_settings())[0])
         # Done, or nothing left to do: the chunk's slot in the bulk window goes to the next chunk
         # (before this chunk is acknowledged, so the next one is queued before this process is free).
         dispatch.finished(self.app, get_fair_share(), chunk)
-    except Retry:
-        raise
+    except (Retry, Reject):
+        raise  # a retry already queued; a chunk out of time requeued (counted as a start)
     except Exception as exc:
         # Outside the per-item work (Redis, the upload store): a failed task's message is
         # acknowledged and dropped (core/queue.py), so send the chunk again instead (a retry is a
@@ -92,7 +123,7 @@ def process_chunk(self: Task, payload: dict[str, Any]) -> None:
         raise
 
 
-def _process(self: Task, chunk: Chunk, started: float) -> None:
+def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
     store = get_job_store()
     job_id = chunk.job_id
     start = store.start_chunk(job_id, [i.index for i in chunk.items], models.current().version)
@@ -103,21 +134,38 @@ def _process(self: Task, chunk: Chunk, started: float) -> None:
     items = [i for i in chunk.items if i.index in todo]
     if not items:
         return  # a redelivered chunk whose results were all written
+    # A chunk that kills its pool process (OOM) or runs out of time comes back; it must not do so
+    # forever, taking a process with it each time (poison message): its items fail instead.
+    # Counted per retry: a retry after an exception is a new message with retries of its own
+    # (max_retries bounds those); deaths and deadlines requeue the same message.
+    deliveries = store.count_delivery(job_id, f"{chunk.items[0].index}:{self.request.retries}")
+    if deliveries > get_settings().max_chunk_deliveries:
+        log.error("chunk of job %s started %d times without finishing: failing its items", job_id, deliveries)
+        error = POISON_ERROR.format(n=deliveries - 1)
+        _store(store, chunk, [ItemResult(i.index, error=error) for i in items], started)
+        return
     version = start.model_version or models.current().version
     notify(store, job_id)  # webhooks: job.running
     try:
-        results = classify(job_id, items, version, chunk.parts)
+        results = classify(job_id, items, version, deadline, chunk.parts)
     except Exception as exc:
         if store.status(job_id) not in (JobStatus.queued, JobStatus.running):
             return  # cancelled meanwhile (its upload may be gone already)
+        if isinstance(exc, OutOfTime):
+            log.warning("chunk of job %s out of time, requeued: %s", job_id, exc)
+            raise Reject(exc, requeue=True) from exc  # a start like a death: counted, then poison
         if self.request.retries < self.max_retries:
             log.warning("chunk of job %s failed, retrying: %r", job_id, exc)
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
         log.exception("chunk of job %s failed for good", job_id)
         store.fail(job_id, "some items could not be processed because of an internal error")
         results = [ItemResult(i.index, error=INTERNAL_ERROR) for i in items]
-    recorded = store.record(job_id, results, chunk.tenant)
-    notify(store, job_id, progressed=recorded.added > 0)  # webhooks: job.progress, or the terminal event
+    _store(store, chunk, results, started)
+
+
+def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float) -> None:
+    recorded = store.record(chunk.job_id, results, chunk.tenant)
+    notify(store, chunk.job_id, progressed=recorded.added > 0)  # webhooks: progress, or the terminal event
     if recorded.closed_job and chunk.parts is None:
-        get_blob_store().delete_prefix(job_id)  # every item has its result: the upload can go
-    _count(recorded, time.monotonic() - started, len(items))
+        get_blob_store().delete_prefix(chunk.job_id)  # every item has its result: the upload can go
+    _count(recorded, time.monotonic() - started, len(results))

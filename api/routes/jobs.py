@@ -18,7 +18,7 @@ from api.deps import BlobStoreDep, CallerDep, CeleryDep, FairShareDep, JobStoreD
 from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
-from api.uploads import ACCEPTED, Item, UploadError, chunks, inline_parts, part_items
+from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, inline_parts, part_items
 from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
 from core.blobs import BlobStore, upload_key
@@ -66,11 +66,13 @@ def visible(job: Job | None, job_id: str, caller: str | None) -> Job:
     return job
 
 
-def _list_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
+def _list_items(files: list[UploadFile], max_image_bytes: int, max_items: int) -> list[Item]:
     items: list[Item] = []
+    budget = EntryBudget(max_items)  # refuses a huge zip before listing it
     for part, upload in enumerate(files):
+        name = upload.filename or f"file-{part + 1}"
         try:
-            _, found = part_items(upload.file, upload.filename or f"file-{part + 1}", part, max_image_bytes)
+            _, found = part_items(upload.file, name, part, max_image_bytes, budget)
         except UploadError as exc:
             raise ProblemError(exc.status, "Unusable upload", str(exc)) from exc
         items += found
@@ -122,7 +124,7 @@ def create_job(
         fields = {**(extra or {}), "parts": 0 if inline else len(files)}
         store.create(job_id, [item.name for item in items], owner=caller, extra=fields, claim=claim)
         lane = lane_for(len(items), settings)
-        runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes)
+        runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
         carried = (
             (lambda run: None) if inline is None else (lambda run: {str(i.part): inline[i.part] for i in run})
         )
@@ -159,7 +161,7 @@ def _submit(
     hook = parse_webhook(webhook, webhook_events, settings)
     if not files:
         raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
-    items = _list_items(files, settings.max_image_bytes)
+    items = _list_items(files, settings.max_image_bytes, settings.max_items_per_job)
     if not items:
         raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
     if len(items) > settings.max_items_per_job:

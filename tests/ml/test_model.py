@@ -43,6 +43,24 @@ def test_mixed_batch_keeps_order_and_never_raises(model, seven):
     assert preds[4].digit is None and preds[4].error
 
 
+def test_images_are_prepared_one_at_a_time_from_a_lazy_iterable(model, seven):
+    """The worker's path: each image decoded and shrunk to 28x28 before the next one is read."""
+    read: list[int] = []
+
+    def lazily():
+        for i, blob in enumerate([png(paper(seven)), png(np.asarray(seven, np.float32))]):
+            read.append(i)
+            yield blob
+
+    prepared = []
+    for blob in lazily():
+        prepared.append(model.prepare(blob))
+        assert prepared[-1].array.shape == (28, 28) and len(read) == len(prepared)
+    assert [p.final for p in prepared] == [True, False]  # a 28x28 one waits for the batched path
+    assert [p.digit for p in model.predict_prepared(prepared)] == [7, 7]
+    assert model.predict_images(lazily()) == model.predict_prepared(prepared)
+
+
 def test_empty_batch(model):
     assert model.predict_images([]) == []
     assert model.predict_arrays(np.zeros((0, 28, 28))) == []

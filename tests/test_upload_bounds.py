@@ -1,0 +1,134 @@
+"""Issue 8, what one upload may cost the API: huge zip directories, slow bodies, many uploads.
+
+Real HTTP against the API alone (uvicorn over an embedded Redis, no workers), so the server's
+own memory can be read from /proc and bodies can be sent as slowly as an attacker would.
+"""
+
+import select
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from devstack.stack import Stack
+from tests.helpers import empty_entries_zip, peak_rss_bytes, png, running_api, wait_until
+
+pytestmark = pytest.mark.stack  # processes of their own (see tests/helpers.py)
+
+
+@pytest.fixture
+def api_only(tmp_path: Path) -> Iterator[Stack]:
+    with running_api(tmp_path) as stack:
+        yield stack
+
+
+@pytest.mark.parametrize("declared", [None, 1], ids=["honest", "end-record-lies"])
+def test_a_zip_of_a_million_entries_is_413_before_it_is_listed(api_only: Stack, declared: int | None) -> None:
+    """zipfile turned the whole central directory into objects before MAX_ITEMS_PER_JOB was
+    checked: 1,000,000 empty entries (88 MB) cost the API ~560 MB and seconds of CPU."""
+    archive = empty_entries_zip(1_000_000, declared)
+    pid = api_only.processes["api"].pid
+    before = peak_rss_bytes(pid)
+    started = time.monotonic()
+    answer = httpx.post(f"{api_only.api_url}/jobs", files=[("files", ("huge.zip", archive))], timeout=120)
+    elapsed = time.monotonic() - started
+    assert answer.status_code == 413, answer.text
+    grown = peak_rss_bytes(pid) - before
+    assert grown < 100 * 2**20, f"the API's peak memory grew by {grown / 2**20:.0f} MiB"
+    assert "zip entries; a job takes at most 100000 images" in answer.json()["detail"]
+    assert elapsed < 30, f"{elapsed:.1f}s"  # loose: the upload itself is most of it
+
+
+def _multipart(files: list[tuple[str, tuple[str, bytes]]]) -> tuple[bytes, bytes]:
+    """(request head, body) of a POST /jobs, as httpx would send it."""
+    request = httpx.Request("POST", "http://digitq/jobs", files=files)
+    body = request.read()
+    head = (
+        f"POST /jobs HTTP/1.1\r\nHost: digitq\r\nContent-Type: {request.headers['Content-Type']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode(), body
+
+
+def _response(sock: socket.socket) -> bytes:
+    """A whole HTTP response (head and Content-Length bytes of body) read from `sock`."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+        more = sock.recv(65536)
+        if not more:
+            break
+        answer += more
+    return answer
+
+
+def _length(answer: bytes) -> int:
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    found = [line for line in head.split(b"\r\n") if line.startswith(b"content-length:")]
+    return int(found[0].split(b":")[1]) if found else 0
+
+
+def _connect(stack: Stack) -> socket.socket:
+    return socket.create_connection((stack.settings.api_host, stack.settings.api_port), timeout=30)
+
+
+def test_a_body_sent_slowly_is_cut_off_with_408(tmp_path: Path, digits) -> None:
+    """Slowloris: a byte now and then kept the connection (and an upload's buffers) forever."""
+    with running_api(tmp_path, BODY_READ_TIMEOUT_SECONDS="2") as stack, _connect(stack) as sock:
+        head, body = _multipart([("files", ("a.png", png(digits[0][0])))])
+        sock.sendall(head + body[:100])
+        started = time.monotonic()
+        for byte in body[100:]:  # 5 bytes a second: the whole body would take over a minute
+            if select.select([sock], [], [], 0.2)[0]:
+                break
+            sock.send(bytes([byte]))
+            assert time.monotonic() - started < 20, "no answer while the body trickled in"
+        answer = _response(sock)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"did not arrive within 2 seconds" in answer
+        assert time.monotonic() - started < 10
+
+
+def test_uploads_over_the_limit_are_503_until_one_ends(tmp_path: Path, digits) -> None:
+    """Every upload was received at once, however many: a few slow clients held the API's RAM."""
+    noise = np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)
+    image = [("files", ("a.png", png(noise)))]  # ~90 KB: an upload (small bodies are not counted)
+    with running_api(tmp_path, MAX_CONCURRENT_UPLOADS="2") as stack:
+        head, body = _multipart(image)
+        stalled = [_connect(stack) for _ in range(2)]
+        for sock in stalled:
+            sock.sendall(head + body[:50])  # and then nothing: two uploads being received
+        with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+            busy = wait_until(
+                lambda: (r := client.post("/jobs", files=image)).status_code == 503 and r, 10, 0.1, "a 503"
+            )
+            assert busy.headers["Retry-After"] and "2 uploads are being received" in busy.json()["detail"]
+            assert client.get("/health").status_code == 200  # requests without a body are not counted
+            assert client.post("/admin/reload", json={"version": "v"}).status_code == 403  # nor small ones
+            for sock in stalled:
+                sock.close()
+            wait_until(lambda: client.post("/jobs", files=image).status_code == 202, 10, 0.1, "a free slot")
+
+
+@pytest.mark.parametrize("kind", ["files", "fields"])
+def test_many_small_parts_do_not_stay_in_memory(api_only: Stack, kind: str) -> None:
+    """Starlette kept every part under 1 MiB in RAM: 120 such parts held ~110 MB per request."""
+    part = b"x" * 900_000
+    if kind == "files":
+        request = httpx.Request(
+            "POST", f"{api_only.api_url}/jobs", files=[("files", (f"{i}", part)) for i in range(120)]
+        )
+    else:
+        request = httpx.Request(
+            "POST", f"{api_only.api_url}/jobs", data={f"f{i}": part.decode() for i in range(120)}
+        )
+    pid = api_only.processes["api"].pid
+    before = peak_rss_bytes(pid)
+    with httpx.Client(timeout=60) as client:
+        answer = client.send(request)
+    assert answer.status_code in (400, 415), answer.text  # not an image / too many fields
+    grown = peak_rss_bytes(pid) - before
+    assert grown < 40 * 2**20, f"the API's peak memory grew by {grown / 2**20:.0f} MiB"

@@ -9,8 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
 
-test: $(STAMP) models/LATEST browser promtool  ## every test (and the linter, which is quick)
-	$(VENV)/bin/ruff check .
+test: $(STAMP) models/LATEST browser promtool lint  ## every test, after the linters and mypy (quick)
 	$(PY) -m pytest
 
 test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml), bar the slow ones

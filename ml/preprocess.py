@@ -455,7 +455,7 @@ def _to_mnist_fields(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     floor = np.minimum(NOISE_FLOOR * peak, np.maximum(MIN_FLOOR * peak, NOISE_SIGMAS * noise))
     ink = np.maximum(ink - floor.astype(np.float32)[:, None, None], 0.0)
     ink = _drop_dust_fields(ink)
-    rows, cols = ink.any(axis=2), ink.any(axis=1)
+    rows, cols = np.asarray(ink.any(axis=2)), np.asarray(ink.any(axis=1))  # arrays (for mypy)
     r0, c0 = rows.argmax(axis=1), cols.argmax(axis=1)
     h = FIELD - rows[:, ::-1].argmax(axis=1) - r0
     w = FIELD - cols[:, ::-1].argmax(axis=1) - c0

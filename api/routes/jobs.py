@@ -266,9 +266,10 @@ async def submit_job(
     finished job and its `results`, plus `Preference-Applied: wait=10`; else `202` as usual.
     """
     wait = parse_prefer_wait(prefer)
-    args = (settings, store, blobs, celery, fair, quotas, caller, files, idempotency_key, metadata, webhook)
-    args += (webhook_events,)
-    job = await run_in_threadpool(_submit, response, *args)
+    job = await run_in_threadpool(
+        _submit, response, settings, store, blobs, celery, fair, quotas, caller, files,
+        idempotency_key, metadata, webhook, webhook_events,
+    )  # fmt: skip
     if not wait:
         return JobOut.of(job)
     response.headers["Preference-Applied"] = f"wait={wait}"

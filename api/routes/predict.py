@@ -9,7 +9,7 @@ with the job's id so that the client can poll it.
 
 from collections.abc import Callable
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -23,7 +23,7 @@ from api.waiting import get_completions
 from core.jobs import ItemResult, Job, JobStatus, new_job_id
 
 router = APIRouter(tags=["predict"])
-ANSWER_PROBLEMS = {
+ANSWER_PROBLEMS: dict[int | str, dict[str, Any]] = {
     409: {**PROBLEMS[409], "description": "The job was cancelled (DELETE /jobs/{id}) before it answered"},
     503: {**PROBLEMS[409], "description": "The job failed for an internal reason, or Redis is down: retry"},
 }

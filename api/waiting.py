@@ -136,3 +136,20 @@ def get_completions() -> Completions:
             raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
         completions = _by_loop[loop] = Completions(url)
     return completions
+
+
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]" = weakref.WeakKeyDictionary()
+
+
+def get_async_redis() -> aioredis.Redis:
+    """This event loop's plain async client (no subscription): for the per-request counts, so that
+    an ordinary request never starts the job-closed listener (TestClient closes a loop per request,
+    and a listener cancelled mid-subscribe can hold that close up)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        url = get_settings().redis_url
+        if not url:
+            raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
+        client = _clients[loop] = aioredis.Redis.from_url(url)
+    return client

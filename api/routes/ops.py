@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.deps import require_admin_key
 from api.problems import PROBLEM_JSON, ProblemError
 from api.schemas import Problem
-from api.waiting import get_completions
+from api.waiting import get_async_redis
 from core import fleet, logs, metrics, sentry
 from core.config import get_settings
 from core.connections import get_redis
@@ -153,7 +153,7 @@ async def count_response(status: int) -> None:
     """Count a response in Redis (async: a slow Redis must not stall the event loop); never fails
     the request (with Redis down, the answer is a 503 and the count is lost)."""
     try:
-        await get_completions().redis.hincrby(metrics.KEY, metrics.http_response_field(status), 1)
+        await get_async_redis().hincrby(metrics.KEY, metrics.http_response_field(status), 1)
     except (redis.RedisError, OSError, RuntimeError) as exc:
         log.debug("response not counted: %s", exc)
 

@@ -23,6 +23,7 @@ import redis
 from redis.typing import EncodableT, FieldT
 
 from core import listing, quotas
+from core.metrics import KEY as METRICS_KEY
 
 PREFIX = "digitq:job:"
 # Pub/sub channel: the id of every job that ends (last item recorded, or cancelled), published by
@@ -119,7 +120,8 @@ class ChunkStart:
 
 
 # KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py), active index,
-# closed channel. ARGV: now, job id, then (index, result json, failed 0/1) triples.
+# closed channel, metrics hash (core/metrics.py). ARGV: now, job id, then (index, result json,
+# failed 0/1) triples.
 _RECORD = """
 local job, results, queued = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('EXISTS', job) == 0 then return -1 end
@@ -150,6 +152,8 @@ if done >= total and (status == 'queued' or status == 'running') then
   redis.call('HSET', job, 'status', status, 'finished_at', ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[2])
   redis.call('PUBLISH', KEYS[5], ARGV[2])
+  -- Counted with the close, so a /metrics scrape never sees a closed job it has not counted.
+  redis.call('HINCRBY', KEYS[6], 'jobs_finished:' .. status, 1)
   closed = 1
 end
 return {added, failed, closed, status, redis.call('HGET', job, 'created_at')}
@@ -186,8 +190,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: job hash, the tenant's queued-images count, active index, closed channel. ARGV: now, new
-# status, error message, job id.
+# KEYS: job hash, the tenant's queued-images count, active index, closed channel, metrics hash.
+# ARGV: now, new status, error message, job id.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -197,6 +201,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[1])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
 redis.call('ZREM', KEYS[3], ARGV[4])
 redis.call('PUBLISH', KEYS[4], ARGV[4])
+redis.call('HINCRBY', KEYS[5], 'jobs_finished:' .. ARGV[2], 1)
 local left = tonumber(redis.call('HGET', KEYS[1], 'total')) - tonumber(redis.call('HGET', KEYS[1], 'done'))
 if left > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   if redis.call('DECRBY', KEYS[2], left) < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
@@ -352,7 +357,7 @@ class JobStore:
         args: list[Any] = [time.time(), job_id]
         for r in results:
             args += [r.index, r.to_json(), int(r.error is not None)]
-        keys = [job, results_key, quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL]
+        keys = [job, results_key, quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL, METRICS_KEY]
         reply = self._record(keys=keys, args=args)
         if reply == -1:
             return Recorded(0, 0, False)  # the job expired meanwhile
@@ -372,7 +377,7 @@ class JobStore:
 
     def cancel(self, job_id: str, tenant: str = "") -> bool:
         """Close a queued or running job; its unfinished items go back to the tenant's quota."""
-        keys = [self._keys(job_id)[0], quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL]
+        keys = [self._keys(job_id)[0], quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL, METRICS_KEY]
         args: list[Any] = [time.time(), JobStatus.cancelled.value, "", job_id]
         return self._finish(keys=keys, args=args) == 1
 

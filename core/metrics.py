@@ -12,8 +12,10 @@ What counts where:
 - jobs submitted / items submitted: the API, when a job is accepted.
 - items processed / items failed, chunk and per-item latency: the worker, after each chunk.
   Processed counts only results stored for the first time (a redelivered chunk adds nothing).
-- jobs finished by status, job latency (created -> finished): the worker whose chunk closed the
-  job (the record script closes a job once), or the API for a cancel; exactly once per job.
+- jobs finished by status: the Lua script that closes the job (core/jobs.py), in the same atomic
+  step, so a scrape never sees a closed job uncounted; exactly once per job.
+- job latency (created -> finished): the worker whose chunk closed the job, or the API for a
+  cancel, right after; once per job.
 - submissions refused by a quota, by reason: the API.
 - queue depth per lane (the broker's lists) and the tenants waiting in the bulk lane: read live.
 - HTTP responses by status class: each API process, per response (api/routes/ops.py).
@@ -83,10 +85,10 @@ def items_recorded(client: redis.Redis, stored: int, failed: int) -> None:
     pipe.execute()
 
 
-def job_finished(client: redis.Redis, status: str, seconds: float) -> None:
-    """A job closed (its last result stored, or cancelled): counted once, by the one call that closed it."""
+def job_finished(client: redis.Redis, seconds: float) -> None:
+    """A job closed (its last result stored, or cancelled): its latency, observed once, by the one
+    call that closed it. The count by status is the closing script's own (core/jobs.py)."""
     pipe = client.pipeline(transaction=False)
-    pipe.hincrby(KEY, f"jobs_finished:{status}", 1)
     _observe(pipe, "job_seconds", max(0.0, seconds))
     pipe.execute()
 

@@ -185,7 +185,7 @@ class StuckJobs:
         )
         metrics.items_recorded(self.store.redis, recorded.added, recorded.failed)
         if recorded.closed_job and recorded.status and recorded.job_seconds is not None:
-            metrics.job_finished(self.store.redis, recorded.status, recorded.job_seconds)
+            metrics.job_finished(self.store.redis, recorded.job_seconds)
         notify(self.store, job_id)
         if recorded.closed_job:
             self.blobs.delete_prefix(job_id)

@@ -85,7 +85,7 @@ def _count(recorded: Recorded, seconds: float, items: int) -> None:
         if recorded.added:
             metrics.chunk_done(client, recorded.added, recorded.failed, seconds, items)
         if recorded.closed_job and recorded.status and recorded.job_seconds is not None:
-            metrics.job_finished(client, recorded.status, recorded.job_seconds)
+            metrics.job_finished(client, recorded.job_seconds)
             log.info("job finished")
     except Exception:
         log.warning("could not record metrics", exc_info=True)

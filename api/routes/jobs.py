@@ -355,7 +355,7 @@ def cancel_job(
         blobs.delete_prefix(job_id)
         webhooks.notify(store, job_id)  # job.cancelled
         job = job_or_404(store, job_id, caller)
-        metrics.job_finished(store.redis, JobStatus.cancelled, (job.finished_at or 0) - job.created_at)
+        metrics.job_finished(store.redis, (job.finished_at or 0) - job.created_at)
         return JobOut.of(job)
     return JobOut.of(job_or_404(store, job_id, caller))
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from core.config import PROJECT_ROOT
-from core.jobs import JobStore
+from core.jobs import TERMINAL, JobStore
 from core.queue import INLINE_UPLOAD_BYTES, Chunk, ChunkItem, make_celery, send_chunk
 from ml.registry import S3Registry
 from tests.helpers import png, wait_for_job, wait_until, workers_paused
@@ -172,16 +172,25 @@ def test_metrics_count_jobs_items_latency_and_versions(
                 values[name] = float(value)
         return text, values
 
-    before = scrape()[1]  # other tests' jobs count too: compare with what they left
+    def settled() -> tuple[str, dict[str, float]]:
+        """A scrape after the job-latency histogram caught up with the jobs counted as closed (the
+        script that closes a job counts it; the worker observes its latency right after)."""
+
+        def caught_up() -> bool:
+            values = scrape()[1]
+            closed = sum(values[f'digitq_jobs_finished_total{{status="{s}"}}'] for s in TERMINAL)
+            return values["digitq_job_seconds_count"] == closed
+
+        wait_until(caught_up, 30, 0.05, "job latencies observed for every closed job")
+        return scrape()
+
+    before = settled()[1]  # other tests' jobs count too: compare with what they left
     job_id = submit(api, 3, seed=100)
     wait_for_job(api, job_id)
     broken = ("files", ("broken.png", b"\x89PNG\r\n\x1a\n" + b"not the rest of a png", "image/png"))
     one = [("files", ("d.png", digit_png(103), "image/png"))]
     wait_for_job(api, api.post("/jobs", files=[broken, *one]).json()["id"])
-    finished = "digitq_job_seconds_count"
-    # The worker counts a job right after storing its last result.
-    wait_until(lambda: scrape()[1][finished] >= before[finished] + 2, 30, 0.1, "both jobs counted")
-    text, values = scrape()
+    text, values = settled()
     added = {name: value - before.get(name, 0) for name, value in values.items()}
     assert added["digitq_jobs_submitted_total"] == 2
     assert added["digitq_items_submitted_total"] == 5

@@ -28,15 +28,19 @@ DONE = {"succeeded", "failed", "cancelled"}
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 30, every: float = 0.05, what: str = "") -> T:
-    """Poll `condition` until it returns something truthy (returned); fail after `timeout` s."""
+def wait_until(
+    condition: Callable[[], T], timeout: float = 30, every: float = 0.05, what: str | Callable[[], str] = ""
+) -> T:
+    """Poll `condition` until it returns something truthy (returned); fail after `timeout` s.
+    `what` names the wait in the failure; a callable is asked then (to show the last state seen)."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {said or condition}")
         time.sleep(every)
 
 
@@ -180,7 +184,7 @@ def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dic
         job = client.get(f"/jobs/{job_id}").json()
         return job if job["status"] in DONE else None
 
-    return wait_until(finished, timeout, every=0.1, what=f"job {job_id} to finish (last: {job})")
+    return wait_until(finished, timeout, every=0.1, what=lambda: f"job {job_id} to finish (last: {job})")
 
 
 def all_results(client: httpx.Client, job_id: str) -> list[dict]:

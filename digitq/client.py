@@ -23,6 +23,7 @@ from digitq.multipart import Upload, multipart_body
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled", "expired"})
 RETRY_STATUSES = frozenset({409, 502, 503, 504})  # 409: the first attempt is still storing
+MAX_RETRY_AFTER = 10.0  # seconds: the longest Retry-After the client waits out by itself
 
 
 class DigitqError(Exception):
@@ -180,7 +181,7 @@ class Client:
                     raise Unreachable(f"cannot reach {self.http.base_url}: {exc}") from exc
                 time.sleep(min(0.5 * 2**attempt, 5))
                 continue
-            if response.status_code in RETRY_STATUSES and attempt + 1 < attempts:
+            if _retryable(response) and attempt + 1 < attempts:
                 time.sleep(_retry_after(response, attempt))
                 continue
             _raise_for_problem(response)
@@ -316,8 +317,19 @@ class _Replayable:
         return self.make()
 
 
+def _retryable(response: httpx.Response) -> bool:
+    """A transient refusal; a quota's 429 only when it asks for a short wait (a full queue that
+    frees up in minutes is the caller's to handle, with the Retry-After in the error)."""
+    if response.status_code == 429:
+        try:
+            return float(response.headers.get("Retry-After", "")) <= MAX_RETRY_AFTER
+        except ValueError:
+            return False
+    return response.status_code in RETRY_STATUSES
+
+
 def _retry_after(response: httpx.Response, attempt: int) -> float:
     try:
-        return min(float(response.headers.get("Retry-After", "")), 10.0)
+        return min(float(response.headers.get("Retry-After", "")), MAX_RETRY_AFTER)
     except ValueError:
         return min(0.5 * 2**attempt, 5)

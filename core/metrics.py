@@ -67,8 +67,19 @@ def job_submitted(client: redis.Redis, items: int) -> None:
     pipe.execute()
 
 
-def chunk_done(client: redis.Redis, stored: int, failed: int, seconds: float, items: int) -> None:
+def chunk_done(
+    client: redis.Redis,
+    stored: int,
+    failed: int,
+    seconds: float,
+    items: int,
+    job_seconds: float | None = None,
+) -> None:
+    """A chunk's results stored; `job_seconds` when it closed its job (`job_finished`, in the same
+    round trip)."""
     pipe = client.pipeline(transaction=False)
+    if job_seconds is not None:
+        _observe(pipe, "job_seconds", max(0.0, job_seconds))
     pipe.hincrby(KEY, "items_processed", stored)
     pipe.hincrby(KEY, "items_failed", failed)
     _observe(pipe, "chunk_seconds", seconds)

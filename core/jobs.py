@@ -14,12 +14,13 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from core import listing, quotas
@@ -274,9 +275,11 @@ class JobStore:
         owner: str | None = None,
         extra: Mapping[str, EncodableT] | None = None,
         claim: str | None = None,
+        also: Callable[[Pipeline], object] | None = None,
     ) -> None:
         """`extra`: more hash fields (`metadata`, `webhook_*`, `parts`); `claim`: the Idempotency-Key
-        claim naming this job, kept from now on as long as the job."""
+        claim naming this job, kept from now on as long as the job; `also`: more commands for the
+        same round trip (the submission's metrics)."""
         job, names_key, results = self._keys(job_id)
         pipe = self.redis.pipeline()
         created_at = time.time()
@@ -296,6 +299,8 @@ class JobStore:
             pipe.rpush(names_key, *names[start : start + 10_000])
         for key in (job, names_key, results):
             pipe.expire(key, self.ttl)
+        if also is not None:
+            also(pipe)
         pipe.execute()
 
     def get(self, job_id: str) -> Job | None:

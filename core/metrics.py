@@ -60,11 +60,10 @@ def _observe(pipe: "redis.client.Pipeline", name: str, seconds: float, count: in
     pipe.hincrbyfloat(KEY, f"{name}:sum", seconds * count)
 
 
-def job_submitted(client: redis.Redis, items: int) -> None:
-    pipe = client.pipeline(transaction=False)
+def job_submitted(pipe: "redis.client.Pipeline", items: int) -> None:
+    """A job created: counted in the pipeline that creates it (JobStore.create's `also`)."""
     pipe.hincrby(KEY, "jobs_submitted", 1)
     pipe.hincrby(KEY, "items_submitted", items)
-    pipe.execute()
 
 
 def chunk_done(

@@ -14,18 +14,20 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from core import listing, quotas
 from core.metrics import KEY as METRICS_KEY
 
 PREFIX = "digitq:job:"
+DELIVERIES_SUFFIX = ":deliveries"  # per job: how often each chunk was started (`count_delivery`)
 # Pub/sub channel: the id of every job that ends (last item recorded, or cancelled), published by
 # the Lua scripts that end it, so `Prefer: wait` and /predict learn of it without polling.
 CLOSED_CHANNEL = "digitq:jobs:closed"
@@ -117,6 +119,8 @@ class ChunkStart:
     status: JobStatus | None  # None: the job expired
     model_version: str | None
     todo: list[int]  # the chunk's items without a result (a redelivered chunk may have none)
+    deliveries: int = 0  # starts of this delivery's chunk so far, this one included (0: nothing to do)
+    has_webhook: bool = False  # the job asked for webhooks (set at creation only): else no events
 
 
 # KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py), active index,
@@ -159,23 +163,29 @@ end
 return {added, failed, closed, status, redis.call('HGET', job, 'created_at')}
 """
 
-# KEYS: job hash, results hash. ARGV: now, model version, then item indices. A chunk starts:
-# nothing to do if the job is gone or closed; else the items without a result, and (if any) the
-# job's model version pinned (the first chunk's wins) and queued -> running. {status, version, todo...}
+# KEYS: job hash, results hash, deliveries hash. ARGV: now, model version, the chunk's delivery
+# field, the job TTL (s), then item indices. A chunk starts: nothing to do if the job is gone or
+# closed; else the items without a result, and (if any) the job's model version pinned (the first
+# chunk's wins), queued -> running and the delivery counted (`count_delivery`), all in one round
+# trip. {status, version, deliveries, has webhook 0/1, todo...}
 _START_CHUNK = """
 local job = KEYS[1]
 local status = redis.call('HGET', job, 'status')
-if not status then return {false, false} end
-if status ~= 'queued' and status ~= 'running' then return {status, false} end
-local out = {status, false}
-for i = 3, #ARGV do
+if not status then return {false, false, 0, 0} end
+if status ~= 'queued' and status ~= 'running' then return {status, false, 0, 0} end
+local out = {status, false, 0, redis.call('HEXISTS', job, 'webhook_url')}
+for i = 5, #ARGV do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then table.insert(out, ARGV[i]) end
 end
-if #out > 2 then
+if #out > 4 then
   redis.call('HSETNX', job, 'model_version', ARGV[2])
   if status == 'queued' then
     redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[1])
     out[1] = 'running'
+  end
+  if ARGV[3] ~= '' then
+    out[3] = redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+    redis.call('EXPIRE', KEYS[3], ARGV[4])
   end
 end
 out[2] = redis.call('HGET', job, 'model_version')
@@ -265,9 +275,11 @@ class JobStore:
         owner: str | None = None,
         extra: Mapping[str, EncodableT] | None = None,
         claim: str | None = None,
+        also: Callable[[Pipeline], object] | None = None,
     ) -> None:
         """`extra`: more hash fields (`metadata`, `webhook_*`, `parts`); `claim`: the Idempotency-Key
-        claim naming this job, kept from now on as long as the job."""
+        claim naming this job, kept from now on as long as the job; `also`: more commands for the
+        same round trip (the submission's metrics)."""
         job, names_key, results = self._keys(job_id)
         pipe = self.redis.pipeline()
         created_at = time.time()
@@ -287,6 +299,8 @@ class JobStore:
             pipe.rpush(names_key, *names[start : start + 10_000])
         for key in (job, names_key, results):
             pipe.expire(key, self.ttl)
+        if also is not None:
+            also(pipe)
         pipe.execute()
 
     def get(self, job_id: str) -> Job | None:
@@ -342,13 +356,18 @@ class JobStore:
         """The indices that have no result yet (a redelivered chunk skips the rest)."""
         return [i for i, r in zip(indices, self.results(job_id, indices), strict=True) if r is None]
 
-    def start_chunk(self, job_id: str, indices: Sequence[int], model_version: str) -> ChunkStart:
+    def start_chunk(
+        self, job_id: str, indices: Sequence[int], model_version: str, delivery: str = ""
+    ) -> ChunkStart:
         """One call as a chunk starts: which of `indices` are still to do and, when some are,
-        the job marked running and its model version pinned (the first chunk to start wins)."""
+        the job marked running, its model version pinned (the first chunk to start wins) and
+        the start counted under `delivery` (as `count_delivery` does)."""
         job, _, results = self._keys(job_id)
-        reply = self._start_chunk(keys=[job, results], args=[time.time(), model_version, *indices])
+        keys = [job, results, job + DELIVERIES_SUFFIX]
+        reply = self._start_chunk(keys=keys, args=[time.time(), model_version, delivery, self.ttl, *indices])
         status = JobStatus(_text(reply[0])) if reply[0] else None
-        return ChunkStart(status, _opt_str(reply[1]), [int(i) for i in reply[2:]])
+        todo = [int(i) for i in reply[4:]]
+        return ChunkStart(status, _opt_str(reply[1]), todo, int(reply[2]), bool(reply[3]))
 
     def record(self, job_id: str, results: Iterable[ItemResult], tenant: str = "") -> Recorded:
         """Store the results that are not stored yet, closing the job with its last item, and
@@ -400,7 +419,7 @@ class JobStore:
         One small hash per job (`:deliveries`, a field per chunk), expiring with the job: kept
         apart from the job hash, which the API reads whole.
         """
-        key = self._keys(job_id)[0] + ":deliveries"
+        key = self._keys(job_id)[0] + DELIVERIES_SUFFIX
         pipe = self.redis.pipeline()
         pipe.hincrby(key, chunk, 1)
         pipe.expire(key, self.ttl)

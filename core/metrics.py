@@ -60,15 +60,25 @@ def _observe(pipe: "redis.client.Pipeline", name: str, seconds: float, count: in
     pipe.hincrbyfloat(KEY, f"{name}:sum", seconds * count)
 
 
-def job_submitted(client: redis.Redis, items: int) -> None:
-    pipe = client.pipeline(transaction=False)
+def job_submitted(pipe: "redis.client.Pipeline", items: int) -> None:
+    """A job created: counted in the pipeline that creates it (JobStore.create's `also`)."""
     pipe.hincrby(KEY, "jobs_submitted", 1)
     pipe.hincrby(KEY, "items_submitted", items)
-    pipe.execute()
 
 
-def chunk_done(client: redis.Redis, stored: int, failed: int, seconds: float, items: int) -> None:
+def chunk_done(
+    client: redis.Redis,
+    stored: int,
+    failed: int,
+    seconds: float,
+    items: int,
+    job_seconds: float | None = None,
+) -> None:
+    """A chunk's results stored; `job_seconds` when it closed its job (`job_finished`, in the same
+    round trip)."""
     pipe = client.pipeline(transaction=False)
+    if job_seconds is not None:
+        _observe(pipe, "job_seconds", max(0.0, job_seconds))
     pipe.hincrby(KEY, "items_processed", stored)
     pipe.hincrby(KEY, "items_failed", failed)
     _observe(pipe, "chunk_seconds", seconds)

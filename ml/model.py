@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ml import serving
 from ml.artifacts import load_pipeline
 from ml.preprocess import FIELD, ImageError, decode_image, preprocess_batch, to_mnist
 
@@ -54,7 +55,7 @@ class DigitModel:
         images = np.asarray(images, dtype=np.float32).reshape(-1, 28 * 28)
         if len(images) == 0:
             return np.empty((0, len(self.classes)))
-        return self.pipeline.predict_proba(images)
+        return serving.predict_proba(self.pipeline, images)
 
     def predict_arrays(self, images: np.ndarray) -> list[Prediction]:
         """Classify already-preprocessed (N, 28, 28) digits (0..255 ink on 0) as one batch."""

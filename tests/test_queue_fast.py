@@ -4,7 +4,7 @@ import redis
 from kombu import Connection
 
 from core.config import Settings
-from core.queue import make_celery
+from core.queue import INTERACTIVE, TRANSPORT, Chunk, ChunkItem, _Channel, make_celery, send_chunk
 
 
 def test_a_rejected_message_is_deleted_so_failed_chunks_are_retried_by_the_task(redis_url: str) -> None:
@@ -23,3 +23,31 @@ def test_a_rejected_message_is_deleted_so_failed_chunks_are_retried_by_the_task(
     conf = make_celery(Settings(redis_url=redis_url)).conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.task_acks_on_failure_or_timeout is True
+
+
+def test_a_channel_keeps_one_redis_client_and_still_publishes_and_acknowledges(redis_url: str) -> None:
+    """broker_transport: kombu's Redis transport made a redis-py client per command; ours keeps
+    one per channel. Chunks still go out, come in and are acknowledged through it."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    app = make_celery(Settings(redis_url=redis_url))
+    assert app.conf.broker_transport == TRANSPORT
+    chunk = Chunk("a" * 32, (ChunkItem(0, 0),), "tenant", INTERACTIVE)
+    for _ in range(3):
+        send_chunk(app, chunk)
+    assert client.llen(INTERACTIVE) == 3
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        assert isinstance(channel, _Channel)
+        assert channel._create_client() is channel._create_client()  # kombu's gave a new one each time
+        queue = connection.SimpleQueue(INTERACTIVE)
+        message = queue.get(timeout=5)
+        assert message.payload[0][0]["job"] == "a" * 32 and client.hlen("unacked") == 1
+        message.ack()
+        assert client.hlen("unacked") == 0 and client.llen(INTERACTIVE) == 2
+        queue.close()
+
+
+def test_a_url_of_another_scheme_keeps_kombus_transport() -> None:
+    app = make_celery(Settings(redis_url="redis+socket:///tmp/digitq-test.sock"))
+    assert app.conf.broker_transport is None

@@ -82,10 +82,13 @@ def _count(recorded: Recorded, seconds: float, items: int) -> None:
     """The chunk's metrics (core/metrics.py) and log line; never fails the chunk."""
     try:
         client = get_job_store().redis
-        if recorded.added:
-            metrics.chunk_done(client, recorded.added, recorded.failed, seconds, items)
-        if recorded.closed_job and recorded.status and recorded.job_seconds is not None:
-            metrics.job_finished(client, recorded.job_seconds)
+        closed = recorded.closed_job and recorded.status and recorded.job_seconds is not None
+        job_seconds = recorded.job_seconds if closed else None
+        if recorded.added:  # one round trip for the chunk's and the job's figures
+            metrics.chunk_done(client, recorded.added, recorded.failed, seconds, items, job_seconds)
+        elif job_seconds is not None:
+            metrics.job_finished(client, job_seconds)
+        if closed:
             log.info("job finished")
     except Exception:
         log.warning("could not record metrics", exc_info=True)
@@ -126,7 +129,10 @@ def process_chunk(self: Task, payload: dict[str, Any]) -> None:
 def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
     store = get_job_store()
     job_id = chunk.job_id
-    start = store.start_chunk(job_id, [i.index for i in chunk.items], models.current().version)
+    # Counted per retry: a retry after an exception is a new message with retries of its own
+    # (max_retries bounds those); deaths and deadlines requeue the same message.
+    delivery = f"{chunk.items[0].index}:{self.request.retries}"
+    start = store.start_chunk(job_id, [i.index for i in chunk.items], models.current().version, delivery)
     if start.status is None or start.status not in (JobStatus.queued, JobStatus.running):
         notify(store, job_id)  # webhooks: a redelivery of the chunk that closed the job, then died
         return  # expired, cancelled or already closed: nothing to do
@@ -136,16 +142,15 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
         return  # a redelivered chunk whose results were all written
     # A chunk that kills its pool process (OOM) or runs out of time comes back; it must not do so
     # forever, taking a process with it each time (poison message): its items fail instead.
-    # Counted per retry: a retry after an exception is a new message with retries of its own
-    # (max_retries bounds those); deaths and deadlines requeue the same message.
-    deliveries = store.count_delivery(job_id, f"{chunk.items[0].index}:{self.request.retries}")
+    deliveries = start.deliveries
     if deliveries > get_settings().max_chunk_deliveries:
         log.error("chunk of job %s started %d times without finishing: failing its items", job_id, deliveries)
         error = POISON_ERROR.format(n=deliveries - 1)
-        _store(store, chunk, [ItemResult(i.index, error=error) for i in items], started)
+        _store(store, chunk, [ItemResult(i.index, error=error) for i in items], started, start.has_webhook)
         return
     version = start.model_version or models.current().version
-    notify(store, job_id)  # webhooks: job.running
+    if start.has_webhook:  # else no event to queue: skip reading the job's webhook fields
+        notify(store, job_id)  # webhooks: job.running
     try:
         results = classify(job_id, items, version, deadline, chunk.parts)
     except Exception as exc:
@@ -160,12 +165,13 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
         log.exception("chunk of job %s failed for good", job_id)
         store.fail(job_id, "some items could not be processed because of an internal error")
         results = [ItemResult(i.index, error=INTERNAL_ERROR) for i in items]
-    _store(store, chunk, results, started)
+    _store(store, chunk, results, started, start.has_webhook)
 
 
-def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float) -> None:
+def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float, webhook: bool) -> None:
     recorded = store.record(chunk.job_id, results, chunk.tenant)
-    notify(store, chunk.job_id, progressed=recorded.added > 0)  # webhooks: progress, or the terminal event
+    if webhook:  # webhooks (set at job creation only): progress, or the terminal event
+        notify(store, chunk.job_id, progressed=recorded.added > 0)
     if recorded.closed_job and chunk.parts is None:
         get_blob_store().delete_prefix(chunk.job_id)  # every item has its result: the upload can go
     _count(recorded, time.monotonic() - started, len(results))

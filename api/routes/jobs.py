@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
+from functools import partial
 from typing import Annotated, Any
 
 from celery import Celery
@@ -122,7 +123,9 @@ def create_job(
         # `parts`: how many stored uploads to re-list should the stuck-job sweep need to re-queue
         # lost items (worker/stuck_jobs.py); none for an upload that lives in its messages only.
         fields = {**(extra or {}), "parts": 0 if inline else len(files)}
-        store.create(job_id, [item.name for item in items], owner=caller, extra=fields, claim=claim)
+        counted = partial(metrics.job_submitted, items=len(items))
+        names = [item.name for item in items]
+        store.create(job_id, names, owner=caller, extra=fields, claim=claim, also=counted)
         lane = lane_for(len(items), settings)
         runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
         carried = (
@@ -136,7 +139,6 @@ def create_job(
             store.release_submission(claim)
         raise
     with logs.bound(job_id=job_id):
-        metrics.job_submitted(store.redis, len(items))
         log.info("job submitted")
     return job_id, False
 

@@ -1,0 +1,48 @@
+"""JobStore.start_chunk on a real Redis (fast tier): one script counts the start and says
+whether the job has a webhook, so a chunk's start is one round trip (worker/tasks.py)."""
+
+import redis
+
+from core.jobs import PREFIX, ItemResult, JobStatus, JobStore, new_job_id
+
+
+def test_a_start_with_work_is_counted_per_delivery_and_expires_with_the_job(
+    redis_client: redis.Redis,
+) -> None:
+    store = JobStore(redis_client, 3600)
+    job_id = new_job_id()
+    store.create(job_id, ["a.png", "b.png"])
+    first = store.start_chunk(job_id, [0, 1], "v1", "0:0")
+    assert (first.status, first.model_version, first.todo, first.deliveries) == (
+        JobStatus.running,
+        "v1",
+        [0, 1],
+        1,
+    )
+    assert store.start_chunk(job_id, [0, 1], "v2", "0:0").deliveries == 2  # redelivered: the same field
+    assert store.start_chunk(job_id, [0, 1], "v2", "0:1").deliveries == 1  # a retry counts apart
+    assert store.count_delivery(job_id, "0:0") == 3  # the same counter as count_delivery's
+    assert 3500 < redis_client.ttl(PREFIX + job_id + ":deliveries") <= 3600
+
+
+def test_a_start_with_nothing_left_to_do_is_not_counted(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, 3600)
+    job_id = new_job_id()
+    store.create(job_id, ["a.png", "b.png"])
+    store.record(job_id, [ItemResult(0, 3, 0.9)])
+    assert store.start_chunk(job_id, [0], "v1", "0:0").deliveries == 0
+    assert store.start_chunk(job_id, [0, 1], "v1", "0:0").todo == [1]
+    assert store.count_delivery(job_id, "0:0") == 2  # only the start with work was counted
+    store.record(job_id, [ItemResult(1, 3, 0.9)])  # closed
+    closed = store.start_chunk(job_id, [0, 1], "v1", "0:0")
+    assert (closed.status, closed.todo, closed.deliveries) == (JobStatus.succeeded, [], 0)
+    assert store.start_chunk(new_job_id(), [0], "v1", "0:0").status is None  # expired or unknown
+
+
+def test_the_start_says_whether_the_job_has_a_webhook(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, 3600)
+    plain, hooked = new_job_id(), new_job_id()
+    store.create(plain, ["a.png"])
+    store.create(hooked, ["a.png"], extra={"webhook_url": "https://example.org/hook"})
+    assert not store.start_chunk(plain, [0], "v1", "0:0").has_webhook
+    assert store.start_chunk(hooked, [0], "v1", "0:0").has_webhook

@@ -71,8 +71,8 @@ def build_pipeline(**params) -> Pipeline:
     pipeline = Pipeline(
         [
             ("deskew", Deskew()),
-            ("hog", HogFeatures(orientations=12, cell_sizes=(4, 7), cells_per_block=2, pixel_pool=2)),
-            ("pca", PCA(n_components=64, random_state=0)),
+            ("hog", HogFeatures(orientations=16, cell_sizes=(4, 7), cells_per_block=2, pixel_pool=2)),
+            ("pca", PCA(n_components=48, random_state=0)),
             ("clf", CalibratedKernelSVC(C=5.0, calibration_size=CALIBRATION_SIZE, random_state=11)),
         ]
     )

@@ -37,7 +37,9 @@ def skimage_hog(images: np.ndarray, orientations: int, cells: tuple[int, ...], b
     return np.stack(rows)
 
 
-@pytest.mark.parametrize(("orientations", "cells"), [(9, (4,)), (9, (7,)), (8, (6,)), (12, (4, 7)), (16, (4, 7))])
+@pytest.mark.parametrize(
+    ("orientations", "cells"), [(9, (4,)), (9, (7,)), (8, (6,)), (12, (4, 7)), (16, (4, 7))]
+)
 def test_hog_matches_skimage(digits, orientations, cells):
     images = deskew_batch(digits[0][:200])
     fast = HogFeatures(orientations=orientations, cell_sizes=cells).fit_transform(images)

@@ -468,22 +468,34 @@ def _to_mnist_fields(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _drop_dust_fields(ink: np.ndarray) -> np.ndarray:
     """`_drop_dust` for 28x28 images: one labelling of the whole batch (no connections across
-    images), blobs under MIN_COMPONENT of their image's heaviest blob zeroed."""
+    images), blobs under MIN_COMPONENT of their image's heaviest blob zeroed.
+
+    Only images with two blobs or more can lose one, and most digits are one stroke: masses
+    are summed for those images alone (a weighted bincount over the whole batch was a quarter
+    of the batch path's time)."""
     labels, count = ndimage.label(ink > 0, structure=_DUST_STRUCTURE)
     if count == 0:
         return ink
-    mass = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count + 1)
-    # Which image each label lies in: labels are numbered in scan order and never span two
-    # images, so image n holds the labels after image n-1's largest, up to its own.
+    # Labels are numbered in scan order and never span two images, so image n holds the
+    # labels after image n-1's largest, up to its own.
     largest = np.maximum.accumulate(labels.reshape(len(ink), -1).max(axis=1))
+    blobs = np.diff(largest, prepend=0)
+    several = np.flatnonzero(blobs > 1)
+    if several.size == 0:
+        return ink
+    sub_labels, sub_ink = labels[several], ink[several]
+    mass = np.bincount(sub_labels.ravel(), weights=sub_ink.ravel(), minlength=count + 1)
     owner = np.searchsorted(largest, np.arange(count + 1), side="left")
     heaviest = np.zeros(len(ink))
     np.maximum.at(heaviest, owner[1:], mass[1:])
     keep = mass >= MIN_COMPONENT * heaviest[owner]
-    keep[0] = False  # the background (no ink there anyway)
-    if keep[1:].all():
+    keep[0] = True  # the background (no ink there anyway), and every label of a one-blob image
+    keep[mass == 0] = True  # labels outside `several`: their image has one blob, which stays
+    if keep.all():
         return ink
-    return np.where(keep[labels], ink, np.float32(0.0))
+    out = ink.copy()
+    out[several] = np.where(keep[sub_labels], sub_ink, np.float32(0.0))
+    return out
 
 
 def _centre_fields(
@@ -491,22 +503,20 @@ def _centre_fields(
 ) -> np.ndarray:
     """`_place_in_field` for a batch: shift each image so its ink box's centre of mass lands
     on (14, 14) (whole pixels, the box kept inside the field)."""
-    n = len(ink)
     total = ink.sum(axis=(1, 2)).astype(np.float64)
     safe = np.where(total > 0, total, 1.0)
     cy = ink.sum(axis=2) @ np.arange(FIELD) / safe - r0
     cx = ink.sum(axis=1) @ np.arange(FIELD) / safe - c0
     top = np.clip(np.round(14.0 - cy), 0, np.maximum(FIELD - h, 0)).astype(np.intp)
     left = np.clip(np.round(14.0 - cx), 0, np.maximum(FIELD - w, 0)).astype(np.intp)
-    src_r = np.arange(FIELD)[None, :] - (top - r0)[:, None]
-    src_c = np.arange(FIELD)[None, :] - (left - c0)[:, None]
-    inside = ((src_r >= 0) & (src_r < FIELD))[:, :, None] & ((src_c >= 0) & (src_c < FIELD))[:, None, :]
-    moved = ink[
-        np.arange(n)[:, None, None],
-        np.clip(src_r, 0, FIELD - 1)[:, :, None],
-        np.clip(src_c, 0, FIELD - 1)[:, None, :],
-    ]
-    return np.where(inside, moved, np.float32(0.0))
+    # One slice copy per image: a gather over the whole batch built three (N, 28, 28) index
+    # arrays and cost ten times more.
+    out = np.zeros_like(ink)
+    for i, (dy, dx) in enumerate(zip((top - r0).tolist(), (left - c0).tolist(), strict=True)):
+        out[i, max(dy, 0) : FIELD + min(dy, 0), max(dx, 0) : FIELD + min(dx, 0)] = ink[
+            i, max(-dy, 0) : FIELD + min(-dy, 0), max(-dx, 0) : FIELD + min(-dx, 0)
+        ]
+    return out
 
 
 def to_mnist_batch(images: np.ndarray, desc: str | None = None) -> np.ndarray:

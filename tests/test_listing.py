@@ -222,3 +222,26 @@ def test_status_failed_on_every_format(app_client: TestClient, one_png: bytes) -
     done = app_client.get(f"{base}?format=jsonl&status=done").text.splitlines()
     assert len(done) == 30 - len(failed)
     assert app_client.get(f"{base}?status=nope").status_code == 422
+
+
+def test_csv_rows_say_what_the_json_pages_say(app_client: TestClient, one_png: bytes) -> None:
+    """The CSV is written straight from the stored results: every cell as the JSON item has it,
+    for done, failed and still pending items."""
+    job = submit(app_client, make_zip({f"{i:02d}.png": one_png for i in range(12)}), name="d.zip")
+    results = [ItemResult(0, 3, 0.51234, True), ItemResult(1, error="-bad image"), ItemResult(2, 9, 1.0)]
+    results += [ItemResult(i, 7, 0.99) for i in range(5, 12)]
+    get_job_store().record(job["id"], results)  # items 3 and 4 stay pending
+    base = f"/jobs/{job['id']}/results"
+    items = app_client.get(f"{base}?limit=100").json()["items"]
+    rows = list(csv.DictReader(io.StringIO(app_client.get(f"{base}?format=csv").text, newline="")))
+    assert len(rows) == len(items) == 12
+    for row, item in zip(rows, items, strict=True):
+        assert row["index"] == str(item["index"]) and row["name"] == item["name"]
+        assert row["status"] == item["status"]
+        assert row["digit"] == ("" if item["digit"] is None else str(item["digit"]))
+        assert row["confidence"] == ("" if item["confidence"] is None else f"{item['confidence']:.4f}")
+        assert row["low_confidence"] == str(item["low_confidence"]).lower()
+        assert row["error"] == ("'" + item["error"] if item["error"] else "")
+    assert [r["status"] for r in rows[:5]] == ["done", "failed", "done", "pending", "pending"]
+    assert rows[0]["confidence"] == "0.5123" and rows[0]["low_confidence"] == "true"
+    assert rows[1]["error"] == "'-bad image"  # a formula start gets its quote

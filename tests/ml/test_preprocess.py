@@ -268,3 +268,21 @@ def test_batch_preprocessing_mixed_inputs(seven):
         np.testing.assert_allclose(out[i], expected, atol=1e-3)
     assert errors[3] and "blank" in errors[3] and errors[6]
     assert out[5][1:3, 1:3].max() == 0  # the speck was dropped
+
+
+def test_batch_median_and_noise_equal_sorting():
+    """The batch path's median and noise skip the sorts for rows that are mostly their minimum:
+    equal to sorting every row, for rows just over, at and under half the minimum, and noisy ones."""
+    from ml.preprocess import _centre_and_noise
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(10.0, 3.0, (8, 784)).astype(np.float32)
+    for i, count in enumerate((391, 392, 393, 394, 784, 0)):
+        rows[i, :count] = rows[i].min() - 1.0  # `count` values equal to the row's minimum
+    rows[6] = rng.integers(0, 3, 784)  # few distinct values
+    centre, noise = _centre_and_noise(rows.copy())
+    k = rows.shape[1] // 2
+    expected = np.sort(rows, axis=1)[:, k]
+    np.testing.assert_array_equal(centre, expected)
+    np.testing.assert_array_equal(noise, 1.4826 * np.sort(np.abs(rows - expected[:, None]), axis=1)[:, k])
+    assert noise.dtype == np.float32 and noise[3] == 0 and noise[0] > 0

@@ -526,13 +526,22 @@ def _centre_fields(
     cx = ink.sum(axis=1) @ np.arange(FIELD) / safe - c0
     top = np.clip(np.round(14.0 - cy), 0, np.maximum(FIELD - h, 0)).astype(np.intp)
     left = np.clip(np.round(14.0 - cx), 0, np.maximum(FIELD - w, 0)).astype(np.intp)
-    # One slice copy per image: a gather over the whole batch built three (N, 28, 28) index
-    # arrays and cost ten times more.
+    # One slice copy per distinct shift, for all the images it moves at once: digits already
+    # near the centre share a handful of shifts (a gather over the whole batch built three
+    # (N, 28, 28) index arrays and cost ten times more than a copy per image; this is less).
     out = np.zeros_like(ink)
-    for i, (dy, dx) in enumerate(zip((top - r0).tolist(), (left - c0).tolist(), strict=True)):
-        out[i, max(dy, 0) : FIELD + min(dy, 0), max(dx, 0) : FIELD + min(dx, 0)] = ink[
-            i, max(-dy, 0) : FIELD + min(-dy, 0), max(-dx, 0) : FIELD + min(-dx, 0)
-        ]
+    shifts = (top - r0) * (2 * FIELD + 1) + (left - c0)  # one number per (dy, dx), |d| <= 28
+    order = np.argsort(shifts, kind="stable")
+    distinct, starts = np.unique(shifts[order], return_index=True)
+    for shift, group in zip(distinct.tolist(), np.split(order, starts[1:]), strict=True):
+        dy, dx_plus = divmod(shift + FIELD, 2 * FIELD + 1)
+        dx = dx_plus - FIELD
+        rows, cols = slice(max(dy, 0), FIELD + min(dy, 0)), slice(max(dx, 0), FIELD + min(dx, 0))
+        from_rows, from_cols = (
+            slice(max(-dy, 0), FIELD + min(-dy, 0)),
+            slice(max(-dx, 0), FIELD + min(-dx, 0)),
+        )
+        out[group, rows, cols] = ink[group, from_rows, from_cols]
     return out
 
 

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast model bench bench-model bench-bounds bench-latency bench-fairness lint format clean install browser promtool
+.PHONY: run test test-fast model bench bench-model bench-ab bench-bounds bench-latency bench-fairness lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
@@ -26,6 +26,9 @@ bench: $(STAMP) models/LATEST  ## end-to-end throughput vs in-process
 
 bench-model: $(STAMP) models/LATEST  ## in-process us/image per step (decode, preprocess, features, classify)
 	$(PY) bench/bench_model.py
+
+bench-ab: $(STAMP) models/LATEST  ## the model steps of REF (default main) and of this checkout, alternated in one process
+	$(PY) bench/bench_ab.py $(or $(REF),main)
 
 bench-bounds: $(STAMP)  ## what listing a zip costs per entry; the worst decode per format vs a chunk's deadline
 	$(PY) bench/bench_bounds.py

@@ -8,7 +8,8 @@ then where the time goes:
 - end to end, the phases of a run (upload answered, first result, last result, CSV read) and
   the CPU each process spent per image (API, worker main process = the queue's consumer, pool
   processes, Redis, this script), from /proc.
-Medians of REPEATS runs, measured in one run of this script. `make bench` runs it.
+Medians of REPEATS runs, measured in one run of this script, with one BLAS thread in this process
+(as in a worker process). `make bench` runs it.
 """
 
 import io
@@ -23,6 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -141,6 +143,10 @@ def measured_run(client: httpx.Client, archive: bytes, count: int, stack: Stack 
 
 
 def main() -> None:
+    # One BLAS thread, as in a worker process (worker/app.py): the in-process figures are one
+    # worker process' work, and a second BLAS thread spinning against the stack's processes on
+    # 2 cores made the features step (PCA's product) swing 1.5-4x with the machine's load.
+    threadpool_limits(1)
     blobs = digit_pngs(IMAGES)
     archive = zip_of(blobs)
     print(f"{IMAGES} PNG digits, zip {len(archive) / 1e6:.1f} MB, {os.cpu_count()} CPUs, {REPEATS} runs")

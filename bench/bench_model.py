@@ -4,7 +4,7 @@ Two inputs: 28x28 MNIST-style PNGs (the throughput case: `make bench`'s zip) and
 photos (larger, dark-on-light JPEG/PNG). Steps: decode (bytes -> grey array), preprocess
 (-> 28x28 MNIST convention), features (the pipeline's deskew + HOG + PCA, whole batch),
 classify (the calibrated kernel SVM, whole batch), and `DigitModel.predict_images` end to end.
-For reference, the features and classifier one image at a time.
+For reference, the features and classifier one image at a time. One BLAS thread, as in a worker.
 Run: .venv/bin/python bench/bench_model.py [--n 1000] [--repeats 5] [--model models]
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,6 +71,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", type=Path, default=Path("models"))
     args = parser.parse_args()
+    threadpool_limits(1)  # one BLAS thread, as in a worker process (worker/app.py)
 
     model = DigitModel.load(resolve_local_model_dir(args.model))
     meta = model.metadata

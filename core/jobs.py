@@ -11,6 +11,7 @@ the webhook state on the job hash goes through `webhook_trigger`/`record_webhook
 """
 
 import json
+import math
 import re
 import time
 import uuid
@@ -92,6 +93,17 @@ class ItemResult:
     error: str | None = None
 
     def to_json(self) -> str:
+        # The usual item, written directly: json.dumps costs ~6 us an item, 250 a chunk. repr is
+        # json's float form; NaN and infinities (never a confidence) are left to json.dumps.
+        confidence = self.confidence
+        if (
+            self.error is None
+            and type(self.digit) is int
+            and type(confidence) is float
+            and math.isfinite(confidence)
+        ):
+            low = "true" if self.low_confidence else "false"
+            return f"[{self.digit},{confidence!r},{low},null]"
         error = None if self.error is None else cap(self.error, MAX_ERROR_CHARS)
         return json.dumps([self.digit, self.confidence, self.low_confidence, error], separators=(",", ":"))
 

@@ -7,6 +7,8 @@ float32: serving feeds it a chunk of hundreds of digits at once.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
@@ -70,28 +72,49 @@ def _gradients(x: np.ndarray, orientations: int) -> tuple[np.ndarray, np.ndarray
     g_col = np.zeros_like(x)
     np.subtract(x[:, 2:, :], x[:, :-2, :], out=g_row[:, 1:-1, :])
     np.subtract(x[:, :, 2:], x[:, :, :-2], out=g_col[:, :, 1:-1])
-    magnitude = np.sqrt(g_row * g_row + g_col * g_col)
-    # Orientation 0 deg includes (-g_col, 0); everything below the axis is turned by 180 deg.
-    flip = (g_row < 0) | ((g_row == 0) & (g_col < 0))
-    u = np.where(flip, -g_col, g_col)
-    v = np.abs(g_row)
-    denom = np.abs(u) + v
-    pseudo = 1 - u / np.where(denom > 0, denom, np.float32(1.0))
+    magnitude = g_row * g_row
+    magnitude += g_col * g_col
+    np.sqrt(magnitude, out=magnitude)
+    # Orientation 0 deg includes (-g_col, 0); everything below the axis is turned by 180 deg:
+    # u = -g_col where g_row < 0, or g_row == 0 and g_col < 0, else g_col. That is |g_col| with
+    # the sign of g_col * g_row, a zero product counting as positive (adding 0.0 turns -0.0
+    # into +0.0; a product below float32's smallest, 1e-45, counts as zero too: such gradients
+    # weigh nothing). |u| = |g_col|, so the denominator needs no flip.
+    abs_col = np.abs(g_col)
+    sign = g_col * g_row
+    sign += np.float32(0.0)
+    u = np.copysign(abs_col, sign, out=sign)
+    denom = abs_col
+    denom += np.abs(g_row)
+    # 0 / tiny = 0 where both gradients are 0 (as 0 / 1): one op instead of a where.
+    np.maximum(denom, np.finfo(np.float32).tiny, out=denom)
+    pseudo = np.divide(u, denom, out=u)
+    np.subtract(np.float32(1.0), pseudo, out=pseudo)
     # Bin lookup: a table gives the bin at the lower end of p's 1/LEVELS-wide level, and one
     # comparison with the next edge settles it (a level holds at most one edge). Exact, and
     # far cheaper than n-1 comparisons or np.searchsorted over every pixel.
-    edges = _edges(orientations)
+    lower, above = _bin_tables(orientations)
     level = (pseudo * np.float32(LEVELS)).astype(np.intp)  # exact: LEVELS is a power of two
-    # p < 2 in exact arithmetic, but float32 rounding can reach 2.0 itself (a gradient a hair
-    # below 180 deg): the table's last entry covers it, in the last bin as with arctan2.
-    lower = np.searchsorted(edges, np.arange(2 * LEVELS + 1, dtype=np.float32) / LEVELS, side="right")
-    above = np.append(edges, np.float32(np.inf))
     low = lower[level]
     bins = low + (pseudo >= above[low])
     return magnitude, bins
 
 
 LEVELS = 2048  # pseudo-angle levels per unit: edges are >= 0.2 apart, a level is 1/2048 wide
+
+
+@lru_cache(maxsize=8)
+def _bin_tables(orientations: int) -> tuple[np.ndarray, np.ndarray]:
+    """For `_gradients`: the bin at the lower end of each pseudo-angle level, and the bins'
+    upper edges (inf for the last). p < 2 in exact arithmetic, but float32 rounding can reach
+    2.0 itself (a gradient a hair below 180 deg): the table's last entry covers it, in the last
+    bin as with arctan2."""
+    edges = _edges(orientations)
+    lower = np.searchsorted(edges, np.arange(2 * LEVELS + 1, dtype=np.float32) / LEVELS, side="right")
+    above = np.append(edges, np.float32(np.inf))
+    lower.setflags(write=False)
+    above.setflags(write=False)
+    return lower, above
 
 
 def _edges(orientations: int) -> np.ndarray:
@@ -110,26 +133,53 @@ def _hog_one_size(
     mag = magnitude[:, : n_rows * cell, : n_cols * cell]
     b = bins[:, : n_rows * cell, : n_cols * cell]
     # One flat index per (image, cell row, cell col, bin); bincount does the histogramming.
-    cell_of = (np.arange(n_rows * cell) // cell)[:, None] * n_cols + np.arange(n_cols * cell) // cell
-    per_image = n_rows * n_cols * orientations
-    index = (cell_of * orientations)[None] + b + (np.arange(n) * per_image)[:, None, None]
-    counts = np.bincount(index.ravel(), weights=mag.ravel(), minlength=n * per_image)
+    index = _cell_index(n, n_rows, n_cols, cell, orientations) + b
+    counts = np.bincount(index.ravel(), weights=mag.ravel(), minlength=n * n_rows * n_cols * orientations)
     hist = counts.astype(np.float32).reshape(n, n_rows, n_cols, orientations)
     hist *= np.float32(1.0 / (cell * cell))
+    return _l2hys_blocks(hist, block).reshape(n, -1)
+
+
+@lru_cache(maxsize=8)
+def _cell_index(n: int, n_rows: int, n_cols: int, cell: int, orientations: int) -> np.ndarray:
+    """(n, n_rows * cell, n_cols * cell): each pixel's first histogram slot (its image's and
+    cell's bin 0) in `_hog_one_size`'s flat histogram; cached, as chunks come in few sizes."""
+    cell_of = (np.arange(n_rows * cell) // cell)[:, None] * n_cols + np.arange(n_cols * cell) // cell
+    per_image = n_rows * n_cols * orientations
+    index = (cell_of * orientations)[None] + (np.arange(n) * per_image)[:, None, None]
+    index.setflags(write=False)
+    return index
+
+
+def _l2hys_blocks(hist: np.ndarray, block: int) -> np.ndarray:
+    """skimage's overlapping `block` x `block`-cell blocks of (N, rows, cols, bins) histograms,
+    each L2-Hys normalised (scaled to unit norm, clipped at L2HYS_CLIP, scaled to unit norm
+    again): (N, block rows, block cols, block * block * bins).
+
+    Three passes over the blocks instead of about eight: a block's first norm comes from its
+    cells' squared norms (a small array), and with s = 1 / norm, clip(x * s) = s * clip(x, c / s),
+    so the blocks are gathered and clipped by one `minimum` over a strided view of the cells
+    and the first scaling folds into the second. Equal to the step-by-step form within
+    float32 rounding (~1e-7; tests/ml pins it to skimage)."""
+    n, n_rows, n_cols, orientations = hist.shape
     nb_r, nb_c = n_rows - block + 1, n_cols - block + 1
-    blocks = np.empty((n, nb_r, nb_c, block, block, orientations), dtype=np.float32)
+    # einsum for the per-cell sums of squares: numpy's axis=-1 sum is slow on short rows.
+    cell_sq = np.einsum("...i,...i->...", hist, hist)
+    block_sq = np.zeros((n, nb_r, nb_c), dtype=np.float32)
     for i in range(block):
         for j in range(block):
-            blocks[:, :, :, i, j, :] = hist[:, i : i + nb_r, j : j + nb_c, :]
-    blocks = _l2hys(blocks.reshape(n, nb_r, nb_c, -1))
-    return blocks.reshape(n, -1)
-
-
-def _l2hys(blocks: np.ndarray) -> np.ndarray:
-    # einsum for the per-block sums of squares: numpy's axis=-1 sum is slow on short rows.
-    out = blocks / np.sqrt(np.einsum("...i,...i->...", blocks, blocks) + EPS**2)[..., None]
-    np.minimum(out, np.float32(L2HYS_CLIP), out=out)
-    return out / np.sqrt(np.einsum("...i,...i->...", out, out) + EPS**2)[..., None]
+            block_sq += cell_sq[:, i : i + nb_r, j : j + nb_c]
+    scale = np.float32(1.0) / np.sqrt(block_sq + EPS**2)
+    # Block (r, c) holds cell rows r..r+block-1, each a contiguous run of `block` cells.
+    s_n, s_r, s_c, s_o = hist.strides
+    cells = np.lib.stride_tricks.as_strided(
+        hist, (n, nb_r, nb_c, block, block * orientations), (s_n, s_r, s_c, s_r, s_o), writeable=False
+    )
+    limit = (np.float32(L2HYS_CLIP) / scale)[..., None, None]
+    clipped = np.minimum(cells, limit).reshape(n, nb_r, nb_c, -1)
+    sq = np.einsum("...i,...i->...", clipped, clipped) * (scale * scale)
+    clipped *= (scale / np.sqrt(sq + EPS**2))[..., None]
+    return clipped
 
 
 def normalise_images(images: np.ndarray) -> np.ndarray:

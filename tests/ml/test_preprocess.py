@@ -268,3 +268,44 @@ def test_batch_preprocessing_mixed_inputs(seven):
         np.testing.assert_allclose(out[i], expected, atol=1e-3)
     assert errors[3] and "blank" in errors[3] and errors[6]
     assert out[5][1:3, 1:3].max() == 0  # the speck was dropped
+
+
+def test_batch_median_and_noise_equal_sorting():
+    """The batch path's median and noise skip the sorts for rows that are mostly their minimum:
+    equal to sorting every row, for rows just over, at and under half the minimum, and noisy ones."""
+    from ml.preprocess import _centre_and_noise
+
+    rng = np.random.default_rng(3)
+    rows = rng.normal(10.0, 3.0, (8, 784)).astype(np.float32)
+    for i, count in enumerate((391, 392, 393, 394, 784, 0)):
+        rows[i, :count] = rows[i].min() - 1.0  # `count` values equal to the row's minimum
+    rows[6] = rng.integers(0, 3, 784)  # few distinct values
+    centre, noise = _centre_and_noise(rows.copy())
+    k = rows.shape[1] // 2
+    expected = np.sort(rows, axis=1)[:, k]
+    np.testing.assert_array_equal(centre, expected)
+    np.testing.assert_array_equal(noise, 1.4826 * np.sort(np.abs(rows - expected[:, None]), axis=1)[:, k])
+    assert noise.dtype == np.float32 and noise[3] == 0 and noise[0] > 0
+
+
+def test_batch_preprocessing_moves_off_centre_digits_like_to_mnist(splits):
+    """Digits pushed into each corner and edge need large, mixed shifts (the batch path copies
+    each distinct shift once): every one lands where `to_mnist` puts it."""
+    from ml.preprocess import _to_mnist_fields, preprocess_batch
+
+    grays = []
+    for k, digit in enumerate(to_mnist(d.astype(np.float32)) for d in splits.X_holdout[:24]):
+        ink = digit > 0
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        box = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        field = np.zeros((28, 28), dtype=np.float32)
+        # One pixel off the edge: a border with ink is not the evenly lit paper the batch path takes.
+        top = (1, 27 - box.shape[0], (28 - box.shape[0]) // 2)[k % 3]
+        left = (1, 27 - box.shape[1], 3)[(k // 3) % 3]
+        field[top : top + box.shape[0], left : left + box.shape[1]] = box
+        grays.append(field)
+    _, ok = _to_mnist_fields(np.stack(grays))
+    assert ok.sum() >= 12  # most really go through the batch path
+    out, errors = preprocess_batch(grays)
+    assert errors == [None] * len(grays)
+    np.testing.assert_array_equal(out, np.stack([to_mnist(g) for g in grays]))

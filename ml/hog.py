@@ -23,10 +23,6 @@ class HogFeatures(TransformerMixin, BaseEstimator):
     same features. Several `cell_sizes` are concatenated (fine cells see stroke detail, coarse
     cells see the overall shape). `pixel_pool > 0` appends the image average-pooled by that
     factor (e.g. 2 -> 14x14 = 196 values), which HOG alone under-represents (ink mass).
-    `power` raises each block-normalised HOG value to that power (0.5: power or "root"
-    normalisation, which damps the dominant bins so the RBF kernel's distances are not ruled
-    by a few strong edges). `signed=True` bins gradient directions over 0..360 deg instead
-    of 0..180 (dark-to-light and light-to-dark edges apart); skimage has no signed HOG.
     Input: (N, side*side) or (N, side, side); output float32 (N, n_features).
     """
 
@@ -37,16 +33,12 @@ class HogFeatures(TransformerMixin, BaseEstimator):
         cells_per_block: int = 2,
         pixel_pool: int = 0,
         side: int = 28,
-        power: float = 1.0,
-        signed: bool = False,
     ):
         self.orientations = orientations
         self.cell_sizes = cell_sizes
         self.cells_per_block = cells_per_block
         self.pixel_pool = pixel_pool
         self.side = side
-        self.power = power
-        self.signed = signed
 
     def fit(self, X, y=None):
         self.n_features_in_ = self.side * self.side
@@ -54,19 +46,17 @@ class HogFeatures(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         images = normalise_images(as_images(X, self.side))
-        magnitude, bins = _gradients(images, self.orientations, self.signed)
+        magnitude, bins = _gradients(images, self.orientations)
         parts = [
             _hog_one_size(magnitude, bins, self.orientations, c, self.cells_per_block)
             for c in self.cell_sizes
         ]
-        if self.power != 1.0:
-            parts = [np.power(p, np.float32(self.power), out=p) for p in parts]
         if self.pixel_pool:
             parts.append(pooled_pixels(images, self.pixel_pool))
         return np.concatenate(parts, axis=1)
 
 
-def _gradients(x: np.ndarray, orientations: int, signed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _gradients(x: np.ndarray, orientations: int) -> tuple[np.ndarray, np.ndarray]:
     """skimage's centred differences (zero on the border), magnitude and hard orientation bin.
 
     skimage bins the unsigned orientation degrees(arctan2(g_row, g_col)) % 180 as
@@ -87,17 +77,14 @@ def _gradients(x: np.ndarray, orientations: int, signed: bool = False) -> tuple[
     v = np.abs(g_row)
     denom = np.abs(u) + v
     pseudo = 1 - u / np.where(denom > 0, denom, np.float32(1.0))
-    if signed:  # 0..360 deg: the flipped half-plane's pseudo-angles continue from 2 to 4
-        pseudo += np.where(flip, np.float32(2.0), np.float32(0.0))
     # Bin lookup: a table gives the bin at the lower end of p's 1/LEVELS-wide level, and one
     # comparison with the next edge settles it (a level holds at most one edge). Exact, and
     # far cheaper than n-1 comparisons or np.searchsorted over every pixel.
-    edges = _edges(orientations, signed)
+    edges = _edges(orientations)
     level = (pseudo * np.float32(LEVELS)).astype(np.intp)  # exact: LEVELS is a power of two
     # p < 2 in exact arithmetic, but float32 rounding can reach 2.0 itself (a gradient a hair
     # below 180 deg): the table's last entry covers it, in the last bin as with arctan2.
-    top = 4 if signed else 2
-    lower = np.searchsorted(edges, np.arange(top * LEVELS + 1, dtype=np.float32) / LEVELS, side="right")
+    lower = np.searchsorted(edges, np.arange(2 * LEVELS + 1, dtype=np.float32) / LEVELS, side="right")
     above = np.append(edges, np.float32(np.inf))
     low = lower[level]
     bins = low + (pseudo >= above[low])
@@ -107,15 +94,12 @@ def _gradients(x: np.ndarray, orientations: int, signed: bool = False) -> tuple[
 LEVELS = 2048  # pseudo-angle levels per unit: edges are >= 0.2 apart, a level is 1/2048 wide
 
 
-def _edges(orientations: int, signed: bool = False) -> np.ndarray:
-    """Pseudo-angles (see `_gradients`) of the inner bin edges 180/n*k (360/n*k if signed),
-    k = 1..n-1."""
-    degrees = (360.0 if signed else 180.0) / orientations * np.arange(1, orientations)
-    half = degrees >= 180.0  # signed: the lower half-plane, folded up by 180 deg, plus 2
-    angle = np.deg2rad(np.where(half, degrees - 180.0, degrees))
+def _edges(orientations: int) -> np.ndarray:
+    """Pseudo-angles (see `_gradients`) of the inner bin edges 180/n*k, k = 1..n-1."""
+    angle = np.deg2rad(180.0 / orientations * np.arange(1, orientations))
     # Rounded so cos == sin at 45 deg and cos == 0 at 90 deg exactly (float error otherwise).
     u, v = np.round(np.cos(angle), 12), np.round(np.sin(angle), 12)
-    return (1 - u / (np.abs(u) + v) + 2.0 * half).astype(np.float32)
+    return (1 - u / (np.abs(u) + v)).astype(np.float32)
 
 
 def _hog_one_size(

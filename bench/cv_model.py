@@ -4,8 +4,10 @@ Each candidate is a set of `build_pipeline` overrides (Pipeline parameter names)
 training digits and their augmented copies fit PCA + an RBF SVC (the served classifier's fit,
 without the calibration split: accuracy only); the fold's undistorted originals are scored as
 28x28 arrays and as upload-like renders through the serving preprocessing. Deskew + HOG are
-stateless, so they run once for all rows. Prints mean fold accuracy and support vectors.
-Run: .venv/bin/python bench/cv_model.py [--folds 5] [--seeds 0 1 2 --] \
+stateless, so they run once for all rows. Prints mean fold accuracy (and per fold seed, for
+paired comparisons) and support vectors. `--augment` overrides `DEFAULT_AUGMENT` for all
+candidates of the run (e.g. 'copies=4, elastic=3.0'); `clf__gamma` may be a number.
+Run: .venv/bin/python bench/cv_model.py [--folds 5] [--augment 'copies=4'] [--seeds 0 1 2 --] \
     'hog__orientations=12, pca__n_components=64' 'hog__orientations=16, pca__n_components=48'
 """
 

@@ -4,8 +4,10 @@ Each candidate is a set of `build_pipeline` overrides (Pipeline parameter names)
 training digits and their augmented copies fit PCA + an RBF SVC (the served classifier's fit,
 without the calibration split: accuracy only); the fold's undistorted originals are scored as
 28x28 arrays and as upload-like renders through the serving preprocessing. Deskew + HOG are
-stateless, so they run once for all rows. Prints mean fold accuracy and support vectors.
-Run: .venv/bin/python bench/cv_model.py [--folds 5] [--seeds 0 1 2 --] \
+stateless, so they run once for all rows. Prints mean fold accuracy (and per fold seed, for
+paired comparisons) and support vectors. `--augment` overrides `DEFAULT_AUGMENT` for all
+candidates of the run (e.g. 'copies=4, elastic=3.0'); `clf__gamma` may be a number.
+Run: .venv/bin/python bench/cv_model.py [--folds 5] [--augment 'copies=4'] [--seeds 0 1 2 --] \
     'hog__orientations=12, pca__n_components=64' 'hog__orientations=16, pca__n_components=48'
 """
 
@@ -38,9 +40,8 @@ def overrides(spec: str) -> dict:
     return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
 
 
-def training_rows(X: np.ndarray) -> np.ndarray:
+def training_rows(X: np.ndarray, a: dict) -> np.ndarray:
     """The training digits then their augmented copies, preprocessed as in `fit_model`."""
-    a = DEFAULT_AUGMENT
     extra = data.augment(X, a["copies"], a["seed"], a["max_rotate"], a["elastic"])
     rows = np.concatenate([X, extra])
     return to_mnist_batch(rows).astype(np.float32).reshape(len(rows), -1)
@@ -56,8 +57,9 @@ def fold_scores(pipeline, F, FU, y_all, n, train_idx, val_idx) -> tuple[float, f
     in_fold = np.isin(np.arange(len(y_all)) % n, train_idx)
     pca = clone(pipeline.named_steps["pca"]).fit(F[in_fold])
     Ft = pca.transform(F[in_fold])
-    gamma = 1.0 / (Ft.shape[1] * Ft.var())  # CalibratedKernelSVC's gamma="scale"
-    svc = SVC(C=pipeline.named_steps["clf"].C, gamma=gamma).fit(Ft, y_all[in_fold])
+    clf = pipeline.named_steps["clf"]
+    gamma = 1.0 / (Ft.shape[1] * Ft.var()) if clf.gamma == "scale" else clf.gamma
+    svc = SVC(C=clf.C, gamma=gamma).fit(Ft, y_all[in_fold])
     y_val = y_all[val_idx]
     mnist = float((svc.predict(pca.transform(F[val_idx])) == y_val).mean())
     upload = float((svc.predict(pca.transform(FU[val_idx])) == y_val).mean())
@@ -69,11 +71,13 @@ def main() -> None:
     parser.add_argument("candidates", nargs="+", help="build_pipeline overrides, e.g. 'pca__n_components=48'")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--augment", default="", help="DEFAULT_AUGMENT overrides, e.g. 'copies=4'")
     args = parser.parse_args()
+    augment = {**DEFAULT_AUGMENT, **overrides(args.augment)}
     splits = data.load_splits()
     X, y = splits.X_train, splits.y_train
     n = len(y)
-    rows, uploads = training_rows(X), upload_like_rows(X)
+    rows, uploads = training_rows(X, augment), upload_like_rows(X)
     y_all = np.tile(y, len(rows) // n)
     for spec in args.candidates:
         pipeline = build_pipeline(**overrides(spec))
@@ -88,10 +92,11 @@ def main() -> None:
                     partial(fold_scores, pipeline, F, FU, y_all, n), *zip(*folds, strict=True)
                 )
         r = np.array(results)
+        per_seed = "/".join(f"{100 * m:.2f}" for m in r[:, 0].reshape(len(args.seeds), -1).mean(axis=1))
         print(
-            f"{spec}: {F.shape[1]} HOG features, MNIST {100 * r[:, 0].mean():.2f}%, "
+            f"{spec}: {F.shape[1]} HOG features, MNIST {100 * r[:, 0].mean():.2f}% ({per_seed}), "
             f"upload-like {100 * r[:, 1].mean():.2f}%, support vectors {r[:, 2].mean():.0f} "
-            f"({args.folds} folds x seeds {args.seeds})",
+            f"({args.folds} folds x seeds {args.seeds}; augment {args.augment or 'default'})",
             flush=True,
         )
 

@@ -1,6 +1,7 @@
 """Putting a job's chunks on the queue: `dispatch()`, and the bulk lane's fair share.
 
-An interactive job (core/queue.py `lane_for`) sends its chunks at once. A bulk job does not: its
+An interactive job (core/queue.py `lane_for`) sends its chunks at once, in the pipeline that
+creates it (api/routes/jobs.py: one round trip for both). A bulk job does not (`to_window`): its
 chunks wait in Redis, and only a small window of bulk chunks is in the broker or running at any
 time (BULK_IN_FLIGHT_CHUNKS; by default the live pool processes + 2, enough to keep every
 process busy since a chunk refills the window before it is acknowledged). Each free slot goes to
@@ -177,15 +178,12 @@ class FairShare:
         self.redis.delete(f"{PREFIX}queue:{job_id}", f"{PREFIX}chunks:{job_id}")
 
 
-def dispatch(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> None:
-    """Put a new job's chunks to work: all at once in the interactive lane, else behind the window."""
-    if not chunks:
-        return
-    if chunks[0].lane != BULK:
-        send_chunks(celery, chunks)
-        return
-    fair.add(chunks)
-    send_chunks(celery, fair.refill())
+def to_window(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> None:
+    """A new bulk job's chunks wait behind the window, which takes what it can now; an interactive
+    job's go to its lane at once, in the pipeline that creates the job (api/routes/jobs.py)."""
+    if chunks and chunks[0].lane == BULK:
+        fair.add(chunks)
+        send_chunks(celery, fair.refill())
 
 
 def finished(celery: Celery, fair: FairShare, chunk: Chunk) -> None:
@@ -203,4 +201,4 @@ def sweep(celery: Celery, fair: FairShare) -> int:
     return len(chunks)
 
 
-__all__ = ["FairShare", "dispatch", "finished", "lane_for", "sweep"]
+__all__ = ["FairShare", "finished", "lane_for", "sweep", "to_window"]

@@ -99,16 +99,13 @@ def create_job(
     job_id = job_id or new_job_id()
     claim = None
     if idempotency_key:
-        if count_submission:  # before the claim, as without a key: a refused retry claims nothing
-            _within_quota(sub.quotas, tenant)
-            count_submission = False
         claim = idempotency_claim(sub.caller, idempotency_key)
         earlier = sub.store.claim_submission(claim, job_id)
         if earlier:
             return earlier, True
     reserved = False
     try:
-        _within_quota(sub.quotas, tenant, len(items), count_submission)  # all of them, or none
+        _within_quota(sub.quotas, tenant, len(items), count_submission)  # all the images, or none
         reserved = True
         inline = inline_parts([upload.file for upload in files])
         for part, upload in enumerate(files if inline is None else ()):

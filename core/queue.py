@@ -85,6 +85,15 @@ task's publish in the API and a share of every message's ack in the worker. A ch
 one synchronous client over the same connection pool (redis-py clients are thread-safe; the pool
 is the channel's, so a reconnect that makes a new channel makes a new client).
 tests/test_queue_fast.py checks the setting and that messages still flow.
+
+Chunks are not published through `send_task` (on redis:// brokers): `task_message` builds the
+message Celery would (protocol 2, kombu's Redis envelope, priority 0, the anonymous exchange
+routing to the lane's list) and `push_chunks` LPUSHes it in a pipeline, so an interactive job's
+chunks ride in the MULTI/EXEC that creates the job (api/routes/jobs.py) and a batch of chunks
+costs one round trip. `send_task` (Celery's producer, retry policy, declare cache) was a tenth of
+the API's py-spy samples per /predict, plus a round trip. The broker is REDIS_URL, the job store's
+Redis, so the pipeline can be the job store's. tests/test_queue_fast.py checks that
+the message equals send_task's, field for field, and that a consumer takes it.
 """
 
 import base64

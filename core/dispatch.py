@@ -1,7 +1,7 @@
 """Putting a job's chunks on the queue: `dispatch()`, and the bulk lane's fair share.
 
-An interactive job (core/queue.py `lane_for`) sends its chunks at once, in the pipeline that
-creates it (api/routes/jobs.py: one round trip for both). A bulk job does not (`to_window`): its
+An interactive job (core/queue.py `lane_for`) sends its chunks at once (api/routes/jobs.py even
+puts them in the pipeline that creates the job, when it can). A bulk job does not: its
 chunks wait in Redis, and only a small window of bulk chunks is in the broker or running at any
 time (BULK_IN_FLIGHT_CHUNKS; by default the live pool processes + 2, enough to keep every
 process busy since a chunk refills the window before it is acknowledged). Each free slot goes to
@@ -178,12 +178,15 @@ class FairShare:
         self.redis.delete(f"{PREFIX}queue:{job_id}", f"{PREFIX}chunks:{job_id}")
 
 
-def to_window(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> None:
-    """A new bulk job's chunks wait behind the window, which takes what it can now; an interactive
-    job's go to its lane at once, in the pipeline that creates the job (api/routes/jobs.py)."""
-    if chunks and chunks[0].lane == BULK:
-        fair.add(chunks)
-        send_chunks(celery, fair.refill())
+def dispatch(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> None:
+    """Put a new job's chunks to work: all at once in the interactive lane, else behind the window."""
+    if not chunks:
+        return
+    if chunks[0].lane != BULK:
+        send_chunks(celery, chunks)
+        return
+    fair.add(chunks)
+    send_chunks(celery, fair.refill())
 
 
 def finished(celery: Celery, fair: FairShare, chunk: Chunk) -> None:
@@ -201,4 +204,4 @@ def sweep(celery: Celery, fair: FairShare) -> int:
     return len(chunks)
 
 
-__all__ = ["FairShare", "finished", "lane_for", "sweep", "to_window"]
+__all__ = ["FairShare", "dispatch", "finished", "lane_for", "sweep"]

@@ -92,7 +92,8 @@ routing to the lane's list) and `push_chunks` LPUSHes it in a pipeline, so an in
 chunks ride in the MULTI/EXEC that creates the job (api/routes/jobs.py) and a batch of chunks
 costs one round trip. `send_task` (Celery's producer, retry policy, declare cache) was a tenth of
 the API's py-spy samples per /predict, plus a round trip. The broker is REDIS_URL, the job store's
-Redis, so the pipeline can be the job store's. tests/test_queue_fast.py checks that
+Redis, so the pipeline can be the job store's (`broker_is`: unless CELERY_BROKER_URL points
+elsewhere; then the chunks follow the job in a round trip of their own). tests/test_queue_fast.py checks that
 the message equals send_task's, field for field, and that a consumer takes it.
 """
 
@@ -246,14 +247,20 @@ def _origin() -> str:
 
 
 def push_chunks(pipe: Pipeline, celery: Celery, chunks: Iterable[Chunk]) -> int:
-    """Queue chunks in `pipe` (a pipeline on the broker's Redis: core/connections' client, since
-    the broker is REDIS_URL too), each to its lane's list, as kombu's Redis transport does for
-    priority 0: sent with whatever else the pipeline carries, in its round trip."""
+    """Queue chunks in `pipe` (a pipeline on the broker's Redis: see `broker_is`), each to its
+    lane's list, as kombu's Redis transport does for priority 0: sent with whatever else the
+    pipeline carries, in its round trip."""
     sent = 0
     for chunk in chunks:
         pipe.lpush(chunk.lane, task_message(celery, chunk))
         sent += 1
     return sent
+
+
+def broker_is(celery: Celery, url: str | None) -> bool:
+    """Whether the app publishes to the Redis at `url` (REDIS_URL unless CELERY_BROKER_URL or
+    CELERY_BROKER_WRITE_URL says otherwise): then a pipeline on that Redis may carry chunks."""
+    return bool(url) and celery.conf.broker_write_url == url
 
 
 @lru_cache
@@ -315,7 +322,7 @@ def send_chunks(celery: Celery, chunks: Iterable[Chunk]) -> int:
     """Queue chunks, each to its lane, in one round trip (core/dispatch.py decides when; the
     stuck-job sweep for lost items); returns how many. A broker URL of another scheme than
     redis(s):// (`redis+socket://`) goes through Celery's own publish."""
-    url = celery.conf.broker_url
+    url = celery.conf.broker_write_url
     if not url.startswith(("redis://", "rediss://")):
         return sum(_send_task(celery, chunk) for chunk in chunks)
     pipe = _broker_client(url).pipeline(transaction=False)

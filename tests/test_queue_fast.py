@@ -2,9 +2,12 @@
 
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import redis
+from fastapi.testclient import TestClient
 from kombu import Connection
 
 from core.config import Settings
@@ -20,6 +23,7 @@ from core.queue import (
     send_chunk,
     send_chunks,
 )
+from tests.helpers import png
 
 
 def test_a_rejected_message_is_deleted_so_failed_chunks_are_retried_by_the_task(redis_url: str) -> None:
@@ -105,3 +109,20 @@ def test_chunks_are_queued_as_celerys_send_task_queues_them(redis_url: str) -> N
         assert Chunk.from_json(message.payload[0][0]) == inline
         message.ack()
         queue.close()
+
+
+def test_an_interactive_jobs_chunks_go_to_the_broker_even_when_it_is_not_the_job_stores_redis(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
+    """They ride in the job's creation pipeline only when the broker is REDIS_URL (core.queue
+    `broker_is`); with CELERY_BROKER_URL elsewhere, the worker reads them there."""
+    elsewhere = redis_url.rsplit("/", 1)[0] + "/1"
+    broker = redis.Redis.from_url(elsewhere)
+    broker.flushdb()
+    store = redis.Redis.from_url(redis_url)
+    image = png(np.zeros((28, 28), dtype=np.uint8))
+    for env, queued_in, empty in (({}, store, broker), ({"CELERY_BROKER_URL": elsewhere}, broker, store)):
+        client = make_client(**env)
+        assert client.post("/jobs", files={"files": ("a.png", image)}).status_code == 202
+        assert queued_in.llen(INTERACTIVE) == 1 and empty.llen(INTERACTIVE) == 0
+        queued_in.delete(INTERACTIVE)

@@ -22,10 +22,11 @@ from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
 from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, inline_parts, part_items
 from api.waiting import get_completions
-from core import dispatch, listing, logs, metrics, webhooks
+from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
+from core.dispatch import dispatch
 from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import BULK, Chunk, lane_for, push_chunks
+from core.queue import BULK, Chunk, broker_is, lane_for, push_chunks
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -122,9 +123,13 @@ def create_job(
         )
         job_chunks = [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs]
         names = [item.name for item in items]
-        also = partial(_submitted, sub.celery, job_chunks, len(items))
+        # An interactive job's chunks ride in the MULTI/EXEC that creates it (no worker can see
+        # them before the job exists); a bulk job's go behind the window once it exists.
+        rides = lane != BULK and broker_is(sub.celery, settings.redis_url)
+        also = partial(_submitted, sub.celery, job_chunks if rides else [], len(items))
         sub.store.create(job_id, names, owner=sub.caller, extra=fields, claim=claim, also=also)
-        dispatch.to_window(sub.celery, sub.fair, job_chunks)  # a bulk job's, once it exists
+        if not rides:
+            dispatch(sub.celery, sub.fair, job_chunks)
     except Exception:
         if reserved:
             sub.quotas.release(tenant, len(items))
@@ -136,12 +141,10 @@ def create_job(
     return job_id, False
 
 
-def _submitted(celery: Celery, job_chunks: list[Chunk], items: int, pipe: Pipeline) -> None:
-    """In the pipeline that creates the job: its metrics, and an interactive job's chunks (the
-    worker cannot see them before the job exists: one MULTI/EXEC)."""
+def _submitted(celery: Celery, riding: list[Chunk], items: int, pipe: Pipeline) -> None:
+    """In the pipeline that creates the job: its metrics, and the chunks that ride along."""
     metrics.job_submitted(pipe, items=items)
-    if job_chunks and job_chunks[0].lane != BULK:
-        push_chunks(pipe, celery, job_chunks)
+    push_chunks(pipe, celery, riding)
 
 
 def _submit(

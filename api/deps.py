@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from celery import Celery
@@ -32,24 +33,14 @@ async def _blob_store() -> BlobStore:
     return get_blob_store()
 
 
-async def _celery() -> Celery:
-    return get_celery()
-
-
 async def _fair_share() -> FairShare:
     return get_fair_share()
-
-
-async def _quotas() -> Quotas:
-    return get_quotas()
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 JobStoreDep = Annotated[JobStore, Depends(_job_store)]
 BlobStoreDep = Annotated[BlobStore, Depends(_blob_store)]
-CeleryDep = Annotated[Celery, Depends(_celery)]
 FairShareDep = Annotated[FairShare, Depends(_fair_share)]
-QuotasDep = Annotated[Quotas, Depends(_quotas)]
 
 
 def _presented_key(authorization: str | None, x_api_key: str | None) -> str:
@@ -121,3 +112,26 @@ async def require_admin_key(
 
 
 CallerDep = Annotated[str | None, Depends(require_api_key)]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What creating a job needs: the settings, the stores, the queue, the quotas and the caller
+    (one dependency for the routes that submit: /jobs, /predict, /predict_batch)."""
+
+    settings: Settings
+    store: JobStore
+    blobs: BlobStore
+    celery: Celery
+    fair: FairShare
+    quotas: Quotas
+    caller: str | None
+
+
+async def _submission(settings: SettingsDep, caller: CallerDep) -> Submission:
+    return Submission(
+        settings, get_job_store(), get_blob_store(), get_celery(), get_fair_share(), get_quotas(), caller
+    )
+
+
+SubmissionDep = Annotated[Submission, Depends(_submission)]

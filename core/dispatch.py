@@ -1,6 +1,7 @@
 """Putting a job's chunks on the queue: `dispatch()`, and the bulk lane's fair share.
 
-An interactive job (core/queue.py `lane_for`) sends its chunks at once. A bulk job does not: its
+An interactive job (core/queue.py `lane_for`) sends its chunks at once (api/routes/jobs.py even
+puts them in the pipeline that creates the job, when it can). A bulk job does not: its
 chunks wait in Redis, and only a small window of bulk chunks is in the broker or running at any
 time (BULK_IN_FLIGHT_CHUNKS; by default the live pool processes + 2, enough to keep every
 process busy since a chunk refills the window before it is acknowledged). Each free slot goes to

@@ -24,7 +24,7 @@ import redis
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
-from core import listing, quotas
+from core import fleet, listing, quotas
 from core.metrics import KEY as METRICS_KEY
 
 PREFIX = "digitq:job:"
@@ -133,6 +133,7 @@ class ChunkStart:
     todo: list[int]  # the chunk's items without a result (a redelivered chunk may have none)
     deliveries: int = 0  # starts of this delivery's chunk so far, this one included (0: nothing to do)
     has_webhook: bool = False  # the job asked for webhooks (set at creation only): else no events
+    fleet_version: str | None = None  # `follow`: the fleet's version, when it is not the caller's
 
 
 # KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py), active index,
@@ -175,21 +176,27 @@ end
 return {added, failed, closed, status, redis.call('HGET', job, 'created_at')}
 """
 
-# KEYS: job hash, results hash, deliveries hash. ARGV: now, model version, the chunk's delivery
-# field, the job TTL (s), then item indices. A chunk starts: nothing to do if the job is gone or
-# closed; else the items without a result, and (if any) the job's model version pinned (the first
-# chunk's wins), queued -> running and the delivery counted (`count_delivery`), all in one round
-# trip. {status, version, deliveries, has webhook 0/1, todo...}
+# KEYS: job hash, results hash, deliveries hash, the fleet's model version (core/fleet.py). ARGV:
+# now, model version, the chunk's delivery field, the job TTL (s), follow the fleet 1/0, then item
+# indices. A chunk starts: nothing to do if the job is gone or closed; else, when following and
+# the fleet has moved to another version than the caller's, only that version (the caller
+# switches, then starts again: nothing was written); else the items without a result, and (if
+# any) the job's model version pinned (the first chunk's wins), queued -> running and the delivery
+# counted (`count_delivery`), all in one round trip (the fleet's version read included: a reload
+# is seen at the next chunk). {status, version, deliveries, has webhook 0/1, fleet version or
+# false, todo...}
 _START_CHUNK = """
 local job = KEYS[1]
 local status = redis.call('HGET', job, 'status')
-if not status then return {false, false, 0, 0} end
-if status ~= 'queued' and status ~= 'running' then return {status, false, 0, 0} end
-local out = {status, false, 0, redis.call('HEXISTS', job, 'webhook_url')}
-for i = 5, #ARGV do
+if not status then return {false, false, 0, 0, false} end
+if status ~= 'queued' and status ~= 'running' then return {status, false, 0, 0, false} end
+local fleet = redis.call('GET', KEYS[4])
+if ARGV[5] == '1' and fleet and fleet ~= ARGV[2] then return {status, false, 0, 0, fleet} end
+local out = {status, false, 0, redis.call('HEXISTS', job, 'webhook_url'), false}
+for i = 6, #ARGV do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then table.insert(out, ARGV[i]) end
 end
-if #out > 4 then
+if #out > 5 then
   redis.call('HSETNX', job, 'model_version', ARGV[2])
   if status == 'queued' then
     redis.call('HSET', job, 'status', 'running', 'started_at', ARGV[1])
@@ -369,17 +376,26 @@ class JobStore:
         return [i for i, r in zip(indices, self.results(job_id, indices), strict=True) if r is None]
 
     def start_chunk(
-        self, job_id: str, indices: Sequence[int], model_version: str, delivery: str = ""
+        self,
+        job_id: str,
+        indices: Sequence[int],
+        model_version: str,
+        delivery: str = "",
+        follow: bool = False,
     ) -> ChunkStart:
         """One call as a chunk starts: which of `indices` are still to do and, when some are,
         the job marked running, its model version pinned (the first chunk to start wins) and
-        the start counted under `delivery` (as `count_delivery` does)."""
+        the start counted under `delivery` (as `count_delivery` does). `follow`: if the fleet
+        serves another version than `model_version` (a reload), only that is returned
+        (`fleet_version`), nothing done: switch to it, then start again."""
         job, _, results = self._keys(job_id)
-        keys = [job, results, job + DELIVERIES_SUFFIX]
-        reply = self._start_chunk(keys=keys, args=[time.time(), model_version, delivery, self.ttl, *indices])
+        keys = [job, results, job + DELIVERIES_SUFFIX, fleet.CURRENT_KEY]
+        args: list[str | float] = [time.time(), model_version, delivery, self.ttl, int(follow), *indices]
+        reply = self._start_chunk(keys=keys, args=args)
         status = JobStatus(_text(reply[0])) if reply[0] else None
-        todo = [int(i) for i in reply[4:]]
-        return ChunkStart(status, _opt_str(reply[1]), todo, int(reply[2]), bool(reply[3]))
+        todo = [int(i) for i in reply[5:]]
+        moved = _opt_str(reply[4])
+        return ChunkStart(status, _opt_str(reply[1]), todo, int(reply[2]), bool(reply[3]), moved)
 
     def record(self, job_id: str, results: Iterable[ItemResult], tenant: str = "") -> Recorded:
         """Store the results that are not stored yet, closing the job with its last item, and

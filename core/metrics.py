@@ -18,7 +18,8 @@ What counts where:
   cancel, right after; once per job.
 - submissions refused by a quota, by reason: the API.
 - queue depth per lane (the broker's lists) and the tenants waiting in the bulk lane: read live.
-- HTTP responses by status class: each API process, per response (api/routes/ops.py).
+- HTTP responses by status class: each API process counts them and adds them to the hash at
+  most once a second and before each /metrics answer (api/routes/ops.py `ResponseCounts`).
 """
 
 import bisect

@@ -85,17 +85,34 @@ task's publish in the API and a share of every message's ack in the worker. A ch
 one synchronous client over the same connection pool (redis-py clients are thread-safe; the pool
 is the channel's, so a reconnect that makes a new channel makes a new client).
 tests/test_queue_fast.py checks the setting and that messages still flow.
+
+Chunks are not published through `send_task` (on redis:// brokers): `task_message` builds the
+message Celery would (protocol 2, kombu's Redis envelope, priority 0, the anonymous exchange
+routing to the lane's list) and `push_chunks` LPUSHes it in a pipeline, so an interactive job's
+chunks ride in the MULTI/EXEC that creates the job (api/routes/jobs.py) and a batch of chunks
+costs one round trip. `send_task` (Celery's producer, retry policy, declare cache) was a tenth of
+the API's py-spy samples per /predict, plus a round trip. The broker is REDIS_URL, the job store's
+Redis, so the pipeline can be the job store's (`broker_is`: unless CELERY_BROKER_URL points
+elsewhere; then the chunks follow the job in a round trip of their own). tests/test_queue_fast.py checks that
+the message equals send_task's, field for field, and that a consumer takes it.
 """
 
+import base64
+import json
+import os
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import redis
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
 from kombu.utils.scheduling import priority_cycle
+from redis.client import Pipeline
 
 from core.config import Settings, get_settings
 
@@ -189,10 +206,70 @@ class RedisTransport(kombu_redis.Transport):
 TRANSPORT = "core.queue:RedisTransport"
 
 
+def task_message(celery: Celery, chunk: Chunk) -> str:
+    """The Redis list entry `send_task(PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane)`
+    would push (protocol 2 in kombu's Redis envelope; tests/test_queue_fast.py compares the two):
+    the worker consumes it unchanged. Built here, it can ride in another pipeline (the job's
+    creation, `push_chunks`) instead of costing Celery's publish machinery and a round trip of
+    its own. No parent/root of a calling task: those are for Celery's canvas, unused here."""
+    task_id = str(uuid.uuid4())
+    # argsrepr: Celery would repr the whole chunk (its inline upload included) for logs nobody reads.
+    argsrepr = f"(chunk {chunk.id},)"
+    headers: dict[str, Any] = {
+        "lang": "py", "task": PROCESS_CHUNK, "id": task_id, "shadow": None, "eta": None,
+        "expires": None, "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+        "root_id": task_id, "parent_id": None, "argsrepr": argsrepr, "kwargsrepr": "{}",
+        "origin": _origin(), "ignore_result": None, "replaced_task_nesting": 0,
+        "stamped_headers": None, "stamps": {},
+    }  # fmt: skip
+    body = json.dumps([[chunk.to_json()], {}, _EMBED]).encode()
+    properties = {
+        "correlation_id": task_id, "reply_to": celery.thread_oid, "argsrepr": argsrepr,
+        "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": chunk.lane},
+        "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+    }  # fmt: skip
+    return json.dumps({
+        "body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
+        "content-type": "application/json", "headers": headers, "properties": properties,
+    })  # fmt: skip
+
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+@lru_cache
+def _origin_of(pid: int) -> str:
+    return anon_nodename()  # `gen<pid>@<host>`, as Celery names a sending process
+
+
+def _origin() -> str:
+    return _origin_of(os.getpid())  # a forked pool process is another sender
+
+
+def push_chunks(pipe: Pipeline, celery: Celery, chunks: Iterable[Chunk]) -> int:
+    """Queue chunks in `pipe` (a pipeline on the broker's Redis: see `broker_is`), each to its
+    lane's list, as kombu's Redis transport does for priority 0: sent with whatever else the
+    pipeline carries, in its round trip."""
+    sent = 0
+    for chunk in chunks:
+        pipe.lpush(chunk.lane, task_message(celery, chunk))
+        sent += 1
+    return sent
+
+
+def broker_is(celery: Celery, url: str | None) -> bool:
+    """Whether the app publishes to the Redis at `url` (REDIS_URL unless CELERY_BROKER_URL or
+    CELERY_BROKER_WRITE_URL says otherwise): then a pipeline on that Redis may carry chunks."""
+    return bool(url) and celery.conf.broker_write_url == url
+
+
+@lru_cache
+def _broker_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, health_check_interval=30)
+
+
 def send_chunk(celery: Celery, chunk: Chunk) -> None:
-    # argsrepr: Celery would otherwise build a truncated repr of the whole chunk (its inline
-    # upload included) for every message, for logs nobody reads here: ~0.1 ms per task.
-    celery.send_task(PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane, argsrepr=f"(chunk {chunk.id},)")
+    send_chunks(celery, [chunk])
 
 
 def chunk_time_limits(settings: Settings) -> tuple[float, float]:
@@ -242,10 +319,19 @@ def get_celery() -> Celery:
 
 
 def send_chunks(celery: Celery, chunks: Iterable[Chunk]) -> int:
-    """Queue chunks, each to its lane (core/dispatch.py decides when; the stuck-job sweep for
-    lost items); returns how many."""
-    sent = 0
-    for chunk in chunks:
-        send_chunk(celery, chunk)
-        sent += 1
+    """Queue chunks, each to its lane, in one round trip (core/dispatch.py decides when; the
+    stuck-job sweep for lost items); returns how many. A broker URL of another scheme than
+    redis(s):// (`redis+socket://`) goes through Celery's own publish."""
+    url = celery.conf.broker_write_url
+    if not url.startswith(("redis://", "rediss://")):
+        return sum(_send_task(celery, chunk) for chunk in chunks)
+    pipe = _broker_client(url).pipeline(transaction=False)
+    sent = push_chunks(pipe, celery, chunks)
+    if sent:
+        pipe.execute()
     return sent
+
+
+def _send_task(celery: Celery, chunk: Chunk) -> int:
+    celery.send_task(PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane, argsrepr=f"(chunk {chunk.id},)")
+    return 1

@@ -8,8 +8,13 @@ is open: then everybody shares one tenant's quotas.
   not fit (nothing reserved); core/jobs.py's record script gives back each item as its result is
   stored, and cancel gives back the rest, in the same scripts that write them, so the count cannot
   drift from the results. The key expires JOB_TTL_SECONDS after the tenant's last submission.
-- SUBMISSIONS_PER_MINUTE_PER_KEY: a sliding window (the `limits` package's moving window on the
-  same Redis: a list of at most that many timestamps per tenant, expiring after a minute).
+- SUBMISSIONS_PER_MINUTE_PER_KEY: a sliding window, `digitq:quota:rate:<tenant>`: a list of at
+  most that many submission times, newest first, expiring a minute after the last one (the
+  `limits` package's moving window, done in the same script as the reservation: a submission's
+  quotas cost one round trip, not three).
+
+`admit` checks both in one script: the submission is counted first (as it arrives; a submission
+then refused for its images still counts), then its images are reserved, or none.
 """
 
 import math
@@ -17,24 +22,34 @@ import time
 from dataclasses import dataclass
 
 import redis
-from limits import RateLimitItemPerMinute
-from limits.storage import RedisStorage
-from limits.strategies import MovingWindowRateLimiter
 
 from core.config import Settings
 
 ANONYMOUS = "anonymous"
 QUEUED_PREFIX = "digitq:quota:queued:"
-RATE_PREFIX = "digitq:quota:rate"
+RATE_PREFIX = "digitq:quota:rate:"
+RATE_WINDOW_SECONDS = 60
 QUEUED_RETRY_AFTER = 30  # seconds: work drains at a rate we do not promise; look again then
 
-# KEYS: the tenant's queued count. ARGV: images, limit, ttl. {1, new count} or {0, count} (refused).
-_RESERVE = """
-local queued = tonumber(redis.call('GET', KEYS[1]) or '0')
-if queued + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return {0, queued} end
-queued = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {1, queued}
+# KEYS: the tenant's submission times, its queued count. ARGV: now, submissions per window (0: do
+# not count this one), window seconds, images to reserve (0: none), queued limit, queued ttl.
+# {'ok'}; {'rate', the window's oldest time} (nothing written); {'queued', count} (nothing reserved).
+_ADMIT = """
+local now, rate, window, images = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if rate > 0 then
+  local oldest = redis.call('LINDEX', KEYS[1], rate - 1)
+  if oldest and tonumber(oldest) >= now - window then return {'rate', oldest} end
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('LTRIM', KEYS[1], 0, rate - 1)
+  redis.call('EXPIRE', KEYS[1], window)
+end
+if images > 0 then
+  local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if queued + images > tonumber(ARGV[5]) then return {'queued', queued} end
+  redis.call('INCRBY', KEYS[2], images)
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+return {'ok'}
 """
 
 
@@ -58,40 +73,42 @@ class Quotas:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self._reserve = client.register_script(_RESERVE)
-        storage = RedisStorage("redis://", connection_pool=client.connection_pool, key_prefix=RATE_PREFIX)
-        self.limiter = MovingWindowRateLimiter(storage)
-        self.rate = RateLimitItemPerMinute(settings.submissions_per_minute_per_key)
+        self._admit = client.register_script(_ADMIT)
 
-    def count_submission(self, tenant: str) -> None:
-        """One more submission in the tenant's sliding minute, or QuotaExceeded."""
-        if self.limiter.hit(self.rate, tenant):
-            return
-        reset_at, _ = self.limiter.get_window_stats(self.rate, tenant)
-        limit = self.settings.submissions_per_minute_per_key
-        raise QuotaExceeded(
-            "submission_rate",
-            "SUBMISSIONS_PER_MINUTE_PER_KEY",
-            f"more than {limit} submissions in the last minute (SUBMISSIONS_PER_MINUTE_PER_KEY); "
-            "retry after Retry-After seconds, or send more images per job",
-            max(1, math.ceil(reset_at - time.time())),
-        )
-
-    def reserve(self, tenant: str, images: int) -> None:
-        """Count `images` as queued for the tenant, or refuse them all with QuotaExceeded."""
+    def admit(self, tenant: str, images: int = 0, count: bool = True) -> None:
+        """One round trip: count a submission in the tenant's sliding minute (`count`), then
+        reserve `images` queued images for it, all or none; QuotaExceeded when over either."""
+        rate = self.settings.submissions_per_minute_per_key if count else 0
+        now = time.time()
+        keys = [RATE_PREFIX + tenant, queued_key(tenant)]
         limit = self.settings.max_queued_images_per_key
-        ok, queued = self._reserve(
-            keys=[queued_key(tenant)], args=[images, limit, self.settings.job_ttl_seconds]
-        )
-        if ok:
-            return
-        raise QuotaExceeded(
-            "queued_images",
-            "MAX_QUEUED_IMAGES_PER_KEY",
-            f"{images} more images would exceed the {limit} images this API key may have queued "
-            f"(MAX_QUEUED_IMAGES_PER_KEY; {queued} are not finished yet): wait until some jobs finish",
-            QUEUED_RETRY_AFTER,
-        )
+        args: list[str | int] = [
+            repr(now),
+            rate,
+            RATE_WINDOW_SECONDS,
+            images,
+            limit,
+            self.settings.job_ttl_seconds,
+        ]
+        reply = self._admit(keys=keys, args=args)
+        verdict, found = (reply[0].decode() if isinstance(reply[0], bytes) else reply[0]), reply[1:]
+        if verdict == "rate":
+            raise QuotaExceeded(
+                "submission_rate",
+                "SUBMISSIONS_PER_MINUTE_PER_KEY",
+                f"more than {rate} submissions in the last minute (SUBMISSIONS_PER_MINUTE_PER_KEY); "
+                "retry after Retry-After seconds, or send more images per job",
+                max(1, math.ceil(float(found[0]) + RATE_WINDOW_SECONDS - now)),
+            )
+        if verdict == "queued":
+            raise QuotaExceeded(
+                "queued_images",
+                "MAX_QUEUED_IMAGES_PER_KEY",
+                f"{images} more images would exceed the {limit} images this API key may have queued "
+                f"(MAX_QUEUED_IMAGES_PER_KEY; {int(found[0])} are not finished yet): wait until some jobs "
+                "finish",
+                QUEUED_RETRY_AFTER,
+            )
 
     def release(self, tenant: str, images: int) -> None:
         """Give back a reservation whose job could not be created."""

@@ -3,6 +3,7 @@ whether the job has a webhook, so a chunk's start is one round trip (worker/task
 
 import redis
 
+from core import fleet
 from core.jobs import PREFIX, ItemResult, JobStatus, JobStore, new_job_id
 
 
@@ -46,3 +47,24 @@ def test_the_start_says_whether_the_job_has_a_webhook(redis_client: redis.Redis)
     store.create(hooked, ["a.png"], extra={"webhook_url": "https://example.org/hook"})
     assert not store.start_chunk(plain, [0], "v1", "0:0").has_webhook
     assert store.start_chunk(hooked, [0], "v1", "0:0").has_webhook
+
+
+def test_a_start_that_follows_the_fleet_stops_at_a_reload_before_writing(redis_client: redis.Redis) -> None:
+    """The start script reads the fleet's version (no GET of its own per chunk): when a reload
+    moved it, the caller learns it before anything is pinned or counted, switches, starts again."""
+    store = JobStore(redis_client, 3600)
+    job_id = new_job_id()
+    store.create(job_id, ["a.png"])
+    assert store.start_chunk(job_id, [0], "v1", "0:0", follow=True).fleet_version is None  # no reload yet
+    other = new_job_id()
+    store.create(other, ["a.png"])
+    redis_client.set(fleet.CURRENT_KEY, "v2")
+    moved = store.start_chunk(other, [0], "v1", "0:0", follow=True)
+    assert (moved.fleet_version, moved.todo, moved.deliveries) == ("v2", [], 0)
+    assert store.status(other) is JobStatus.queued and store.count_delivery(other, "0:0") == 1  # untouched
+    again = store.start_chunk(other, [0], "v2", "0:0", follow=True)
+    assert (again.fleet_version, again.model_version, again.todo) == (None, "v2", [0])
+    # A process that could not switch starts on its own version without following.
+    third = new_job_id()
+    store.create(third, ["a.png"])
+    assert store.start_chunk(third, [0], "v1", "0:0").model_version == "v1"

@@ -1,10 +1,29 @@
 """What core/queue.py's reasons say about kombu's Redis transport, checked on a real Redis (fast tier)."""
 
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 import redis
+from fastapi.testclient import TestClient
 from kombu import Connection
 
 from core.config import Settings
-from core.queue import INTERACTIVE, TRANSPORT, Chunk, ChunkItem, _Channel, make_celery, send_chunk
+from core.queue import (
+    BULK,
+    INTERACTIVE,
+    PROCESS_CHUNK,
+    TRANSPORT,
+    Chunk,
+    ChunkItem,
+    _Channel,
+    make_celery,
+    send_chunk,
+    send_chunks,
+)
+from tests.helpers import png
 
 
 def test_a_rejected_message_is_deleted_so_failed_chunks_are_retried_by_the_task(redis_url: str) -> None:
@@ -51,3 +70,59 @@ def test_a_channel_keeps_one_redis_client_and_still_publishes_and_acknowledges(r
 def test_a_url_of_another_scheme_keeps_kombus_transport() -> None:
     app = make_celery(Settings(redis_url="redis+socket:///tmp/digitq-test.sock"))
     assert app.conf.broker_transport is None
+
+
+def _comparable(raw: bytes) -> dict[str, Any]:
+    """A queued message with what differs per message (ids, delivery tag) blanked, its body decoded."""
+    message = json.loads(raw)
+    headers, properties = message["headers"], message["properties"]
+    assert headers["id"] == headers["root_id"] == properties["correlation_id"]
+    headers["id"] = headers["root_id"] = properties["correlation_id"] = properties["delivery_tag"] = None
+    message["body"] = json.loads(base64.b64decode(message["body"]))
+    return message
+
+
+def test_chunks_are_queued_as_celerys_send_task_queues_them(redis_url: str) -> None:
+    """core.queue.task_message builds the message itself (to push it in another pipeline): it must
+    be what `send_task` would queue, field for field, and the worker's consumer must take it."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    app = make_celery(Settings(redis_url=redis_url))
+    inline = Chunk(
+        "b" * 32, (ChunkItem(0, 0), ChunkItem(1, 0, "x/1.png", "bad")), "t", INTERACTIVE, {"0": "aGk="}
+    )
+    for chunk in (inline, Chunk("c" * 32, (ChunkItem(7, 1),), "", BULK)):
+        app.send_task(
+            PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane, argsrepr=f"(chunk {chunk.id},)"
+        )
+        reference = client.lpop(chunk.lane)
+        assert send_chunks(app, [chunk]) == 1
+        ours = client.lpop(chunk.lane)
+        assert reference is not None and ours is not None
+        assert _comparable(ours) == _comparable(reference)
+        assert json.loads(ours)["headers"]["id"] != json.loads(reference)["headers"]["id"]
+    send_chunk(app, inline)
+    with app.connection_for_write() as connection:
+        queue = connection.SimpleQueue(INTERACTIVE)
+        message = queue.get(timeout=5)
+        assert message.headers["task"] == PROCESS_CHUNK
+        assert Chunk.from_json(message.payload[0][0]) == inline
+        message.ack()
+        queue.close()
+
+
+def test_an_interactive_jobs_chunks_go_to_the_broker_even_when_it_is_not_the_job_stores_redis(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
+    """They ride in the job's creation pipeline only when the broker is REDIS_URL (core.queue
+    `broker_is`); with CELERY_BROKER_URL elsewhere, the worker reads them there."""
+    elsewhere = redis_url.rsplit("/", 1)[0] + "/1"
+    broker = redis.Redis.from_url(elsewhere)
+    broker.flushdb()
+    store = redis.Redis.from_url(redis_url)
+    image = png(np.zeros((28, 28), dtype=np.uint8))
+    for env, queued_in, empty in (({}, store, broker), ({"CELERY_BROKER_URL": elsewhere}, broker, store)):
+        client = make_client(**env)
+        assert client.post("/jobs", files={"files": ("a.png", image)}).status_code == 202
+        assert queued_in.llen(INTERACTIVE) == 1 and empty.llen(INTERACTIVE) == 0
+        queued_in.delete(INTERACTIVE)

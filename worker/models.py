@@ -12,7 +12,7 @@ artifact; an operator must push again or point MODEL_URI elsewhere).
 
 Reload (see core/fleet.py): the main process' watcher thread prepares a candidate version
 (download + verify + test load) and reports it in its heartbeat; once `digitq:model:current`
-moves, each pool process switches before its next chunk (`current()` costs one Redis GET),
+moves, each pool process switches before its next chunk (its start script reads the key: `follow`),
 loading the version from the local cache. A job's version is pinned by its first chunk, and
 `get(version)` loads an older pinned version on demand (cache, else S3), so a job never mixes
 versions even while workers switch.
@@ -109,24 +109,27 @@ def load_default(settings: Settings, max_delay: float = 30.0) -> DigitModel:
     return model
 
 
-def current() -> DigitModel:
-    """The model for a new job: switches to the fleet's current version if it is ready here."""
-    global _current
+def current_version() -> str:
+    """The version this process serves new jobs with."""
     if _current is None:
         raise RuntimeError("no model loaded")
-    try:
-        desired = fleet.current_version(_redis())
-    except redis.exceptions.RedisError:
-        desired = None
-    if desired and desired != _current and _source is not None and _source.is_local(desired):
+    return _current
+
+
+def follow(desired: str) -> str:
+    """Switch to the fleet's version (`digitq:model:current`, read by each chunk's start script)
+    if it is ready here, else stay; returns the version served from now on."""
+    global _current
+    current = current_version()
+    if desired != current and _source is not None and _source.is_local(desired):
         try:
             model = get(desired)
         except Exception:
-            log.exception("could not switch to model %s; staying on %s", desired, _current)
+            log.exception("could not switch to model %s; staying on %s", desired, current)
         else:
-            log.info("switched from model %s to %s", _current, model.version)
+            log.info("switched from model %s to %s", current, model.version)
             _current = model.version
-    return get(_current)
+    return current_version()
 
 
 def get(version: str) -> DigitModel:

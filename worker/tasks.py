@@ -132,7 +132,10 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
     # Counted per retry: a retry after an exception is a new message with retries of its own
     # (max_retries bounds those); deaths and deadlines requeue the same message.
     delivery = f"{chunk.items[0].index}:{self.request.retries}"
-    start = store.start_chunk(job_id, [i.index for i in chunk.items], models.current().version, delivery)
+    indices = [i.index for i in chunk.items]
+    start = store.start_chunk(job_id, indices, models.current_version(), delivery, follow=True)
+    if start.fleet_version:  # a reload moved the fleet: switch if ready here, then start for real
+        start = store.start_chunk(job_id, indices, models.follow(start.fleet_version), delivery)
     if start.status is None or start.status not in (JobStatus.queued, JobStatus.running):
         notify(store, job_id)  # webhooks: a redelivery of the chunk that closed the job, then died
         return  # expired, cancelled or already closed: nothing to do
@@ -148,7 +151,7 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
         error = POISON_ERROR.format(n=deliveries - 1)
         _store(store, chunk, [ItemResult(i.index, error=error) for i in items], started, start.has_webhook)
         return
-    version = start.model_version or models.current().version
+    version = start.model_version or models.current_version()
     if start.has_webhook:  # else no event to queue: skip reading the job's webhook fields
         notify(store, job_id)  # webhooks: job.running
     try:

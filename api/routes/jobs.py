@@ -5,28 +5,28 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 
 from celery import Celery
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from redis.client import Pipeline
 
-from api.deps import BlobStoreDep, CallerDep, CeleryDep, FairShareDep, JobStoreDep, QuotasDep, SettingsDep
+from api.deps import BlobStoreDep, CallerDep, FairShareDep, JobStoreDep, Submission, SubmissionDep
 from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
 from api.problems import ProblemError
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
 from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, inline_parts, part_items
 from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
-from core.blobs import BlobStore, upload_key
-from core.config import Settings
-from core.dispatch import FairShare, dispatch
+from core.blobs import upload_key
+from core.dispatch import dispatch
 from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import Chunk, lane_for
+from core.queue import BULK, Chunk, broker_is, lane_for, push_chunks
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -81,13 +81,7 @@ def _list_items(files: list[UploadFile], max_image_bytes: int, max_items: int) -
 
 
 def create_job(
-    settings: Settings,
-    store: JobStore,
-    blobs: BlobStore,
-    celery: Celery,
-    fair: FairShare,
-    quotas: Quotas,
-    caller: str | None,
+    sub: Submission,
     files: list[UploadFile],
     items: list[Item],
     extra: Mapping[str, str | int] | None = None,
@@ -98,67 +92,72 @@ def create_job(
     """Store the upload, create the job (`job_id`, or a new id) and queue its chunks: (job id, replayed).
 
     Within the caller's quotas (429 otherwise): the submission rate when `count_submission` (POST
-    /jobs counts it before reading the upload), the queued images always.
+    /jobs counts it before reading the upload), the queued images always, in one round trip.
     `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
     Blocking (disk or S3, Redis): async routes run it in the thread pool.
     """
-    tenant = tenant_of(caller)
-    if count_submission:
-        _within_quota(quotas, quotas.count_submission, tenant)
+    tenant = tenant_of(sub.caller)
     job_id = job_id or new_job_id()
     claim = None
     if idempotency_key:
-        claim = idempotency_claim(caller, idempotency_key)
-        earlier = store.claim_submission(claim, job_id)
+        claim = idempotency_claim(sub.caller, idempotency_key)
+        earlier = sub.store.claim_submission(claim, job_id)
         if earlier:
             return earlier, True
     reserved = False
     try:
-        _within_quota(quotas, quotas.reserve, tenant, len(items))  # all of them, or none
+        _within_quota(sub.quotas, tenant, len(items), count_submission)  # all the images, or none
         reserved = True
         inline = inline_parts([upload.file for upload in files])
         for part, upload in enumerate(files if inline is None else ()):
             upload.file.seek(0)
-            blobs.put(upload_key(job_id, part), upload.file)
+            sub.blobs.put(upload_key(job_id, part), upload.file)
         # `parts`: how many stored uploads to re-list should the stuck-job sweep need to re-queue
         # lost items (worker/stuck_jobs.py); none for an upload that lives in its messages only.
         fields = {**(extra or {}), "parts": 0 if inline else len(files)}
-        counted = partial(metrics.job_submitted, items=len(items))
-        names = [item.name for item in items]
-        store.create(job_id, names, owner=caller, extra=fields, claim=claim, also=counted)
+        settings = sub.settings
         lane = lane_for(len(items), settings)
         runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
         carried = (
             (lambda run: None) if inline is None else (lambda run: {str(i.part): inline[i.part] for i in run})
         )
-        dispatch(celery, fair, [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs])
+        job_chunks = [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs]
+        names = [item.name for item in items]
+        # An interactive job's chunks ride in the MULTI/EXEC that creates it (no worker can see
+        # them before the job exists); a bulk job's go behind the window once it exists.
+        rides = lane != BULK and broker_is(sub.celery, settings.redis_url)
+        also = partial(_submitted, sub.celery, job_chunks if rides else [], len(items))
+        sub.store.create(job_id, names, owner=sub.caller, extra=fields, claim=claim, also=also)
+        if not rides:
+            dispatch(sub.celery, sub.fair, job_chunks)
     except Exception:
         if reserved:
-            quotas.release(tenant, len(items))
+            sub.quotas.release(tenant, len(items))
         if claim:
-            store.release_submission(claim)
+            sub.store.release_submission(claim)
         raise
     with logs.bound(job_id=job_id):
         log.info("job submitted")
     return job_id, False
 
 
+def _submitted(celery: Celery, riding: list[Chunk], items: int, pipe: Pipeline) -> None:
+    """In the pipeline that creates the job: its metrics, and the chunks that ride along."""
+    metrics.job_submitted(pipe, items=items)
+    push_chunks(pipe, celery, riding)
+
+
 def _submit(
     response: Response,
-    settings: Settings,
-    store: JobStore,
-    blobs: BlobStore,
-    celery: Celery,
-    fair: FairShare,
-    quotas: Quotas,
-    caller: str | None,
+    sub: Submission,
     files: list[UploadFile] | None,
     idempotency_key: str | None,
     metadata: str | None,
     webhook: str | None,
     webhook_events: str | None,
 ) -> Job:
-    _within_quota(quotas, quotas.count_submission, tenant_of(caller))  # before reading the upload
+    settings = sub.settings
+    _within_quota(sub.quotas, tenant_of(sub.caller))  # the rate, before reading the upload
     labels = parse_metadata(metadata)
     hook = parse_webhook(webhook, webhook_events, settings)
     if not files:
@@ -170,23 +169,11 @@ def _submit(
         detail = f"{len(items)} images; a job takes at most {settings.max_items_per_job}: split the upload"
         raise ProblemError(413, "Too many images", detail)
     extra = {**hook, "metadata": json.dumps(labels)} if labels else hook
-    job_id, replayed = create_job(
-        settings,
-        store,
-        blobs,
-        celery,
-        fair,
-        quotas,
-        caller,
-        files,
-        items,
-        extra,
-        idempotency_key=idempotency_key,
-    )
+    job_id, replayed = create_job(sub, files, items, extra, idempotency_key=idempotency_key)
     if replayed:
-        return _replayed(store, job_id, response)
+        return _replayed(sub.store, job_id, response)
     response.headers["Location"] = f"/jobs/{job_id}"
-    return job_or_404(store, job_id, caller)
+    return job_or_404(sub.store, job_id, sub.caller)
 
 
 def finished_job(store: JobStore, job_id: str, caller: str | None) -> JobWithResults:
@@ -212,13 +199,7 @@ def finished_job(store: JobStore, job_id: str, caller: str | None) -> JobWithRes
 )
 async def submit_job(
     response: Response,
-    settings: SettingsDep,
-    store: JobStoreDep,
-    blobs: BlobStoreDep,
-    celery: CeleryDep,
-    fair: FairShareDep,
-    quotas: QuotasDep,
-    caller: CallerDep,
+    sub: SubmissionDep,
     files: Annotated[
         list[UploadFile] | None,
         File(description=f"One or more parts named 'files': {ACCEPTED}. Folders inside zips are fine."),
@@ -269,15 +250,14 @@ async def submit_job(
     """
     wait = parse_prefer_wait(prefer)
     job = await run_in_threadpool(
-        _submit, response, settings, store, blobs, celery, fair, quotas, caller, files,
-        idempotency_key, metadata, webhook, webhook_events,
-    )  # fmt: skip
+        _submit, response, sub, files, idempotency_key, metadata, webhook, webhook_events
+    )
     if not wait:
         return JobOut.of(job)
     response.headers["Preference-Applied"] = f"wait={wait}"
     if job.status not in TERMINAL and not await get_completions().wait(job.id, wait):
-        return JobOut.of(await run_in_threadpool(job_or_404, store, job.id, caller))
-    finished = await run_in_threadpool(finished_job, store, job.id, caller)
+        return JobOut.of(await run_in_threadpool(job_or_404, sub.store, job.id, sub.caller))
+    finished = await run_in_threadpool(finished_job, sub.store, job.id, sub.caller)
     return JSONResponse(finished.model_dump(mode="json"), headers=dict(response.headers))
 
 
@@ -306,10 +286,10 @@ def list_jobs(
     return JobList(items=[JobOut.of(job) for job in found.jobs], next=next_url)
 
 
-def _within_quota(quotas: Quotas, check: Callable[..., None], *args: Any) -> None:
-    """Run a quota check; over the quota is a 429 naming the limit, counted in /metrics."""
+def _within_quota(quotas: Quotas, tenant: str, images: int = 0, count: bool = True) -> None:
+    """`Quotas.admit`; over a quota is a 429 naming the limit, counted in /metrics."""
     try:
-        check(*args)
+        quotas.admit(tenant, images, count)
     except QuotaExceeded as exc:
         metrics.refused(quotas.redis, exc.reason)
         raise ProblemError(

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import BlobStoreDep, CallerDep, CeleryDep, FairShareDep, JobStoreDep, QuotasDep, SettingsDep
+from api.deps import SubmissionDep
 from api.problems import ProblemError
 from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, visible
 from api.schemas import BatchPrediction, Prediction
@@ -80,13 +80,7 @@ async def _answer(
     summary="Recognise one image, answered inline",
 )
 async def predict(
-    settings: SettingsDep,
-    store: JobStoreDep,
-    blobs: BlobStoreDep,
-    celery: CeleryDep,
-    fair: FairShareDep,
-    quotas: QuotasDep,
-    caller: CallerDep,
+    sub: SubmissionDep,
     file: Annotated[UploadFile | None, File(description="One image: PNG, JPEG, BMP, GIF, TIFF, WebP")] = None,
 ) -> Prediction:
     """The old service's `POST /predict`: one part named `file`.
@@ -95,11 +89,9 @@ async def predict(
     """
     if file is None:
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
-    items = _single_image(file, settings.max_image_bytes)
-    create = partial(
-        create_job, settings, store, blobs, celery, fair, quotas, caller, [file], items, count_submission=True
-    )
-    job, (result,) = await _answer(create, 1, caller, settings.predict_timeout_seconds)
+    items = _single_image(file, sub.settings.max_image_bytes)
+    create = partial(create_job, sub, [file], items, count_submission=True)
+    job, (result,) = await _answer(create, 1, sub.caller, sub.settings.predict_timeout_seconds)
     job_id = job.id
     if result is None:  # cannot happen for a job that ended other than cancelled; never a 500
         raise ProblemError(503, "Service unavailable", f"job {job_id} ended without a result; retry")
@@ -149,13 +141,7 @@ def _batch_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
     summary="Recognise several images or zips, answered inline",
 )
 async def predict_batch(
-    settings: SettingsDep,
-    store: JobStoreDep,
-    blobs: BlobStoreDep,
-    celery: CeleryDep,
-    fair: FairShareDep,
-    quotas: QuotasDep,
-    caller: CallerDep,
+    sub: SubmissionDep,
     files: Annotated[
         list[UploadFile] | None,
         File(description=f"Parts named 'files': {ACCEPTED}; at most {INLINE_RESULTS} images in all"),
@@ -170,16 +156,14 @@ async def predict_batch(
     """
     if not files:
         raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
-    items = _batch_items(files, settings.max_image_bytes)
+    items = _batch_items(files, sub.settings.max_image_bytes)
     if not items:
         raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
     if len(items) > INLINE_RESULTS:
         detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
         raise ProblemError(413, "Too many images", detail)
-    create = partial(
-        create_job, settings, store, blobs, celery, fair, quotas, caller, files, items, count_submission=True
-    )
-    _, results = await _answer(create, len(items), caller, settings.predict_timeout_seconds)
+    create = partial(create_job, sub, files, items, count_submission=True)
+    _, results = await _answer(create, len(items), sub.caller, sub.settings.predict_timeout_seconds)
     return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
 
 

@@ -4,7 +4,8 @@ Two inputs: 28x28 MNIST-style PNGs (the throughput case: `make bench`'s zip) and
 photos (larger, dark-on-light JPEG/PNG). Steps: decode (bytes -> grey array), preprocess
 (-> 28x28 MNIST convention), features (the pipeline's deskew + HOG + PCA, whole batch),
 classify (the calibrated kernel SVM, whole batch), and `DigitModel.predict_images` end to end.
-For reference, the features and classifier one image at a time. One BLAS thread, as in a worker.
+For reference, the features and classifier one image at a time, and one image served as a
+worker serves a /predict (a chunk of one). One BLAS thread, as in a worker.
 Run: .venv/bin/python bench/bench_model.py [--n 1000] [--repeats 5] [--model models]
 """
 
@@ -63,6 +64,9 @@ def bench(model: DigitModel, name: str, blobs: list[bytes], repeats: int) -> Non
     print(f"  one image at a time: features {one_feat * 1e6 / k:.1f}, classify {one_cls * 1e6 / k:.1f}")
     per_image_pre = timed(lambda: [to_mnist(g) for g in grays[:k]], 1)
     print(f"  per-image to_mnist (the general path): {per_image_pre * 1e6 / k:.1f}")
+    # What a worker does for one /predict image: a chunk of one, prepared then classified.
+    one_served = timed(lambda: [model.predict_prepared([model.prepare(b)]) for b in blobs[:k]], 1)
+    print(f"  one image served (prepare + predict_prepared, a chunk of one): {one_served * 1e6 / k:.1f}")
 
 
 def main() -> int:

@@ -309,3 +309,16 @@ def test_batch_preprocessing_moves_off_centre_digits_like_to_mnist(splits):
     out, errors = preprocess_batch(grays)
     assert errors == [None] * len(grays)
     np.testing.assert_array_equal(out, np.stack([to_mnist(g) for g in grays]))
+
+
+def test_a_small_batch_is_to_mnist_exactly(seven):
+    """A batch of one (a /predict image) skips the whole-batch path: `to_mnist`'s digit, bit for
+    bit, and its error for a blank."""
+    from ml.preprocess import SMALL_BATCH, preprocess_batch
+
+    gray = seven.astype(np.float32)
+    out, errors = preprocess_batch([gray] * SMALL_BATCH)
+    assert errors == [None] * SMALL_BATCH
+    np.testing.assert_array_equal(out, np.stack([to_mnist(gray)] * SMALL_BATCH))
+    out, errors = preprocess_batch([np.zeros((28, 28), dtype=np.float32)])
+    assert errors[0] and "blank" in errors[0] and not out.any()

@@ -5,7 +5,9 @@ The Lua scripts that end a job (the last result recorded, a cancel) PUBLISH its 
 wakes the requests waiting on that id: a thousand waiting requests cost one Redis connection and
 a future each. A waiter registers before it reads the job's status, so a job that ends between
 the two is seen one way or the other (/predict registers before it even creates its job, and
-then needs no read at all while the subscription stays up). When the subscription drops, every
+then needs no read of its status while the subscription stays up; a small job closed by one call
+comes with its results: `<id> {"model_version": ..., "results": [...]}`, and /predict reads
+nothing at all). When the subscription drops, every
 waiter is woken once it is back, to read its job's status (a close published in between was
 missed), and each reads it once more when its time runs out.
 """
@@ -24,6 +26,7 @@ from core.jobs import CLOSED_CHANNEL, PREFIX, TERMINAL, ItemResult, Job, JobStat
 
 log = logging.getLogger(__name__)
 RECONNECT_SECONDS = 0.5
+Ended = bool | bytes  # what a wait gives: ended or not, or ended with the answer its close published
 SUBSCRIBE_SECONDS = 2.0  # how long a waiter gives the subscription to come up before reading alone
 
 
@@ -32,8 +35,9 @@ class Completions:
 
     def __init__(self, url: str) -> None:
         self.redis = aioredis.Redis.from_url(url, health_check_interval=30)
-        # Per job id, the futures of its waiters: set True by the job's close, False by a lost subscription.
-        self._waiters: dict[str, set[asyncio.Future[bool]]] = {}
+        # Per job id, the futures of its waiters: set by the job's close (True, or its published
+        # answer), False by a lost subscription.
+        self._waiters: dict[str, set[asyncio.Future[Ended]]] = {}
         self._subscribed = asyncio.Event()
         self._generation = 0  # subscriptions made so far: a waiter compares it to know none dropped
         self._listener = asyncio.get_running_loop().create_task(self._listen(), name="digitq-completions")
@@ -52,13 +56,14 @@ class Completions:
                             for job_id in list(self._waiters):
                                 self._wake(job_id, False)
                         elif message["type"] == "message":
-                            self._wake(message["data"].decode(), True)
+                            job_id, _, answer = message["data"].partition(b" ")
+                            self._wake(job_id.decode(), answer or True)
             except (redis.RedisError, OSError) as exc:
                 log.warning("job-closed subscription lost (%s); reconnecting", type(exc).__name__)
             self._subscribed.clear()
             await asyncio.sleep(RECONNECT_SECONDS)
 
-    def _wake(self, job_id: str, closed: bool) -> None:
+    def _wake(self, job_id: str, closed: Ended) -> None:
         for future in self._waiters.get(job_id, ()):
             if not future.done():
                 future.set_result(closed)
@@ -81,8 +86,9 @@ class Completions:
 
     async def wait(
         self, job_id: str, timeout: float, create: Callable[[], Awaitable[object]] | None = None
-    ) -> bool:
-        """Whether the job ended within `timeout` s (False also for a job that does not exist).
+    ) -> Ended:
+        """Whether the job ended within `timeout` s (False also for a job that does not exist):
+        its published answer (bytes, core/jobs.py ANSWER_MAX_ITEMS) when its close carried one.
 
         `create`: makes the job `job_id`, called once this waiter is registered. While the
         subscription stays up from then on, the job's close cannot go unseen, so no read of its
@@ -94,7 +100,7 @@ class Completions:
             await asyncio.wait_for(self._subscribed.wait(), min(timeout, SUBSCRIBE_SECONDS))
         generation = self._generation if self._subscribed.is_set() else -1
         waiters = self._waiters.setdefault(job_id, set())
-        future: asyncio.Future[bool] = loop.create_future()
+        future: asyncio.Future[Ended] = loop.create_future()
         waiters.add(future)  # before reading (or creating): a close from now on wakes it
         try:
             if create is not None:
@@ -102,7 +108,7 @@ class Completions:
             unseen = create is not None and generation == self._generation  # watched since before it existed
             while True:
                 if future.done() and future.result():
-                    return True  # its close was published
+                    return future.result()  # its close was published
                 if not (unseen and not future.done()) and await self._ended(job_id):
                     return True
                 unseen = False
@@ -110,8 +116,8 @@ class Completions:
                 if remaining <= 0:
                     return False
                 try:
-                    if await asyncio.wait_for(future, remaining):
-                        return True
+                    if ended := await asyncio.wait_for(future, remaining):
+                        return ended
                 except TimeoutError:
                     return await self._ended(job_id)  # a close lost while reconnecting is seen here
                 waiters.discard(future)  # woken by a lost subscription: watch again, then read

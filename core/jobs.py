@@ -6,8 +6,9 @@ closes the job when the last item lands. A chunk delivered twice therefore never
 loses an item, and the counters always equal the number of stored results.
 
 This is the only module that reads or writes a job's keys: a chunk starts with one call
-(`start_chunk`), ends with one (`record`, which returns what the task counts in its metrics), and
-the webhook state on the job hash goes through `webhook_trigger`/`record_webhook_attempt`.
+(`start_chunk`), ends with one (`record`, which counts its metrics too), or, a one-trip chunk (a
+small job's only chunk, core/queue.py), does both in `record` after its work; and the webhook
+state on the job hash goes through `webhook_trigger`/`record_webhook_attempt`.
 """
 
 import json
@@ -26,12 +27,16 @@ from redis.typing import EncodableT, FieldT
 
 from core import fleet, listing, quotas
 from core.metrics import KEY as METRICS_KEY
+from core.metrics import OBSERVE_LUA
 
 PREFIX = "digitq:job:"
 DELIVERIES_SUFFIX = ":deliveries"  # per job: how often each chunk was started (`count_delivery`)
 # Pub/sub channel: the id of every job that ends (last item recorded, or cancelled), published by
 # the Lua scripts that end it, so `Prefer: wait` and /predict learn of it without polling.
 CLOSED_CHANNEL = "digitq:jobs:closed"
+# A job of at most this many images closed by one call that stored all its results (a /predict, a
+# small /predict_batch) is published with them: `<job id> {"model_version": ..., "results": [...]}`.
+ANSWER_MAX_ITEMS = 100
 IDEMPOTENCY_PREFIX = "digitq:idempotency:"
 # Jobs not yet closed, scored by creation time: what the stuck-job sweep (worker/stuck_jobs.py) reads
 # instead of a SCAN. A job leaves it when it closes; entries older than the TTL are pruned.
@@ -122,6 +127,7 @@ class Recorded:
     closed_job: bool  # this call stored the job's last item
     status: JobStatus | None = None  # the job's, after this call (None: it expired)
     job_seconds: float | None = None  # created -> finished, when this call closed the job
+    moved: str | None = None  # a one-trip record refused: the fleet serves this other version
 
 
 @dataclass(frozen=True)
@@ -137,13 +143,37 @@ class ChunkStart:
 
 
 # KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py), active index,
-# closed channel, metrics hash (core/metrics.py). ARGV: now, job id, then (index, result json,
-# failed 0/1) triples.
-_RECORD = """
-local job, results, queued = KEYS[1], KEYS[2], KEYS[3]
+# closed channel, metrics hash (core/metrics.py), the fleet's model version (core/fleet.py).
+# ARGV: now, job id, options (JSON, below), then (index, result json, failed 0/1) triples in item
+# order. Options: `seconds` and `items`, the chunk's work (its figures are counted here, with its
+# results); `start` (a time) and `model`: a one-trip chunk (core/queue.py Chunk.one_trip) starts
+# here, after its work: the job marked running (if it still is queued) with the version pinned;
+# with `follow`, only if the fleet serves that version (else nothing is written: {'moved',
+# fleet version}; the caller switches, works again and records without `follow`).
+# A close whose call stored every one of the job's results (at most ANSWER_MAX_ITEMS, in item
+# order) publishes them with the job id: the request waiting for it (api/waiting.py) needs no read.
+# {added, failed, closed 0/1, status, created_at}
+_RECORD = (
+    OBSERVE_LUA
+    + f"local ANSWER_MAX_ITEMS = {ANSWER_MAX_ITEMS}\n"
+    + """
+local job, results, queued, metrics = KEYS[1], KEYS[2], KEYS[3], KEYS[6]
 if redis.call('EXISTS', job) == 0 then return -1 end
+local opts = cjson.decode(ARGV[3])
+local status = redis.call('HGET', job, 'status')
+if opts.follow then
+  local fleet = redis.call('GET', KEYS[7])
+  if fleet and fleet ~= opts.model then return {'moved', fleet} end
+end
+local created = redis.call('HGET', job, 'created_at')
+if opts.start then
+  -- Cancelled (or closed) before this chunk started: like a start that finds it so, no write.
+  if status ~= 'queued' and status ~= 'running' then return {0, 0, 0, status, created} end
+  redis.call('HSETNX', job, 'model_version', opts.model)
+  if status == 'queued' then redis.call('HSET', job, 'status', 'running', 'started_at', opts.start) end
+end
 local added, failed = 0, 0
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   if redis.call('HSETNX', results, ARGV[i], ARGV[i + 1]) == 1 then
     added = added + 1
     if ARGV[i + 2] == '1' then failed = failed + 1 end
@@ -154,8 +184,15 @@ local ttl = redis.call('PTTL', job)
 if ttl > 0 then redis.call('PEXPIRE', results, ttl) end
 redis.call('HINCRBY', job, 'done', added)
 redis.call('HINCRBY', job, 'failed', failed)
-if added > 0 then redis.call('HSET', job, 'progress_at', ARGV[1]) end
-local status = redis.call('HGET', job, 'status')
+if added > 0 then
+  redis.call('HSET', job, 'progress_at', ARGV[1])
+  redis.call('HINCRBY', metrics, 'items_processed', added)
+  redis.call('HINCRBY', metrics, 'items_failed', failed)
+  if opts.seconds then
+    observe(metrics, 'chunk_seconds', opts.seconds, 1)
+    if opts.items > 0 then observe(metrics, 'item_seconds', opts.seconds / opts.items, opts.items) end
+  end
+end
 -- The quota gets its images back as they finish; a cancelled job gave back the rest already.
 if (status == 'queued' or status == 'running') and added > 0 and redis.call('EXISTS', queued) == 1 then
   if redis.call('DECRBY', queued, added) < 0 then redis.call('SET', queued, 0, 'KEEPTTL') end
@@ -168,16 +205,32 @@ if done >= total and (status == 'queued' or status == 'running') then
   if redis.call('HEXISTS', job, 'error') == 1 then status = 'failed' end
   redis.call('HSET', job, 'status', status, 'finished_at', ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[2])
-  redis.call('PUBLISH', KEYS[5], ARGV[2])
+  local message = ARGV[2]
+  if status == 'succeeded' and added == total and total <= ANSWER_MAX_ITEMS then
+    local answer = {}
+    for i = 4, #ARGV, 3 do
+      if ARGV[i] ~= tostring(#answer) then answer = nil; break end  -- not in item order: no answer
+      table.insert(answer, ARGV[i + 1])
+    end
+    if answer then
+      local version = redis.call('HGET', job, 'model_version') or ''
+      message = message .. ' {"model_version":' .. cjson.encode(version) .. ',"results":['
+        .. table.concat(answer, ',') .. ']}'
+    end
+  end
+  redis.call('PUBLISH', KEYS[5], message)
   -- Counted with the close, so a /metrics scrape never sees a closed job it has not counted.
-  redis.call('HINCRBY', KEYS[6], 'jobs_finished:' .. status, 1)
+  redis.call('HINCRBY', metrics, 'jobs_finished:' .. status, 1)
+  observe(metrics, 'job_seconds', math.max(0, tonumber(ARGV[1]) - tonumber(created)), 1)
   closed = 1
 end
-return {added, failed, closed, status, redis.call('HGET', job, 'created_at')}
+return {added, failed, closed, status, created}
 """
+)
 
 # KEYS: job hash, results hash, deliveries hash, the fleet's model version (core/fleet.py). ARGV:
-# now, model version, the chunk's delivery field, the job TTL (s), follow the fleet 1/0, then item
+# now, model version, the chunk's delivery field, the job TTL (s), follow the fleet 1/0, starts
+# of this delivery that went uncounted (a one-trip chunk's first, core/queue.py), then item
 # indices. A chunk starts: nothing to do if the job is gone or closed; else, when following and
 # the fleet has moved to another version than the caller's, only that version (the caller
 # switches, then starts again: nothing was written); else the items without a result, and (if
@@ -193,7 +246,7 @@ if status ~= 'queued' and status ~= 'running' then return {status, false, 0, 0, 
 local fleet = redis.call('GET', KEYS[4])
 if ARGV[5] == '1' and fleet and fleet ~= ARGV[2] then return {status, false, 0, 0, fleet} end
 local out = {status, false, 0, redis.call('HEXISTS', job, 'webhook_url'), false}
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then table.insert(out, ARGV[i]) end
 end
 if #out > 5 then
@@ -203,7 +256,9 @@ if #out > 5 then
     out[1] = 'running'
   end
   if ARGV[3] ~= '' then
-    out[3] = redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+    local by = 1
+    if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 0 then by = 1 + tonumber(ARGV[6]) end
+    out[3] = redis.call('HINCRBY', KEYS[3], ARGV[3], by)
     redis.call('EXPIRE', KEYS[3], ARGV[4])
   end
 end
@@ -382,34 +437,58 @@ class JobStore:
         model_version: str,
         delivery: str = "",
         follow: bool = False,
+        uncounted: int = 0,
     ) -> ChunkStart:
         """One call as a chunk starts: which of `indices` are still to do and, when some are,
         the job marked running, its model version pinned (the first chunk to start wins) and
         the start counted under `delivery` (as `count_delivery` does). `follow`: if the fleet
         serves another version than `model_version` (a reload), only that is returned
-        (`fleet_version`), nothing done: switch to it, then start again."""
+        (`fleet_version`), nothing done: switch to it, then start again. `uncounted`: earlier
+        starts of this delivery that were not counted (a one-trip chunk's first), added to the
+        count the first time it is counted."""
         job, _, results = self._keys(job_id)
         keys = [job, results, job + DELIVERIES_SUFFIX, fleet.CURRENT_KEY]
-        args: list[str | float] = [time.time(), model_version, delivery, self.ttl, int(follow), *indices]
+        args: list[str | float] = [time.time(), model_version, delivery, self.ttl, int(follow), uncounted]
+        args += indices
         reply = self._start_chunk(keys=keys, args=args)
         status = JobStatus(_text(reply[0])) if reply[0] else None
         todo = [int(i) for i in reply[5:]]
         moved = _opt_str(reply[4])
         return ChunkStart(status, _opt_str(reply[1]), todo, int(reply[2]), bool(reply[3]), moved)
 
-    def record(self, job_id: str, results: Iterable[ItemResult], tenant: str = "") -> Recorded:
+    def record(
+        self,
+        job_id: str,
+        results: Iterable[ItemResult],
+        tenant: str = "",
+        seconds: float | None = None,
+        start: tuple[float, str] | None = None,
+        follow: bool = False,
+    ) -> Recorded:
         """Store the results that are not stored yet, closing the job with its last item, and
-        give the tenant's queued-images quota back its finished items."""
+        give the tenant's queued-images quota back its finished items; the items' figures are
+        counted (core/metrics.py), and `seconds`: the chunk's work time, observed.
+        `start`: (started at, model version) of a one-trip chunk, which starts here; `follow`:
+        only if the fleet serves that version, else nothing is written (`moved`)."""
         job, _, results_key = self._keys(job_id)
-        args: list[Any] = [time.time(), job_id]
+        now = time.time()
+        triples: list[Any] = []
         for r in results:
-            args += [r.index, r.to_json(), int(r.error is not None)]
+            triples += [r.index, r.to_json(), int(r.error is not None)]
+        options: dict[str, Any] = {}
+        if seconds is not None:
+            options.update(seconds=seconds, items=len(triples) // 3)
+        if start is not None:
+            options.update(start=start[0], model=start[1], follow=follow)
         keys = [job, results_key, quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL, METRICS_KEY]
-        reply = self._record(keys=keys, args=args)
+        keys.append(fleet.CURRENT_KEY)
+        reply = self._record(keys=keys, args=[repr(now), job_id, json.dumps(options), *triples])
         if reply == -1:
             return Recorded(0, 0, False)  # the job expired meanwhile
+        if reply[0] in (b"moved", "moved"):
+            return Recorded(0, 0, False, moved=_text(reply[1]))
         added, failed, closed, status, created = reply
-        seconds = max(0.0, float(args[0]) - float(created)) if closed else None
+        seconds = max(0.0, now - float(created)) if closed else None
         return Recorded(int(added), int(failed), bool(closed), JobStatus(_text(status)), seconds)
 
     def claim_submission(self, key: str, job_id: str) -> str | None:

@@ -3,19 +3,21 @@
 The work happens in many processes on many machines (API processes, each worker's prefork
 pool), so process-local prometheus_client counters would each tell a part of the story.
 Instead every process adds to one Redis hash with HINCRBY/HINCRBYFLOAT (one pipelined round
-trip per job submission or chunk), and /metrics, on any API replica, reads it back as
-counters and histograms. Histogram buckets are stored non-cumulative and summed on export.
+trip per job submission; a chunk's figures are counted by the script that stores its
+results), and /metrics, on any API replica, reads it back as counters and histograms.
+Histogram buckets are stored non-cumulative and summed on export.
 Counters survive process restarts; they reset only if Redis loses its data, which Prometheus'
 rate() handles like any counter reset.
 
 What counts where:
 - jobs submitted / items submitted: the API, when a job is accepted.
-- items processed / items failed, chunk and per-item latency: the worker, after each chunk.
-  Processed counts only results stored for the first time (a redelivered chunk adds nothing).
+- items processed / items failed, chunk and per-item latency: the script that stores a chunk's
+  results (core/jobs.py), in the same step. Processed counts only results stored for the first
+  time (a redelivered chunk adds nothing).
 - jobs finished by status: the Lua script that closes the job (core/jobs.py), in the same atomic
   step, so a scrape never sees a closed job uncounted; exactly once per job.
-- job latency (created -> finished): the worker whose chunk closed the job, or the API for a
-  cancel, right after; once per job.
+- job latency (created -> finished): the script that stores the job's last result, or the API
+  right after a cancel; once per job.
 - submissions refused by a quota, by reason: the API.
 - queue depth per lane (the broker's lists) and the tenants waiting in the bulk lane: read live.
 - HTTP responses by status class: each API process counts them and adds them to the hash at
@@ -61,39 +63,31 @@ def _observe(pipe: "redis.client.Pipeline", name: str, seconds: float, count: in
     pipe.hincrbyfloat(KEY, f"{name}:sum", seconds * count)
 
 
+# The same observations in Lua, for the script that stores a chunk's results (core/jobs.py
+# _RECORD), so that a chunk's results and its figures cost one round trip. `observe` names the
+# fields `_observe` does; the buckets are the constants above, written into the script.
+OBSERVE_LUA = (
+    "local BUCKETS = {"
+    + ", ".join(f"{name} = {{{', '.join(repr(str(b)) for b in bounds)}}}" for name, bounds in BUCKETS.items())
+    + "}\n"
+    + """
+local function observe(metrics, name, seconds, count)
+  local label = '+Inf'
+  for _, bound in ipairs(BUCKETS[name]) do  -- bisect_left: the first bound >= seconds
+    if seconds <= tonumber(bound) then label = bound; break end
+  end
+  redis.call('HINCRBY', metrics, name .. ':bucket:' .. label, count)
+  redis.call('HINCRBY', metrics, name .. ':count', count)
+  redis.call('HINCRBYFLOAT', metrics, name .. ':sum', seconds * count)
+end
+"""
+)
+
+
 def job_submitted(pipe: "redis.client.Pipeline", items: int) -> None:
     """A job created: counted in the pipeline that creates it (JobStore.create's `also`)."""
     pipe.hincrby(KEY, "jobs_submitted", 1)
     pipe.hincrby(KEY, "items_submitted", items)
-
-
-def chunk_done(
-    client: redis.Redis,
-    stored: int,
-    failed: int,
-    seconds: float,
-    items: int,
-    job_seconds: float | None = None,
-) -> None:
-    """A chunk's results stored; `job_seconds` when it closed its job (`job_finished`, in the same
-    round trip)."""
-    pipe = client.pipeline(transaction=False)
-    if job_seconds is not None:
-        _observe(pipe, "job_seconds", max(0.0, job_seconds))
-    pipe.hincrby(KEY, "items_processed", stored)
-    pipe.hincrby(KEY, "items_failed", failed)
-    _observe(pipe, "chunk_seconds", seconds)
-    if items:
-        _observe(pipe, "item_seconds", seconds / items, items)
-    pipe.execute()
-
-
-def items_recorded(client: redis.Redis, stored: int, failed: int) -> None:
-    """Results stored outside a chunk (the stuck-job sweep's errors for lost items): no latency."""
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(KEY, "items_processed", stored)
-    pipe.hincrby(KEY, "items_failed", failed)
-    pipe.execute()
 
 
 def job_finished(client: redis.Redis, seconds: float) -> None:

@@ -68,3 +68,15 @@ def test_a_start_that_follows_the_fleet_stops_at_a_reload_before_writing(redis_c
     third = new_job_id()
     store.create(third, ["a.png"])
     assert store.start_chunk(third, [0], "v1", "0:0").model_version == "v1"
+
+
+def test_a_one_trip_chunks_uncounted_first_start_is_counted_with_its_second(
+    redis_client: redis.Redis,
+) -> None:
+    """A one-trip chunk's first delivery starts in its record (not counted); back after a death,
+    its start counts both, so the poison limit holds at the same number of deaths."""
+    store = JobStore(redis_client, 3600)
+    job_id = new_job_id()
+    store.create(job_id, ["a.png"])
+    assert store.start_chunk(job_id, [0], "v1", "0:0", uncounted=1).deliveries == 2
+    assert store.start_chunk(job_id, [0], "v1", "0:0", uncounted=1).deliveries == 3  # once only

@@ -2,6 +2,7 @@
 a short Redis visibility timeout, and per-item HSETNX results), with the bulk lane's window in
 use (core/dispatch.py): the killed chunk keeps its slot until its redelivery finishes."""
 
+import base64
 import os
 import signal
 import time
@@ -113,3 +114,30 @@ def test_redis_restart_mid_job_loses_nothing(two_workers: Stack, big_zip: bytes)
         time.sleep(1)  # Redis stays down a moment (not a wait for anything)
         two_workers.redis.start()
         assert_every_item_exactly_once(two_workers, client, job_id)
+
+
+def test_a_redelivered_one_trip_chunk_starts_as_any_other_and_counts_both_starts(
+    two_workers: Stack, digits
+) -> None:
+    """A one-trip chunk (core/queue.py) does not count its first start; redelivered (as kombu
+    marks a message it restores after a death), it goes through the start script, which counts
+    that first start too: the poison limit holds at the same number of deaths."""
+    import json
+
+    from celery import Celery
+
+    from api.uploads import Item, chunks
+    from core.jobs import DELIVERIES_SUFFIX, JobStore, new_job_id
+    from core.queue import INTERACTIVE, Chunk, task_message
+
+    client = redis.Redis.from_url(two_workers.redis_url or "")
+    store, job_id = JobStore(client, 3600), new_job_id()
+    store.create(job_id, ["a.png"])
+    [items] = chunks([Item(name="a.png", part=0)], 250, 2**20)
+    parts = {"0": base64.b64encode(png(digits[0][0])).decode()}
+    chunk = Chunk(job_id, tuple(items), lane=INTERACTIVE, parts=parts, one_trip=True)
+    message = json.loads(task_message(Celery("digitq", broker=two_workers.redis_url), chunk))
+    message["headers"]["redelivered"] = message["properties"]["delivery_info"]["redelivered"] = True
+    client.lpush(INTERACTIVE, json.dumps(message))
+    wait_until(lambda: store.status(job_id) == "succeeded", 60, 0.02, "the job")
+    assert client.hgetall(PREFIX + job_id + DELIVERIES_SUFFIX) == {b"0:0": b"2"}

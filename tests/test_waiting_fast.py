@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.options import MAX_WAIT_SECONDS, parse_prefer_wait
-from core.jobs import CLOSED_CHANNEL, JobStore
+from core.jobs import CLOSED_CHANNEL, ItemResult, JobStore
 from core.queue import INLINE_UPLOAD_BYTES, LANES
 from tests.helpers import make_zip, png, wait_until
 
@@ -232,3 +232,47 @@ def test_quotas_apply_to_the_predict_routes(make_client, digits) -> None:
     refused = client.post("/predict", files={"file": ("a.png", image)}, headers=other)
     assert refused.status_code == 429 and refused.json()["limit"] == "SUBMISSIONS_PER_MINUTE_PER_KEY"
     assert refused.headers["Retry-After"]
+
+
+def _predict_in_thread(client: TestClient, redis_client, image: bytes) -> tuple[threading.Thread, dict, str]:
+    """A /predict waiting (subscribed) for its job, and that job's id."""
+    answer: dict = {}
+
+    def post() -> None:
+        answer["response"] = client.post("/predict", files={"file": ("a.png", image)})
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    job_id = wait_until(lambda: client.get("/jobs").json()["items"], what="the job")[0]["id"]
+    wait_until(lambda: redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1], what="the waiter's subscription")
+    return thread, answer, job_id
+
+
+def test_predict_answers_from_the_close_that_carried_its_results(
+    app_client: TestClient, redis_client, digits
+) -> None:
+    """The published answer is the whole answer: here it names a digit the job never stored (the
+    job is still queued), so only an answer taken from the message gives 3."""
+    thread, answer, job_id = _predict_in_thread(app_client, redis_client, png(digits[0][0]))
+    redis_client.publish(CLOSED_CHANNEL, job_id + ' {"model_version":"vX","results":[[3,0.5,true,null]]}')
+    thread.join(timeout=30)
+    response = answer["response"]
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "digit": 3,
+        "confidence": 0.5,
+        "low_confidence": True,
+        "model_version": "vX",
+        "job_id": job_id,
+    }
+
+
+def test_predict_answers_from_a_one_trip_record(app_client: TestClient, redis_client, digits) -> None:
+    """What a worker's one-trip chunk does (worker/tasks.py), without the worker: one record call
+    starts, stores and closes the job, and the waiting /predict answers with it."""
+    thread, answer, job_id = _predict_in_thread(app_client, redis_client, png(digits[0][0]))
+    JobStore(redis_client, 3600).record(job_id, [ItemResult(0, 7, 0.99)], start=(time.time(), "v1"))
+    thread.join(timeout=30)
+    assert answer["response"].status_code == 200, answer["response"].text
+    assert answer["response"].json()["digit"] == 7 and answer["response"].json()["model_version"] == "v1"
+    assert app_client.get(f"/jobs/{job_id}").json()["status"] == "succeeded"

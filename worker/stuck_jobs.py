@@ -28,7 +28,6 @@ import redis
 from celery import Celery
 
 from api.uploads import EntryBudget, Item, chunks, part_items
-from core import metrics
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
 from core.dispatch import FairShare
@@ -183,9 +182,7 @@ class StuckJobs:
         recorded = self.store.record(
             job_id, [ItemResult(i, error=LOST.format(why=why)) for i in lost], tenant
         )
-        metrics.items_recorded(self.store.redis, recorded.added, recorded.failed)
-        if recorded.closed_job and recorded.status and recorded.job_seconds is not None:
-            metrics.job_finished(self.store.redis, recorded.job_seconds)
+        # Its items' figures and, when it closed the job, the job's were counted by the record script.
         notify(self.store, job_id)
         if recorded.closed_job:
             self.blobs.delete_prefix(job_id)

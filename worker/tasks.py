@@ -9,7 +9,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject, Retry
 
-from core import dispatch, logs, metrics
+from core import dispatch, logs
 from core.config import get_settings
 from core.connections import get_blob_store, get_fair_share, get_job_store
 from core.jobs import ItemResult, JobStatus, JobStore, Recorded
@@ -78,20 +78,10 @@ def classify(
     return [results[item.index] for item in items]
 
 
-def _count(recorded: Recorded, seconds: float, items: int) -> None:
-    """The chunk's metrics (core/metrics.py) and log line; never fails the chunk."""
-    try:
-        client = get_job_store().redis
-        closed = recorded.closed_job and recorded.status and recorded.job_seconds is not None
-        job_seconds = recorded.job_seconds if closed else None
-        if recorded.added:  # one round trip for the chunk's and the job's figures
-            metrics.chunk_done(client, recorded.added, recorded.failed, seconds, items, job_seconds)
-        elif job_seconds is not None:
-            metrics.job_finished(client, job_seconds)
-        if closed:
-            log.info("job finished")
-    except Exception:
-        log.warning("could not record metrics", exc_info=True)
+def _log(recorded: Recorded, seconds: float) -> None:
+    """The chunk's log lines (its metrics were counted by the script that stored its results)."""
+    if recorded.closed_job and recorded.status:
+        log.info("job finished")
     log.info("chunk done: %d new result(s) in %.3fs", recorded.added, seconds)
 
 
@@ -128,14 +118,21 @@ def process_chunk(self: Task, payload: dict[str, Any]) -> None:
 
 def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
     store = get_job_store()
+    first_try = not self.request.retries
+    if chunk.one_trip and first_try and not (self.request.delivery_info or {}).get("redelivered"):
+        _one_trip(self, store, chunk, started, deadline)
+        return
     job_id = chunk.job_id
     # Counted per retry: a retry after an exception is a new message with retries of its own
     # (max_retries bounds those); deaths and deadlines requeue the same message.
     delivery = f"{chunk.items[0].index}:{self.request.retries}"
     indices = [i.index for i in chunk.items]
-    start = store.start_chunk(job_id, indices, models.current_version(), delivery, follow=True)
+    # A one-trip chunk back after a death or its deadline: its first start was not counted.
+    uncounted = int(chunk.one_trip and first_try)
+    start = store.start_chunk(job_id, indices, models.current_version(), delivery, True, uncounted)
     if start.fleet_version:  # a reload moved the fleet: switch if ready here, then start for real
-        start = store.start_chunk(job_id, indices, models.follow(start.fleet_version), delivery)
+        version = models.follow(start.fleet_version)
+        start = store.start_chunk(job_id, indices, version, delivery, False, uncounted)
     if start.status is None or start.status not in (JobStatus.queued, JobStatus.running):
         notify(store, job_id)  # webhooks: a redelivery of the chunk that closed the job, then died
         return  # expired, cancelled or already closed: nothing to do
@@ -154,11 +151,42 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
     version = start.model_version or models.current_version()
     if start.has_webhook:  # else no event to queue: skip reading the job's webhook fields
         notify(store, job_id)  # webhooks: job.running
+    results = _work(self, store, chunk, items, version, deadline)
+    if results is not None:
+        _store(store, chunk, results, started, start.has_webhook)
+
+
+def _one_trip(self: Task, store: JobStore, chunk: Chunk, started: float, deadline: float) -> None:
+    """A one-trip chunk's first delivery (core/queue.py): the work first, then one script starts
+    the job, stores the results and closes it. Should the fleet have moved to another model
+    version meanwhile (a reload), nothing is stored: the work is done again with that version."""
+    started_at, follow = time.time(), True
+    while True:
+        version = models.current_version()
+        results = _work(self, store, chunk, list(chunk.items), version, deadline)
+        if results is None:
+            return
+        recorded = store.record(
+            chunk.job_id, results, chunk.tenant, time.monotonic() - started, (started_at, version), follow
+        )
+        if not recorded.moved:
+            break
+        follow = models.follow(recorded.moved) != version  # switched: check again; else stay
+    _finish(store, chunk, recorded, started)
+
+
+def _work(
+    self: Task, store: JobStore, chunk: Chunk, items: list[ChunkItem], version: str, deadline: float
+) -> list[ItemResult] | None:
+    """The items' results; None when the job was cancelled meanwhile. An error outside the items'
+    own: the chunk is requeued (out of time) or retried (Reject, Retry), or after its last try its
+    items fail."""
+    job_id = chunk.job_id
     try:
-        results = classify(job_id, items, version, deadline, chunk.parts)
+        return classify(job_id, items, version, deadline, chunk.parts)
     except Exception as exc:
         if store.status(job_id) not in (JobStatus.queued, JobStatus.running):
-            return  # cancelled meanwhile (its upload may be gone already)
+            return None  # cancelled meanwhile (its upload may be gone already)
         if isinstance(exc, OutOfTime):
             log.warning("chunk of job %s out of time, requeued: %s", job_id, exc)
             raise Reject(exc, requeue=True) from exc  # a start like a death: counted, then poison
@@ -167,14 +195,17 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
             raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
         log.exception("chunk of job %s failed for good", job_id)
         store.fail(job_id, "some items could not be processed because of an internal error")
-        results = [ItemResult(i.index, error=INTERNAL_ERROR) for i in items]
-    _store(store, chunk, results, started, start.has_webhook)
+        return [ItemResult(i.index, error=INTERNAL_ERROR) for i in items]
 
 
 def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float, webhook: bool) -> None:
-    recorded = store.record(chunk.job_id, results, chunk.tenant)
+    recorded = store.record(chunk.job_id, results, chunk.tenant, time.monotonic() - started)
     if webhook:  # webhooks (set at job creation only): progress, or the terminal event
         notify(store, chunk.job_id, progressed=recorded.added > 0)
+    _finish(store, chunk, recorded, started)
+
+
+def _finish(store: JobStore, chunk: Chunk, recorded: Recorded, started: float) -> None:
     if recorded.closed_job and chunk.parts is None:
         get_blob_store().delete_prefix(chunk.job_id)  # every item has its result: the upload can go
-    _count(recorded, time.monotonic() - started, len(results))
+    _log(recorded, time.monotonic() - started)

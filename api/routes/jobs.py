@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from enum import StrEnum
 from functools import partial
 from typing import Annotated
@@ -26,7 +27,7 @@ from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
 from core.dispatch import dispatch
 from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import BULK, Chunk, broker_is, lane_for, push_chunks
+from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, broker_is, lane_for, push_chunks
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -126,6 +127,8 @@ def create_job(
         # An interactive job's chunks ride in the MULTI/EXEC that creates it (no worker can see
         # them before the job exists); a bulk job's go behind the window once it exists.
         rides = lane != BULK and broker_is(sub.celery, settings.redis_url)
+        if rides and _one_trip(job_chunks, items, fields):
+            job_chunks = [replace(job_chunks[0], one_trip=True)]
         also = partial(_submitted, sub.celery, job_chunks if rides else [], len(items))
         sub.store.create(job_id, names, owner=sub.caller, extra=fields, claim=claim, also=also)
         if not rides:
@@ -139,6 +142,12 @@ def create_job(
     with logs.bound(job_id=job_id):
         log.info("job submitted")
     return job_id, False
+
+
+def _one_trip(job_chunks: list[Chunk], items: list[Item], fields: Mapping[str, object]) -> bool:
+    """Whether the job's chunk may start in the script that records it (core/queue.py ONE_TRIP_MAX_PIXELS)."""
+    small = sum(item.pixels for item in items) <= ONE_TRIP_MAX_PIXELS
+    return len(job_chunks) == 1 and job_chunks[0].parts is not None and small and "webhook_url" not in fields
 
 
 def _submitted(celery: Celery, riding: list[Chunk], items: int, pipe: Pipeline) -> None:

@@ -7,6 +7,7 @@ of it by notification (api/waiting.py), for at most PREDICT_TIMEOUT_SECONDS, the
 with the job's id so that the client can poll it.
 """
 
+import json
 from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any
@@ -20,7 +21,7 @@ from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, visible
 from api.schemas import BatchPrediction, Prediction
 from api.uploads import ACCEPTED, Item, UploadError, part_items
 from api.waiting import get_completions
-from core.jobs import ItemResult, Job, JobStatus, new_job_id
+from core.jobs import ItemResult, JobStatus, new_job_id
 
 router = APIRouter(tags=["predict"])
 ANSWER_PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -47,12 +48,19 @@ TIMEOUT_PROBLEM = {
 
 async def _answer(
     create: Callable[..., object], items: int, caller: str | None, timeout: float
-) -> tuple[Job, list[ItemResult | None]]:
-    """Create the job (`create(job_id=...)`, blocking: in the thread pool), wait for it, read it and
-    its results; 504 with the job's id when it takes longer than `timeout`."""
+) -> tuple[str, str | None, list[ItemResult | None]]:
+    """Create the job (`create(job_id=...)`, blocking: in the thread pool), wait for it, and
+    answer (job id, model version, results): as its close published them (a small job closed in
+    one call: core/jobs.py ANSWER_MAX_ITEMS), else read; 504 with the job's id when it takes
+    longer than `timeout`."""
     job_id = new_job_id()
     completions = get_completions()
-    if not await completions.wait(job_id, timeout, lambda: run_in_threadpool(create, job_id=job_id)):
+    ended = await completions.wait(job_id, timeout, lambda: run_in_threadpool(create, job_id=job_id))
+    if isinstance(ended, bytes):  # it succeeded, and these are all its results
+        answer = json.loads(ended)
+        published: list[ItemResult | None] = [ItemResult(i, *r) for i, r in enumerate(answer["results"])]
+        return job_id, answer["model_version"] or None, published
+    if not ended:
         base = f"/jobs/{job_id}"
         detail = f"no answer within {timeout:g} s; the job goes on: poll {base} and read {base}/results"
         links = {"self": base, "results": f"{base}/results"}
@@ -65,7 +73,7 @@ async def _answer(
     if job.error:  # an internal error, after retries: not the image's fault
         detail = f"job {job_id} failed ({job.error}); retry shortly"
         raise ProblemError(503, "Service unavailable", detail, headers={"Retry-After": "5"})
-    return job, results
+    return job_id, job.model_version, results
 
 
 @router.post(
@@ -91,8 +99,9 @@ async def predict(
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
     items = _single_image(file, sub.settings.max_image_bytes)
     create = partial(create_job, sub, [file], items, count_submission=True)
-    job, (result,) = await _answer(create, 1, sub.caller, sub.settings.predict_timeout_seconds)
-    job_id = job.id
+    job_id, model_version, (result,) = await _answer(
+        create, 1, sub.caller, sub.settings.predict_timeout_seconds
+    )
     if result is None:  # cannot happen for a job that ended other than cancelled; never a 500
         raise ProblemError(503, "Service unavailable", f"job {job_id} ended without a result; retry")
     if result.error or result.digit is None or result.confidence is None:
@@ -102,7 +111,7 @@ async def predict(
         digit=result.digit,
         confidence=result.confidence,
         low_confidence=result.low_confidence,
-        model_version=job.model_version,
+        model_version=model_version,
         job_id=job_id,
     )
 
@@ -163,7 +172,7 @@ async def predict_batch(
         detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
         raise ProblemError(413, "Too many images", detail)
     create = partial(create_job, sub, files, items, count_submission=True)
-    _, results = await _answer(create, len(items), sub.caller, sub.settings.predict_timeout_seconds)
+    *_, results = await _answer(create, len(items), sub.caller, sub.settings.predict_timeout_seconds)
     return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import redis
 
 from core.config import PROJECT_ROOT
 from core.jobs import TERMINAL, JobStore
-from core.queue import INLINE_UPLOAD_BYTES, Chunk, ChunkItem, make_celery, send_chunk
+from core.queue import INLINE_UPLOAD_BYTES, INTERACTIVE, Chunk, ChunkItem, make_celery, send_chunk
 from ml.registry import S3Registry
 from tests.helpers import png, wait_for_job, wait_until, workers_paused
 from tests.ops.ops_helpers import (
@@ -281,6 +283,21 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
         assert r.json()["previous"] in (None, pushed) and r.json()["version"] == V2
         in_flight = api.get(f"/jobs/{big}").json()
         assert in_flight["status"] == "running", "the test needs the job to span the reload"
+        # /predict's one-trip chunks (core/queue.py) wait in the interactive lane, taken first once
+        # the workers resume by pool processes still on the old version: each classifies, finds
+        # at its record that the fleet moved, switches, and works again.
+        predicted: list[httpx.Response] = []
+        predicting = [
+            threading.Thread(target=lambda i=i: predicted.append(_predict(fleet, digit_png(i))))
+            for i in range(2)
+        ]
+        for thread in predicting:
+            thread.start()
+        lane = redis.Redis.from_url(fleet.redis_url or "")
+        wait_until(lambda: lane.llen(INTERACTIVE) == 2, 30, 0.02, "the predictions to be queued")
+    for thread in predicting:
+        thread.join(timeout=60)
+    assert [(p.status_code, p.json()["model_version"]) for p in predicted] == [(200, V2)] * 2
 
     done = wait_for_job(api, big)
     assert (
@@ -303,6 +320,12 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
     # The workers' next heartbeats report the switch.
     wait_until(lambda: served(fleet) == [V2, V2], 30, 0.2, "both workers to report V2")
     assert httpx.get(f"{fleet.api_url}/ready").json()["model_version"] == V2
+
+
+def _predict(stack: LoggedStack, image: bytes) -> httpx.Response:
+    """A /predict on a connection of its own (one per thread)."""
+    files = {"file": ("a.png", image)}
+    return httpx.post(f"{stack.api_url}/predict", files=files, headers={"X-API-Key": API_KEY}, timeout=60)
 
 
 def test_ml_reload_cli_drives_the_same_protocol(fleet: LoggedStack, versions: dict[str, str]) -> None:

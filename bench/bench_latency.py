@@ -36,6 +36,9 @@ from devstack.stack import Stack  # noqa: E402
 
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 CLIENTS = [int(n) for n in os.environ.get("BENCH_CLIENTS", "1,16").split(",")]
+# Which ways to run, by the first word after the method and path ("predict,wait,poll"): an A/B
+# of one way can repeat more rounds in the same time.
+WAYS = os.environ.get("BENCH_WAYS", "predict,wait,poll").split(",")
 POLL_EVERY = 0.002
 DONE = {"succeeded", "failed", "cancelled"}
 
@@ -132,11 +135,12 @@ def run(url: str, way: Callable[[httpx.Client, bytes], None], clients: int, imag
 
 def main() -> None:
     images = digit_pngs(64)
-    ways = {
-        "POST /predict": via_predict,
-        "POST /jobs + Prefer: wait": via_prefer_wait,
-        "POST /jobs + poll 2 ms": via_polling,
+    every_way = {
+        "predict": ("POST /predict", via_predict),
+        "wait": ("POST /jobs + Prefer: wait", via_prefer_wait),
+        "poll": ("POST /jobs + poll 2 ms", via_polling),
     }
+    ways = dict(every_way[way] for way in WAYS)
     print(f"one 28x28 PNG per request, {SECONDS:g} s per row, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as data_dir:
         env = {"DATA_DIR": data_dir, "REDIS_URL": "", "LOG_LEVEL": "WARNING", "API_PORT": str(free_port())}

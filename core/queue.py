@@ -83,8 +83,13 @@ builds a new redis-py client for every publish and acknowledgement (`conn_or_acq
 client's constructor fills its table of ~170 reply callbacks: ~0.2 ms of CPU, a quarter of a
 task's publish in the API and a share of every message's ack in the worker. A channel now keeps
 one synchronous client over the same connection pool (redis-py clients are thread-safe; the pool
-is the channel's, so a reconnect that makes a new channel makes a new client).
-tests/test_queue_fast.py checks the setting and that messages still flow.
+is the channel's, so a reconnect that makes a new channel makes a new client). And kombu's QoS
+keeps each unacknowledged message in a sorted set (its delivery time) and a hash (the message),
+both written as it is delivered and deleted as it is acked, each time a MULTI/EXEC of two
+commands that the worker's event loop builds and parses: a seventh of a worker main process'
+samples per /predict. `_QoS` writes and deletes the same entries, the same values, with one
+script call each (kombu's restore of unacked messages reads them unchanged).
+tests/test_queue_fast.py checks the setting, the entries against kombu's, and that messages still flow.
 
 Chunks are not published through `send_task` (on redis:// brokers): `task_message` builds the
 message Celery would (protocol 2, kombu's Redis envelope, priority 0, the anonymous exchange
@@ -100,6 +105,7 @@ the message equals send_task's, field for field, and that a consumer takes it.
 import base64
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -111,6 +117,8 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu import Exchange, Queue
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
+from kombu.utils import json as kombu_json
 from kombu.utils.scheduling import priority_cycle
 from redis.client import Pipeline
 
@@ -199,9 +207,44 @@ def lane_for(n_items: int, settings: Settings | None = None) -> str:
     return INTERACTIVE if n_items <= limit else BULK
 
 
-class _Channel(kombu_redis.Channel):
-    """kombu's Redis channel, keeping one synchronous client instead of one per command (above)."""
+# KEYS: kombu's unacked index (sorted set) and unacked hash. ARGV: delivery tag, then for an add
+# the delivery time and the message as kombu stores it (`[raw, exchange, routing key]`, JSON).
+_UNACKED_ADD = "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])"
+_UNACKED_REMOVE = "redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1])"
 
+
+class _QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, its unacked entries written and removed by one script call each (above)."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        delivery = message.delivery_info
+        stored = kombu_json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        self._unacked(_UNACKED_ADD, delivery_tag, time.time(), stored)
+        kombu_virtual.QoS.append(self, message, delivery_tag)  # skipping kombu_redis.QoS' MULTI/EXEC
+
+    def ack(self, delivery_tag: str) -> None:
+        self._unacked(_UNACKED_REMOVE, delivery_tag)
+        kombu_virtual.QoS.ack(self, delivery_tag)
+
+    def _unacked(self, script: str, *args: Any) -> None:
+        with self.channel.conn_or_acquire() as client:
+            keys = [self.unacked_index_key, self.unacked_key]
+            _script(client, script)(keys=keys, args=args)
+
+
+def _script(client: redis.Redis, source: str) -> Any:
+    """`client.register_script(source)`, once per client (it hashes the source)."""
+    scripts = client.__dict__.setdefault("_digitq_scripts", {})
+    if source not in scripts:
+        scripts[source] = client.register_script(source)
+    return scripts[source]
+
+
+class _Channel(kombu_redis.Channel):
+    """kombu's Redis channel, keeping one synchronous client instead of one per command, and
+    writing its unacked entries by script (above)."""
+
+    QoS = _QoS
     _sync_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:

@@ -2,11 +2,13 @@
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import redis
+from celery import Celery
 from fastapi.testclient import TestClient
 from kombu import Connection
 
@@ -65,6 +67,32 @@ def test_a_channel_keeps_one_redis_client_and_still_publishes_and_acknowledges(r
         message.ack()
         assert client.hlen("unacked") == 0 and client.llen(INTERACTIVE) == 2
         queue.close()
+
+
+def test_unacked_entries_are_kombus_own(redis_url: str) -> None:
+    """_QoS writes the unacked index and hash by script: the same entries kombu's QoS writes (its
+    restore of a dead worker's messages reads them), and removes them on ack as kombu does."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    ours, kombus = make_celery(Settings(redis_url=redis_url)), Celery("stock", broker=redis_url)
+    chunk = Chunk("a" * 32, (ChunkItem(0, 0),), "tenant", INTERACTIVE)
+    entries = []
+    for app in (ours, kombus):
+        send_chunk(ours, chunk)
+        with app.connection_for_write() as connection:
+            queue = connection.SimpleQueue(INTERACTIVE)
+            message = queue.get(timeout=5)
+            tag = message.delivery_tag
+            before = time.time()
+            raw, exchange, routing_key = json.loads(client.hget("unacked", tag))
+            assert before - 5 < client.zscore("unacked_index", tag) <= before
+            entries.append((raw, exchange, routing_key))
+            message.ack()
+            assert not client.hexists("unacked", tag) and client.zscore("unacked_index", tag) is None
+            queue.close()
+    (our_raw, *ours_rest), (kombus_raw, *kombus_rest) = entries
+    assert ours_rest == kombus_rest == ["", INTERACTIVE]
+    assert our_raw.keys() == kombus_raw.keys() and our_raw["body"] == kombus_raw["body"]
 
 
 def test_a_url_of_another_scheme_keeps_kombus_transport() -> None:

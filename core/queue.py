@@ -226,18 +226,8 @@ class _QoS(kombu_redis.QoS):
         self._unacked(_UNACKED_REMOVE, delivery_tag)
         kombu_virtual.QoS.ack(self, delivery_tag)
 
-    def _unacked(self, script: str, *args: Any) -> None:
-        with self.channel.conn_or_acquire() as client:
-            keys = [self.unacked_index_key, self.unacked_key]
-            _script(client, script)(keys=keys, args=args)
-
-
-def _script(client: redis.Redis, source: str) -> Any:
-    """`client.register_script(source)`, once per client (it hashes the source)."""
-    scripts = client.__dict__.setdefault("_digitq_scripts", {})
-    if source not in scripts:
-        scripts[source] = client.register_script(source)
-    return scripts[source]
+    def _unacked(self, source: str, *args: Any) -> None:
+        self.channel.script(source)(keys=[self.unacked_index_key, self.unacked_key], args=args)
 
 
 class _Channel(kombu_redis.Channel):
@@ -246,6 +236,7 @@ class _Channel(kombu_redis.Channel):
 
     QoS = _QoS
     _sync_client: Any = None
+    _scripts: dict[str, Any] | None = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -253,6 +244,14 @@ class _Channel(kombu_redis.Channel):
         if self._sync_client is None:
             self._sync_client = super()._create_client()
         return self._sync_client
+
+    def script(self, source: str) -> Any:
+        """`source` registered on the channel's client, once (registering hashes it)."""
+        if self._scripts is None:
+            self._scripts = {}
+        if source not in self._scripts:
+            self._scripts[source] = self._create_client().register_script(source)
+        return self._scripts[source]
 
 
 class RedisTransport(kombu_redis.Transport):

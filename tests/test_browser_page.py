@@ -10,6 +10,7 @@ import os
 import socket
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -148,8 +149,8 @@ def test_a_reload_reopens_the_job_and_the_list_opens_others(stack: Stack, browse
     current = page.locator("#recent tbody tr[aria-current='true']")
     current.wait_for()
     assert current.get_attribute("data-job") == second
-    if os.environ.get("DIGITQ_README_SCREENSHOT"):  # refresh docs/page.png for the README
-        page.screenshot(path=str(PROJECT_ROOT / "docs" / "page.png"), full_page=True)
+    if os.environ.get("DIGITQ_README_SCREENSHOT"):  # refresh docs/jobs.png for the README
+        page.screenshot(path=str(PROJECT_ROOT / "docs" / "jobs.png"), full_page=True)
 
     page.get_by_role("button", name=f"Open job {first}, 1 image(s), succeeded").click()
     page.wait_for_function(f"() => location.hash === '#job={first}'")
@@ -233,4 +234,32 @@ def test_a_busy_server_is_asked_again_after_retry_after(tmp_path: Path, browser)
         )
         said = announced(page)
         assert said == ["Uploading 1 file(s)…", "Busy, retrying in 5 s", "Job queued"], said
+        page.close()
+
+
+def test_a_drawing_over_the_quota_is_asked_again_after_retry_after(tmp_path: Path, browser, digits) -> None:
+    """/predict answered 429 (the key's queued images) is sent again once Retry-After (30 s,
+    run on the page's clock) has passed and the quota has room again."""
+    X, _ = digits
+    env = {"MAX_QUEUED_IMAGES_PER_KEY": "1", "PREDICT_TIMEOUT_SECONDS": "1"}
+    with running_api(tmp_path, **env) as api, httpx.Client(base_url=api.api_url, timeout=30) as client:
+        queued = client.post("/jobs", files=[("files", ("a.png", png(255 - X[0])))])  # no workers: it stays
+        assert queued.status_code == 202, queued.text
+        page = browser.new_page()
+        page.clock.install()  # the page's timers: the test moves them on
+        page.goto(api.api_url + "/")
+        record_announcements(page)
+        draw(page, "mouse")
+        page.get_by_role("button", name="Recognise").click()
+        page.wait_for_function(
+            "() => document.getElementById('draw-status').textContent === 'Busy, retrying in 30 s'"
+        )
+        assert client.delete(f"/jobs/{queued.json()['id']}").status_code == 200  # the quota has room
+        page.clock.run_for(31_000)
+        # Admitted this time; with no worker it is not answered within PREDICT_TIMEOUT_SECONDS
+        page.wait_for_function(
+            "() => document.getElementById('draw-status').textContent.startsWith('Not recognised: Still running')",
+            timeout=30_000,
+        )
+        assert announced(page)[:2] == ["Recognising…", "Busy, retrying in 30 s"], announced(page)
         page.close()

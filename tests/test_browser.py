@@ -7,6 +7,7 @@ test fails, saying how to install it: a browser test that skips would pass witho
 import base64
 import csv
 import io
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -105,6 +106,7 @@ def test_drop_a_zip_and_read_the_results(stack: Stack, browser, upload, tmp_path
     assert first.locator("td.digit").inner_text() in "0123456789"
     assert page.locator("#page-info").inner_text() == f"Page 1 of 2 ({total} images)"
     if os.environ.get("DIGITQ_README_SCREENSHOT"):  # refresh docs/page.png for the README
+        page.evaluate("() => document.querySelector('[aria-labelledby=upload-title]').scrollIntoView()")
         page.screenshot(path=str(PROJECT_ROOT / "docs" / "page.png"))
 
     page.get_by_role("button", name="Next page").click()  # keyboard-operable buttons
@@ -116,6 +118,11 @@ def test_drop_a_zip_and_read_the_results(stack: Stack, browser, upload, tmp_path
     rows_csv = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert len(rows_csv) == total and rows_csv[0]["name"] == "photo.png"
     assert sum(r["status"] == "done" for r in rows_csv) == total
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download JSON Lines").click()
+    lines = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(total)) and lines[0]["name"] == "photo.png"
+    assert download.value.suggested_filename.endswith(".jsonl")
 
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert not errors, errors

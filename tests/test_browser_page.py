@@ -38,6 +38,11 @@ def _path(box: dict, start: tuple[int, int], end: tuple[int, int]) -> list[tuple
     ]
 
 
+def _pen(cdp, event: str, x: float, y: float, buttons: int) -> None:
+    pen = {"button": "left", "buttons": buttons, "clickCount": 1, "pointerType": "pen"}
+    cdp.send("Input.dispatchMouseEvent", {"type": event, "x": x, "y": y, **pen})
+
+
 def _stroke(page, cdp, kind: str, path: list[tuple[float, float]]) -> None:
     (x, y), rest = path[0], path[1:]
     if kind == "mouse":
@@ -47,12 +52,10 @@ def _stroke(page, cdp, kind: str, path: list[tuple[float, float]]) -> None:
             page.mouse.move(*point)
         page.mouse.up()
     elif kind == "pen":
-        pen = {"button": "left", "pointerType": "pen"}
-        cdp.send("Input.dispatchMouseEvent", {"type": "mousePressed", "x": x, "y": y, "buttons": 1, "clickCount": 1, **pen})
-        for px, py in rest:
-            cdp.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": px, "y": py, "buttons": 1, **pen})
-        px, py = path[-1]
-        cdp.send("Input.dispatchMouseEvent", {"type": "mouseReleased", "x": px, "y": py, "buttons": 0, "clickCount": 1, **pen})  # fmt: skip
+        _pen(cdp, "mousePressed", x, y, 1)
+        for point in rest:
+            _pen(cdp, "mouseMoved", *point, 1)
+        _pen(cdp, "mouseReleased", *path[-1], 0)
     else:  # a finger
         cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
         for px, py in rest:
@@ -77,7 +80,8 @@ def record_announcements(page) -> None:
             window.announced = [];
             new MutationObserver((records) => {
                 for (const r of records) window.announced.push(r.target.textContent);
-            }).observe(document.getElementById("announce"), { childList: true, characterData: true, subtree: true });
+            }).observe(document.getElementById("announce"),
+                { childList: true, characterData: true, subtree: true });
         }"""
     )
 
@@ -138,6 +142,9 @@ def test_a_reload_reopens_the_job_and_the_list_opens_others(stack: Stack, browse
     first = page.evaluate("() => location.hash").removeprefix("#job=")
     drop(page, {"second.png": png(255 - X[3000])})
     page.wait_for_function(f"() => location.hash !== '#job={first}'")
+    page.wait_for_function(
+        "() => document.querySelector('#results tbody td.name')?.textContent === 'second.png'"
+    )
     wait_succeeded(page)
     second = page.evaluate("() => location.hash").removeprefix("#job=")
     assert len(second) == 32 and second != first
@@ -149,13 +156,14 @@ def test_a_reload_reopens_the_job_and_the_list_opens_others(stack: Stack, browse
     current = page.locator("#recent tbody tr[aria-current='true']")
     current.wait_for()
     assert current.get_attribute("data-job") == second
-    if os.environ.get("DIGITQ_README_SCREENSHOT"):  # refresh docs/jobs.png for the README
-        page.screenshot(path=str(PROJECT_ROOT / "docs" / "jobs.png"), full_page=True)
 
     page.get_by_role("button", name=f"Open job {first}, 1 image(s), succeeded").click()
     page.wait_for_function(f"() => location.hash === '#job={first}'")
+    page.wait_for_function(  # the other job's rows are replaced by this one's
+        "() => document.querySelector('#results tbody td.name')?.textContent === 'first.png'"
+    )
     wait_succeeded(page)
-    assert page.locator("#results tbody td.name").inner_text() == "first.png"
+    assert first in page.locator("#status").inner_text()
     assert page.locator("#results tbody img").count() == 0  # no thumbnail of another job's file
 
     other = browser.new_page()  # a link to the job opens it too
@@ -163,7 +171,9 @@ def test_a_reload_reopens_the_job_and_the_list_opens_others(stack: Stack, browse
     wait_succeeded(other)
     assert other.locator("#results tbody td.name").inner_text() == "second.png"
     other.goto(f"{stack.api_url}/#job={'0' * 32}")  # unknown: said, and forgotten
-    other.wait_for_function("() => document.getElementById('status').textContent.includes('cannot be opened')")
+    other.wait_for_function(
+        "() => document.getElementById('status').textContent.includes('cannot be opened')"
+    )
     assert other.evaluate("() => location.hash") == ""
     other.close()
     page.close()
@@ -258,7 +268,8 @@ def test_a_drawing_over_the_quota_is_asked_again_after_retry_after(tmp_path: Pat
         page.clock.run_for(31_000)
         # Admitted this time; with no worker it is not answered within PREDICT_TIMEOUT_SECONDS
         page.wait_for_function(
-            "() => document.getElementById('draw-status').textContent.startsWith('Not recognised: Still running')",
+            "() => document.getElementById('draw-status').textContent"
+            ".startsWith('Not recognised: Still running')",
             timeout=30_000,
         )
         assert announced(page)[:2] == ["Recognising…", "Busy, retrying in 30 s"], announced(page)

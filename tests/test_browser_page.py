@@ -157,7 +157,7 @@ def test_a_reload_reopens_the_job_and_the_list_opens_others(stack: Stack, browse
     current.wait_for()
     assert current.get_attribute("data-job") == second
 
-    page.get_by_role("button", name=f"Open job {first}, 1 image(s), succeeded").click()
+    page.get_by_role("button", name=f"Open {first[:8]}: job {first}, 1 image(s)").click()
     page.wait_for_function(f"() => location.hash === '#job={first}'")
     page.wait_for_function(  # the other job's rows are replaced by this one's
         "() => document.querySelector('#results tbody td.name')?.textContent === 'first.png'"

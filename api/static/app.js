@@ -69,14 +69,19 @@ async function api(path, options = {}, tell = say) {
 // are sent first, so image k is item k whatever the zips hold, and thumbnails are keyed by index.
 const ZIP_MAGIC = [[0x50, 0x4b, 0x03, 0x04], [0x50, 0x4b, 0x05, 0x06]]; // as the server sniffs
 
-async function isZip(file) {
-  const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
-  return ZIP_MAGIC.some((magic) => magic.every((byte, i) => head[i] === byte));
+// "zip", "other", or null: unreadable (a dropped folder is a File that cannot be read)
+async function kindOf(file) {
+  try {
+    const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
+    return ZIP_MAGIC.some((magic) => magic.every((byte, i) => head[i] === byte)) ? "zip" : "other";
+  } catch { return null; }
 }
 
+// { images, zips, unreadable }: what to send, images first, and what cannot be sent
 async function imagesFirst(files) {
-  const zips = await Promise.all(files.map(isZip));
-  return [...files.filter((_, i) => !zips[i]), ...files.filter((_, i) => zips[i])];
+  const kinds = await Promise.all(files.map(kindOf));
+  const of = (kind) => files.filter((_, i) => kinds[i] === kind);
+  return { images: of("other"), zips: of("zip"), unreadable: of(null).length };
 }
 
 function showThumbs(files) {
@@ -84,8 +89,8 @@ function showThumbs(files) {
   box.replaceChildren();
   for (const url of state.thumbs.values()) URL.revokeObjectURL(url);
   state.thumbs.clear();
-  for (const [index, file] of files.entries()) {
-    if (!file.type.startsWith("image/")) continue; // a zip (sent last) or not an image
+  for (const [index, file] of files.entries()) { // images only: the index of each is its item's
+    if (!file.type.startsWith("image/")) continue;
     const url = URL.createObjectURL(file);
     state.thumbs.set(index, url);
     if (box.children.length < 60) { // the rest still show in the table
@@ -121,12 +126,15 @@ function send(form, idempotencyKey) {
 
 async function submit(dropped) {
   if (!dropped.length) return;
-  const files = await imagesFirst(dropped);
+  const { images, zips, unreadable } = await imagesFirst(dropped);
+  const files = [...images, ...zips];
+  const left = unreadable ? ` (${unreadable} folder(s) or unreadable file(s) left out: drop their files, or a zip)` : "";
+  if (!files.length) { say(`Nothing to upload${left}.`); return; }
   state.files = files;
-  showThumbs(files);
+  showThumbs(images);
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
-  say(`Uploading ${files.length} file(s)…`);
+  say(`Uploading ${files.length} file(s)…${left}`);
   const idempotencyKey = newKey();
   const { status, body } = await whileBusy(() => send(form, idempotencyKey), say);
   if (status === 0) { say("Upload failed: the server could not be reached."); return; }

@@ -22,8 +22,8 @@ function recentRow(job) {
   cell(row, job.status, "job-status");
   const open = document.createElement("button");
   open.type = "button";
-  open.textContent = `Open ${job.id.slice(0, 8)}`;
-  open.setAttribute("aria-label", `Open job ${job.id}, ${job.counts.total} image(s), ${job.status}`);
+  open.textContent = `Open ${job.id.slice(0, 8)}`; // the name starts with the visible text
+  open.setAttribute("aria-label", `Open ${job.id.slice(0, 8)}: job ${job.id}, ${job.counts.total} image(s)`);
   open.addEventListener("click", () => openJob(job.id));
   cell(row, "").append(open);
   return row;

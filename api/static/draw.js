@@ -136,6 +136,7 @@ async function showModelView(jobId) {
   const served = await serverModelView(jobId);
   if (served) {
     image.src = served;
+    await image.decode().catch(() => {}); // shown once drawn: no empty frame
     image.alt = "The 28 by 28 pixel image the model classified";
     image.hidden = false;
     canvas.hidden = true;

@@ -1,6 +1,7 @@
 // The digitq page: upload with progress, follow the job, page through results, download CSV or
-// JSON Lines. Plain JS, no build step (busy.js, jobs.js and draw.js are loaded beside it). Everything from the server or the user is written with textContent
-// (a zip entry's name is user input), and the API key lives in sessionStorage: this tab only.
+// JSON Lines. Plain JS, no build step (busy.js, jobs.js and draw.js are loaded beside it).
+// Everything from the server or the user is written with textContent (a zip entry's name is
+// user input), and the API key lives in sessionStorage: this tab only.
 "use strict";
 
 const PAGE = 50; // rows per results page: a 10,000-image job is 200 pages, never 10,000 rows
@@ -128,7 +129,8 @@ async function submit(dropped) {
   if (!dropped.length) return;
   const { images, zips, unreadable } = await imagesFirst(dropped);
   const files = [...images, ...zips];
-  const left = unreadable ? ` (${unreadable} folder(s) or unreadable file(s) left out: drop their files, or a zip)` : "";
+  const left = unreadable
+    ? ` (${unreadable} folder(s) or unreadable file(s) left out: drop their files, or a zip)` : "";
   if (!files.length) { say(`Nothing to upload${left}.`); return; }
   state.files = files;
   showThumbs(images);

@@ -7,6 +7,7 @@ test fails, saying how to install it: a browser test that skips would pass witho
 import base64
 import csv
 import io
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -52,9 +53,11 @@ def upload(digits: tuple[np.ndarray, np.ndarray]) -> dict[str, bytes]:
     return {"digits.zip": archive, "photo.png": png(255 - X[3000]), "evil.zip": evil}
 
 
-def drop(page, files: dict[str, bytes]) -> None:
-    """A real drop event on the drop zone, carrying File objects made in the page."""
-    encoded = [[name, base64.b64encode(data).decode()] for name, data in files.items()]
+def drop(page, files: dict[str, bytes] | list[tuple[str, bytes]]) -> None:
+    """A real drop event on the drop zone, carrying File objects made in the page (a list of
+    pairs may name two files alike, as two folders' files)."""
+    pairs = files.items() if isinstance(files, dict) else files
+    encoded = [[name, base64.b64encode(data).decode()] for name, data in pairs]
     page.evaluate(
         """(files) => {
             const transfer = new DataTransfer();
@@ -103,6 +106,7 @@ def test_drop_a_zip_and_read_the_results(stack: Stack, browser, upload, tmp_path
     assert first.locator("td.digit").inner_text() in "0123456789"
     assert page.locator("#page-info").inner_text() == f"Page 1 of 2 ({total} images)"
     if os.environ.get("DIGITQ_README_SCREENSHOT"):  # refresh docs/page.png for the README
+        page.evaluate("() => document.querySelector('[aria-labelledby=upload-title]').scrollIntoView()")
         page.screenshot(path=str(PROJECT_ROOT / "docs" / "page.png"))
 
     page.get_by_role("button", name="Next page").click()  # keyboard-operable buttons
@@ -114,6 +118,11 @@ def test_drop_a_zip_and_read_the_results(stack: Stack, browser, upload, tmp_path
     rows_csv = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     assert len(rows_csv) == total and rows_csv[0]["name"] == "photo.png"
     assert sum(r["status"] == "done" for r in rows_csv) == total
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download JSON Lines").click()
+    lines = [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(total)) and lines[0]["name"] == "photo.png"
+    assert download.value.suggested_filename.endswith(".jsonl")
 
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
     assert not errors, errors
@@ -153,8 +162,9 @@ def test_keyboard_only_upload(stack: Stack, browser, upload, tmp_path: Path) -> 
     image.write_bytes(upload["photo.png"])
     page = browser.new_page()
     page.goto(stack.api_url + "/")
-    page.keyboard.press("Tab")
-    assert page.evaluate("() => document.activeElement.id") == "drop"  # first in the tab order
+    for _ in range(3):  # after the drawing pad's two buttons
+        page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "drop"
     # Enter opens the picker: the test sees the picker's click (Chromium's native chooser event
     # proved flaky under load), then picks the file as the chooser would.
     page.evaluate(

@@ -13,7 +13,12 @@ def test_page_is_public_and_locked_down(make_client: Callable[..., TestClient]) 
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
     assert "access-control-allow-origin" not in page.headers
-    assert client.get("/static/app.js").status_code == 200
+    for script in ("busy.js", "app.js", "jobs.js", "draw.js"):  # no build step: each file as written
+        assert f'<script src="/static/{script}" defer>' in page.text
+        assert client.get(f"/static/{script}").status_code == 200
+    # One live region, written only when its text changes (app.js announce); the status line that
+    # changes with every poll is not live
+    assert page.text.count("aria-live") == 1 and 'id="announce"' in page.text
     # The API stays keyed, and a cross-origin preflight gets no CORS grant
     assert client.get("/jobs/" + "0" * 32).status_code == 401
     preflight = client.options(

@@ -1,12 +1,14 @@
-// The digitq page: upload with progress, follow the job, page through results, download CSV.
-// Plain JS, no build step. Everything from the server or the user is written with textContent
-// (a zip entry's name is user input), and the API key lives in sessionStorage: this tab only.
+// The digitq page: upload with progress, follow the job, page through results, download CSV or
+// JSON Lines. Plain JS, no build step (busy.js, jobs.js and draw.js are loaded beside it).
+// Everything from the server or the user is written with textContent (a zip entry's name is
+// user input), and the API key lives in sessionStorage: this tab only.
 "use strict";
 
 const PAGE = 50; // rows per results page: a 10,000-image job is 200 pages, never 10,000 rows
 const KEY = "digitq-api-key";
 const $ = (id) => document.getElementById(id);
 
+// thumbs: item index -> blob URL of the dropped image (names collide: two folders' "1.png")
 const state = { files: [], job: null, offset: 0, thumbs: new Map(), timer: null, pageDone: false };
 
 function headers() {
@@ -19,7 +21,20 @@ function newKey() {
   return Array.from({ length: 32 }, () => Math.floor(Math.random() * 16).toString(16)).join("");
 }
 
-function say(text) { $("status").textContent = text; }
+// Screen readers hear the live region only when its text changes: the job's status, not every
+// poll's counts (those show on the visible line and the progress bar).
+let announced = "";
+function announce(text) {
+  if (text === announced) return;
+  announced = text;
+  $("announce").textContent = text;
+}
+
+function say(text, announcement = text) {
+  const line = $("status");
+  if (line.textContent !== text) line.textContent = text;
+  announce(announcement);
+}
 
 async function problemText(response) {
   try {
@@ -34,8 +49,13 @@ function askForKey(why) {
   $("api-key").focus();
 }
 
-async function api(path, options = {}) {
-  const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+// fetch with the key; busy answers (429/503 + Retry-After) are retried, told through `tell`.
+async function api(path, options = {}, tell = say) {
+  const attempt = async () => {
+    const response = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+    return { status: response.status, retryAfter: response.headers.get("Retry-After"), response };
+  };
+  const { response } = await whileBusy(attempt, tell);
   if (response.status === 401) {
     askForKey("This server needs an API key (the one given was refused).");
     throw new Error("API key needed");
@@ -46,15 +66,34 @@ async function api(path, options = {}) {
 
 // Upload ------------------------------------------------------------------------------------
 
+// A job's items follow its parts: an image part is one item, a zip as many as it holds. Images
+// are sent first, so image k is item k whatever the zips hold, and thumbnails are keyed by index.
+const ZIP_MAGIC = [[0x50, 0x4b, 0x03, 0x04], [0x50, 0x4b, 0x05, 0x06]]; // as the server sniffs
+
+// "zip", "other", or null: unreadable (a dropped folder is a File that cannot be read)
+async function kindOf(file) {
+  try {
+    const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
+    return ZIP_MAGIC.some((magic) => magic.every((byte, i) => head[i] === byte)) ? "zip" : "other";
+  } catch { return null; }
+}
+
+// { images, zips, unreadable }: what to send, images first, and what cannot be sent
+async function imagesFirst(files) {
+  const kinds = await Promise.all(files.map(kindOf));
+  const of = (kind) => files.filter((_, i) => kinds[i] === kind);
+  return { images: of("other"), zips: of("zip"), unreadable: of(null).length };
+}
+
 function showThumbs(files) {
   const box = $("thumbs");
   box.replaceChildren();
   for (const url of state.thumbs.values()) URL.revokeObjectURL(url);
   state.thumbs.clear();
-  for (const file of files) {
+  for (const [index, file] of files.entries()) { // images only: the index of each is its item's
     if (!file.type.startsWith("image/")) continue;
     const url = URL.createObjectURL(file);
-    state.thumbs.set(file.name, url);
+    state.thumbs.set(index, url);
     if (box.children.length < 60) { // the rest still show in the table
       const img = document.createElement("img");
       img.src = url;
@@ -64,32 +103,47 @@ function showThumbs(files) {
   }
 }
 
-function submit(files) {
-  if (!files.length) return;
+// One upload attempt; resolves to { status, retryAfter, body } (status 0: unreachable).
+function send(form, idempotencyKey) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest(); // fetch has no upload progress events
+    xhr.open("POST", "/jobs");
+    for (const [name, value] of Object.entries(headers())) xhr.setRequestHeader(name, value);
+    xhr.setRequestHeader("Idempotency-Key", idempotencyKey); // the same key on every retry
+    const bar = $("upload-progress");
+    bar.value = 0;
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) { bar.max = event.total; bar.value = event.loaded; }
+    };
+    xhr.onload = () => {
+      let body = {};
+      try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
+      resolve({ status: xhr.status, retryAfter: xhr.getResponseHeader("Retry-After"), body });
+    };
+    xhr.onerror = () => resolve({ status: 0, retryAfter: null, body: {} });
+    xhr.send(form);
+  });
+}
+
+async function submit(dropped) {
+  if (!dropped.length) return;
+  const { images, zips, unreadable } = await imagesFirst(dropped);
+  const files = [...images, ...zips];
+  const left = unreadable
+    ? ` (${unreadable} folder(s) or unreadable file(s) left out: drop their files, or a zip)` : "";
+  if (!files.length) { say(`Nothing to upload${left}.`); return; }
   state.files = files;
-  showThumbs(files);
+  showThumbs(images);
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
-  const xhr = new XMLHttpRequest(); // fetch has no upload progress events
-  xhr.open("POST", "/jobs");
-  for (const [name, value] of Object.entries(headers())) xhr.setRequestHeader(name, value);
-  xhr.setRequestHeader("Idempotency-Key", newKey());
-  const bar = $("upload-progress");
-  bar.value = 0;
-  xhr.upload.onprogress = (event) => {
-    if (event.lengthComputable) { bar.max = event.total; bar.value = event.loaded; }
-  };
-  xhr.onload = () => {
-    if (xhr.status === 401) { askForKey("This server needs an API key."); say("Waiting for an API key."); return; }
-    let body = {};
-    try { body = JSON.parse(xhr.responseText); } catch { /* not JSON */ }
-    if (xhr.status >= 400) { say(`Upload refused — ${body.title || xhr.status}: ${body.detail || ""}`); return; }
-    bar.value = bar.max;
-    start(body);
-  };
-  xhr.onerror = () => say("Upload failed: the server could not be reached.");
-  say(`Uploading ${files.length} file(s)…`);
-  xhr.send(form);
+  say(`Uploading ${files.length} file(s)…${left}`);
+  const idempotencyKey = newKey();
+  const { status, body } = await whileBusy(() => send(form, idempotencyKey), say);
+  if (status === 0) { say("Upload failed: the server could not be reached."); return; }
+  if (status === 401) { askForKey("This server needs an API key."); say("Waiting for an API key."); return; }
+  if (status >= 400) { say(`Upload refused — ${body.title || status}: ${body.detail || ""}`); return; }
+  $("upload-progress").value = $("upload-progress").max;
+  start(body);
 }
 
 // Job ---------------------------------------------------------------------------------------
@@ -100,7 +154,10 @@ function start(job) {
   state.pageDone = false;
   $("csv").hidden = false;
   $("csv").href = job.links.csv;
+  $("jsonl").hidden = false;
+  $("jsonl").href = `${job.links.results}?format=jsonl`;
   $("cancel").hidden = false;
+  history.replaceState(null, "", `#job=${job.id}`); // a reload reopens it (jobs.js)
   showJob(job);
   poll();
 }
@@ -110,9 +167,13 @@ function showJob(job) {
   $("job-progress").max = Math.max(c.total, 1);
   $("job-progress").value = c.done;
   const failed = c.failed ? `, ${c.failed} failed` : "";
-  say(`Job ${job.id}: ${job.status} — ${c.done} of ${c.total} done${failed}${job.error ? ` (${job.error})` : ""}`);
+  const counts = `${c.done} of ${c.total} done${failed}${job.error ? ` (${job.error})` : ""}`;
+  const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
+  // Announced: the status, and the counts once they stop changing
+  say(`Job ${job.id}: ${job.status} — ${counts}`, `Job ${job.status}${finished ? ` — ${counts}` : ""}`);
   $("results").dataset.status = job.status;
-  $("cancel").hidden = ["succeeded", "failed", "cancelled"].includes(job.status);
+  $("cancel").hidden = finished;
+  document.dispatchEvent(new CustomEvent("digitq:job", { detail: job })); // jobs.js keeps its list current
 }
 
 async function poll() {
@@ -160,7 +221,7 @@ function renderRows(items) {
     const row = document.createElement("tr");
     row.className = item.status + (item.low_confidence ? " low" : "");
     const thumb = cell(row, "");
-    const url = state.thumbs.get(item.name);
+    const url = state.thumbs.get(item.index);
     if (url) {
       const img = document.createElement("img");
       img.src = url;
@@ -185,21 +246,21 @@ async function turnPage(delta) {
   try { await loadPage(); } catch (error) { say(error.message); }
 }
 
-// CSV: a plain link cannot send the API key, so fetch it and hand the browser a Blob.
-async function downloadCsv(event) {
+// CSV, JSON Lines: a plain link cannot send the API key, so fetch it and hand the browser a Blob.
+async function download(event, format) {
   event.preventDefault();
   if (!state.job) return;
   try {
-    const blob = await (await api(state.job.links.csv)).blob();
+    const blob = await (await api(`${state.job.links.results}?format=${format}`)).blob();
     const url = URL.createObjectURL(blob);
     const link = document.createElement("a");
     link.href = url;
-    link.download = `digitq-${state.job.id}.csv`;
+    link.download = `digitq-${state.job.id}.${format}`;
     document.body.append(link);
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
-  } catch (error) { say(`CSV download failed: ${error.message}`); }
+  } catch (error) { say(`Download failed: ${error.message}`); }
 }
 
 // Wiring ------------------------------------------------------------------------------------
@@ -224,12 +285,14 @@ function wire() {
     event.preventDefault();
     sessionStorage.setItem(KEY, $("api-key").value.trim());
     $("key-form").hidden = true;
+    document.dispatchEvent(new CustomEvent("digitq:key")); // jobs.js lists the key's jobs
     if (state.job) poll();
     else submit(state.files);
   });
   $("prev").addEventListener("click", () => turnPage(-1));
   $("next").addEventListener("click", () => turnPage(1));
-  $("csv").addEventListener("click", downloadCsv);
+  $("csv").addEventListener("click", (event) => download(event, "csv"));
+  $("jsonl").addEventListener("click", (event) => download(event, "jsonl"));
   $("cancel").addEventListener("click", async () => {
     try { showJob(await (await api(`/jobs/${state.job.id}`, { method: "DELETE" })).json()); }
     catch (error) { say(error.message); }

@@ -162,23 +162,28 @@ class PinnedBackend(httpcore.NetworkBackend):
 _TLS = ssl.create_default_context(cafile=certifi.where())
 
 
-def post(
-    url: str, body: bytes, headers: dict[str, str], timeout: float, allow_private: bool
-) -> Answer:
-    """POST `body` to `url`, all of it within `timeout` seconds by the clock; never raises for the
-    receiver's doing."""
-    deadline = _Deadline(time.monotonic() + timeout)
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float, allow_private: bool) -> Answer:
+    """POST `body` to `url`, the lookup included, within `timeout` seconds by the clock; never
+    raises for the receiver's doing."""
+    deadline = time.monotonic() + timeout
     try:
         target = check_url(url, allow_private, timeout)  # again: DNS answers change
     except UnsafeURL as exc:
         return Answer(error="invalid_url" if exc.kind == "invalid" else exc.kind)
     except SlowLookup:
         return Answer(error="timeout")
-    pool = httpcore.ConnectionPool(ssl_context=_TLS, network_backend=PinnedBackend(target.addresses, deadline))
+    return send(url, target.addresses, body, headers, deadline)
+
+
+def send(url: str, addresses: tuple[str, ...], body: bytes, headers: dict[str, str], deadline: float) -> Answer:
+    """POST to `url` connecting to `addresses` only (SNI and Host from `url`), by `deadline`
+    (time.monotonic())."""
+    clock = _Deadline(deadline)
+    pool = httpcore.ConnectionPool(ssl_context=_TLS, network_backend=PinnedBackend(addresses, clock))
     try:
         with pool, pool.stream("POST", url, headers=list(headers.items()), content=body) as response:
             answer = Answer(status=response.status, retry_after=_header(response, b"retry-after"))
-            _drain(response, deadline)
+            _drain(response, clock)
     except (httpcore.TimeoutException, TimeoutError):
         return Answer(error="timeout")
     except httpcore.ConnectError:

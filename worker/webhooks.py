@@ -198,10 +198,11 @@ class Deliverer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """Stop claiming; `wait` for the attempts in flight to end (else they come due again)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)  # unsent claims come due again
+        self._pool.shutdown(wait=wait, cancel_futures=True)  # unsent claims come due again
 
     def _send(self, event_id: str) -> None:
         try:

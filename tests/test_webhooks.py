@@ -1,5 +1,10 @@
 """Webhooks end to end: real workers send to a real HTTP receiver on 127.0.0.1 that checks every
-signature with standardwebhooks' own verifier. Also JSONL and `status=failed` on a real job."""
+signature with standardwebhooks' own verifier. Also JSONL and `status=failed` on a real job.
+
+The workers run with Sentry on (a DSN on a closed local port: nothing leaves the machine), so
+every call shows whether trace headers reach clients' receivers. Hostile receivers (trickling,
+huge answers) and keys' own secrets are here too; their fast-tier versions are in
+test_webhook_delivery.py and test_webhook_secrets.py."""
 
 import csv
 import io
@@ -13,9 +18,10 @@ import httpx
 import pytest
 import redis
 
+from devstack.embedded_redis import free_port
 from devstack.stack import Stack
 from tests.helpers import make_zip, png, running_stack, wait_for_job, wait_until
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import HUGE_BYTES, Receiver
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -28,6 +34,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "WEBHOOK_TIMEOUT_SECONDS": "3",
         "WEBHOOK_PROGRESS_SECONDS": "1",
         "CHUNK_SIZE": "20",
+        "SENTRY_DSN": f"http://public@127.0.0.1:{free_port()}/1",  # on, and nothing listens there
     }
     with running_stack(tmp_path_factory.mktemp("webhooks"), **env) as s:
         yield s
@@ -84,13 +91,84 @@ def test_a_failed_delivery_is_retried_with_the_same_id(api, receiver: Receiver, 
         lambda: (s := webhook_state(api, job["id"]))["attempts"] >= 1 and s, what="an attempt"
     )
     assert not failing["delivered"] and failing["last_status"] in (500, 503)
-    assert failing["next_attempt_at"] and "answered 50" in failing["last_error"]
+    assert failing["next_attempt_at"] and failing["last_error"].startswith("http_5xx: the receiver answered 50")
     state = wait_until(lambda: (s := webhook_state(api, job["id"]))["delivered"] and s, what="a redelivery")
     assert state["attempts"] == 3 and state["last_status"] == 200 and state["last_error"] is None
     calls = receiver.to("/flaky")
     assert len(calls) == 3 and all(c["verified"] for c in calls)
     assert {c["id"] for c in calls} == {f"{job['id']}.succeeded"}
     assert calls[2]["at"] - calls[1]["at"] >= 2.5  # Retry-After: 3 beats the 1 s schedule
+
+
+def test_receivers_get_no_trace_headers(api, receiver: Receiver, image: bytes) -> None:
+    """sentry-sdk adds `sentry-trace` and `baggage` to outgoing requests unless told where not to:
+    a client's receiver must not get the service's trace ids, environment or Sentry key."""
+    job = submit(api, [("a.png", image)], webhook=receiver.url + "/traces")
+    [call] = wait_until(lambda: receiver.to("/traces"), what="the event")
+    assert call["verified"] and call["id"] == f"{job['id']}.succeeded"
+    assert not {"sentry-trace", "baggage", "traceparent"} & set(call["headers"]), call["headers"]
+
+
+@pytest.fixture
+def hostile(stack: Stack) -> Iterator[Receiver]:
+    """A receiver of its own: its slow calls must not use the shared receiver's slots."""
+    r = Receiver(stack.env["WEBHOOK_SECRET"])
+    yield r
+    r.close()
+
+
+def test_a_trickling_receiver_is_cut_and_never_sent_twice_at_once(api, hostile: Receiver, image: bytes) -> None:
+    """A byte every 0.1 s for 30 s: each attempt ends at WEBHOOK_TIMEOUT_SECONDS (3) and the
+    next comes after it, with the same id. Before, the attempt outlived its 11 s lease and a
+    second sender sent the event alongside."""
+    hostile.trickle["/slow"] = 30
+    job = submit(api, [("a.png", image)], webhook=hostile.url + "/slow")
+    ended = lambda: [c for c in hostile.to("/slow") if c["ended"]]  # noqa: E731
+    wait_until(lambda: len(ended()) >= 2, 60, what="two attempts")
+    assert hostile.peak["/slow"] == 1
+    assert {c["id"] for c in hostile.to("/slow")} == {f"{job['id']}.succeeded"}
+    assert all(c["sent"] < 30 * 10 for c in ended())  # each cut mid-trickle
+    assert webhook_state(api, job["id"])["last_error"].startswith("timeout:")
+
+
+def test_a_huge_answer_is_cut_after_a_few_kib(api, hostile: Receiver, image: bytes) -> None:
+    hostile.huge.add("/huge")
+    job = submit(api, [("a.png", image)], webhook=hostile.url + "/huge")
+    state = wait_until(lambda: (s := webhook_state(api, job["id"]))["delivered"] and s, what="delivery")
+    assert state["last_status"] == 200 and state["attempts"] == 1
+    [call] = wait_until(lambda: [c for c in hostile.to("/huge") if c["ended"]], what="the cut")
+    assert call["sent"] < HUGE_BYTES // 4, call["sent"]  # the worker read a few KiB and hung up
+
+
+def test_keys_events_are_signed_with_their_own_secrets(tmp_path, image: bytes) -> None:
+    """With API_KEYS: each key's events verify with the secret GET /webhook-secret gives that key,
+    never with another key's nor with WEBHOOK_SECRET."""
+    from standardwebhooks import Webhook, WebhookVerificationError
+
+    def verifies(call: dict, secret: str) -> bool:
+        try:
+            Webhook(secret).verify(call["body"], call["headers"])
+            return True
+        except WebhookVerificationError:
+            return False
+
+    env = {"API_KEYS": "key-a,key-b", "WEBHOOK_ALLOW_PRIVATE": "true", "WORKER_PROCESSES": "1"}
+    with running_stack(tmp_path, **env) as keyed, httpx.Client(base_url=keyed.api_url, timeout=30) as http:
+        receiver = Receiver(None)
+        try:
+            secrets, calls = {}, {}
+            for key in ("key-a", "key-b"):
+                auth = {"X-API-Key": key}
+                secrets[key] = http.get("/webhook-secret", headers=auth).json()["secret"]
+                files = [("files", ("a.png", image))]
+                sent = http.post("/jobs", files=files, data={"webhook": f"{receiver.url}/{key}"}, headers=auth)
+                assert sent.status_code == 202, sent.text
+                [calls[key]] = wait_until(lambda k=key: receiver.to(f"/{k}"), 60, what=f"{key}'s event")
+            assert verifies(calls["key-a"], secrets["key-a"]) and not verifies(calls["key-a"], secrets["key-b"])
+            assert verifies(calls["key-b"], secrets["key-b"]) and not verifies(calls["key-b"], secrets["key-a"])
+            assert not any(verifies(c, keyed.env["WEBHOOK_SECRET"]) for c in calls.values())
+        finally:
+            receiver.close()
 
 
 def test_410_stops_retries(api, receiver: Receiver, image: bytes) -> None:

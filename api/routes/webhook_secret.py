@@ -1,5 +1,7 @@
 """The calling API key's webhook signing secret, and its rotation (core/webhook_secrets.py)."""
 
+import time
+
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
@@ -31,7 +33,8 @@ def _owner(caller: str | None) -> str:
 
 
 def _out(secrets: KeySecrets) -> WebhookSecretOut:
-    return WebhookSecretOut.of(secrets.current, secrets.previous_until)
+    until = secrets.previous_until
+    return WebhookSecretOut.of(secrets.current, until if until and until > time.time() else None)
 
 
 @router.get("", response_model=WebhookSecretOut, responses=PROBLEMS)

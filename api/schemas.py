@@ -214,7 +214,10 @@ class WebhookSecretOut(BaseModel):
     model_config = {
         "json_schema_extra": {
             "examples": [
-                {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwv2pUJsN7eCQ=", "previous_valid_until": None},
+                {
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwv2pUJsN7eCQ=",
+                    "previous_valid_until": None,
+                },
                 {
                     "secret": "whsec_2b8kHQv0p3aJ1T0yq5mA7xGq8YfM4cJt9x1l2N3oP4Q=",
                     "previous_valid_until": "2026-11-23T10:00:00Z",

@@ -35,7 +35,8 @@ def one_png(digits) -> bytes:
 
 def keyed(make_client, **env: str) -> TestClient:
     # WEBHOOK_SECRET is set too: it must sign none of the keys' events.
-    env = {"API_KEYS": "key-one,key-two", "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_SECRET": OPEN_SECRET} | env
+    base = {"API_KEYS": "key-one,key-two", "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_SECRET": OPEN_SECRET}
+    env = base | env
     return make_client(**env)
 
 
@@ -85,7 +86,9 @@ def test_the_open_api_hands_out_no_secret(make_client) -> None:
     assert OPEN_SECRET not in response.text
 
 
-def test_events_verify_with_their_own_key_secret_only(make_client, receiver: Receiver, one_png: bytes) -> None:
+def test_events_verify_with_their_own_key_secret_only(
+    make_client, receiver: Receiver, one_png: bytes
+) -> None:
     client = keyed(make_client)
     one, two = secret_of(client, K1)["secret"], secret_of(client, K2)["secret"]
     call_one = send_event(client, K1, one_png, receiver, "/one")

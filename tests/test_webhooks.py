@@ -91,7 +91,8 @@ def test_a_failed_delivery_is_retried_with_the_same_id(api, receiver: Receiver, 
         lambda: (s := webhook_state(api, job["id"]))["attempts"] >= 1 and s, what="an attempt"
     )
     assert not failing["delivered"] and failing["last_status"] in (500, 503)
-    assert failing["next_attempt_at"] and failing["last_error"].startswith("http_5xx: the receiver answered 50")
+    assert failing["next_attempt_at"]
+    assert failing["last_error"].startswith("http_5xx: the receiver answered 50")
     state = wait_until(lambda: (s := webhook_state(api, job["id"]))["delivered"] and s, what="a redelivery")
     assert state["attempts"] == 3 and state["last_status"] == 200 and state["last_error"] is None
     calls = receiver.to("/flaky")
@@ -117,7 +118,9 @@ def hostile(stack: Stack) -> Iterator[Receiver]:
     r.close()
 
 
-def test_a_trickling_receiver_is_cut_and_never_sent_twice_at_once(api, hostile: Receiver, image: bytes) -> None:
+def test_a_trickling_receiver_is_cut_and_never_sent_twice_at_once(
+    api, hostile: Receiver, image: bytes
+) -> None:
     """A byte every 0.1 s for 30 s: each attempt ends at WEBHOOK_TIMEOUT_SECONDS (3) and the
     next comes after it, with the same id. Before, the attempt outlived its 11 s lease and a
     second sender sent the event alongside."""
@@ -161,11 +164,12 @@ def test_keys_events_are_signed_with_their_own_secrets(tmp_path, image: bytes) -
                 auth = {"X-API-Key": key}
                 secrets[key] = http.get("/webhook-secret", headers=auth).json()["secret"]
                 files = [("files", ("a.png", image))]
-                sent = http.post("/jobs", files=files, data={"webhook": f"{receiver.url}/{key}"}, headers=auth)
+                form = {"webhook": f"{receiver.url}/{key}"}
+                sent = http.post("/jobs", files=files, data=form, headers=auth)
                 assert sent.status_code == 202, sent.text
                 [calls[key]] = wait_until(lambda k=key: receiver.to(f"/{k}"), 60, what=f"{key}'s event")
-            assert verifies(calls["key-a"], secrets["key-a"]) and not verifies(calls["key-a"], secrets["key-b"])
-            assert verifies(calls["key-b"], secrets["key-b"]) and not verifies(calls["key-b"], secrets["key-a"])
+            for key, other in (("key-a", "key-b"), ("key-b", "key-a")):
+                assert verifies(calls[key], secrets[key]) and not verifies(calls[key], secrets[other])
             assert not any(verifies(c, keyed.env["WEBHOOK_SECRET"]) for c in calls.values())
         finally:
             receiver.close()

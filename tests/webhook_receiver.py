@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook
 
-
 HUGE_BYTES = 64 * 1024 * 1024
 
 
@@ -60,7 +59,8 @@ class Receiver:
                     steps = receiver.plan.get(self.path) or []
                     status, headers = steps.pop(0) if steps else (200, {})
                     receiver.active[self.path] = receiver.active.get(self.path, 0) + 1
-                    receiver.peak[self.path] = max(receiver.peak.get(self.path, 0), receiver.active[self.path])
+                    now_active = receiver.active[self.path]
+                    receiver.peak[self.path] = max(receiver.peak.get(self.path, 0), now_active)
                 if self.path in receiver.hold and first:
                     receiver.arrived.set()
                     receiver.release.wait(30)

@@ -36,7 +36,7 @@ MAX_BODY_BYTES = 4096
 ERRORS = {
     "timeout": "no complete answer within WEBHOOK_TIMEOUT_SECONDS",
     "dns_error": "the receiver's host name does not resolve",
-    "refused_address": "the receiver's host resolves to a non-public address (server-side request forgery guard)",
+    "refused_address": "the receiver's host resolves to a non-public address (SSRF guard)",
     "connect_error": "could not connect to the receiver (connection or TLS handshake failed)",
     "connection_lost": "the connection broke before the receiver answered",
     "protocol_error": "the receiver's answer was not valid HTTP/1.1",
@@ -175,7 +175,9 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float, allow_p
     return send(url, target.addresses, body, headers, deadline)
 
 
-def send(url: str, addresses: tuple[str, ...], body: bytes, headers: dict[str, str], deadline: float) -> Answer:
+def send(
+    url: str, addresses: tuple[str, ...], body: bytes, headers: dict[str, str], deadline: float
+) -> Answer:
     """POST to `url` connecting to `addresses` only (SNI and Host from `url`), by `deadline`
     (time.monotonic())."""
     clock = _Deadline(deadline)

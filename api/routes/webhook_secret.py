@@ -1,6 +1,7 @@
 """The calling API key's webhook signing secret, and its rotation (core/webhook_secrets.py)."""
 
 import time
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
@@ -11,7 +12,7 @@ from api.schemas import Problem, WebhookSecretOut
 from core.webhook_secrets import KeySecrets, SigningSecrets
 
 router = APIRouter(prefix="/webhook-secret", tags=["webhooks"])
-PROBLEMS = {
+PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
     for code, text in {
         401: "Missing or wrong API key",
@@ -38,7 +39,9 @@ def _out(secrets: KeySecrets) -> WebhookSecretOut:
 
 
 @router.get("", response_model=WebhookSecretOut, responses=PROBLEMS)
-async def get_webhook_secret(caller: CallerDep, settings: SettingsDep, store: JobStoreDep) -> WebhookSecretOut:
+async def get_webhook_secret(
+    caller: CallerDep, settings: SettingsDep, store: JobStoreDep
+) -> WebhookSecretOut:
     """The secret your receiver verifies this key's webhook events with (created on first use).
 
     Each API key has its own: events of another key never verify with it."""

@@ -7,7 +7,10 @@ against the lease (never sent twice at once), and a receiver whose answer is not
 shows an error class, not the remote's bytes). The full-stack versions are in test_webhooks.py.
 """
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -21,6 +24,7 @@ from core.config import get_settings
 from core.connections import get_job_store
 from core.webhook_receivers import ReceiverSlots, receiver_key
 from core.webhooks import DUE, Outbox, lease_seconds
+from devstack.embedded_redis import free_port
 from tests.helpers import png, wait_until
 from tests.webhook_receiver import HUGE_BYTES, Receiver
 from worker import webhook_http
@@ -194,3 +198,43 @@ def test_the_connection_goes_to_the_checked_address(make_client, receiver: Recei
     assert answer.status == 200 and not answer.error
     [call] = receiver.to("/pinned")
     assert call["headers"]["host"] == f"rebinding.invalid:{port}"
+
+
+SEND_UNDER_SENTRY = """
+import sys
+import sentry_sdk
+from core import sentry
+from core.config import get_settings
+from core.connections import get_job_store
+from worker.webhooks import Sender
+
+assert sentry.init(get_settings(), "worker")
+# as inside a Celery task, whose integration opens a transaction: a trace is active
+with sentry_sdk.start_transaction(op="queue.task.celery", name="digitq.process_chunk"):
+    Sender(get_job_store(), get_settings()).deliver(sys.argv[1])
+"""
+
+
+def test_receivers_get_no_sentry_trace_headers(
+    make_client, receiver: Receiver, one_png: bytes, redis_url: str, tmp_path
+) -> None:
+    """With SENTRY_DSN set, sentry-sdk adds `sentry-trace` and `baggage` (trace id, release,
+    environment, the DSN's public key) to outgoing requests while a trace is active, unless
+    `trace_propagation_targets` says where. A client's receiver must get none. The sender runs
+    in a process of its own (Sentry is process-wide); its DSN is a closed port on this machine,
+    named `localhost` because sentry-sdk never adds headers to URLs containing its DSN's host."""
+    client = hooks(make_client)
+    _, event_id = cancelled_event(client, one_png, receiver.url + "/traced")
+    env = os.environ | {
+        "REDIS_URL": redis_url,
+        "DATA_DIR": str(tmp_path),
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_ALLOW_PRIVATE": "true",
+        "SENTRY_DSN": f"http://public@localhost:{free_port()}/1",
+        "LOG_LEVEL": "WARNING",
+    }
+    done = subprocess.run([sys.executable, "-c", SEND_UNDER_SENTRY, event_id], env=env, timeout=60)
+    assert done.returncode == 0
+    [call] = receiver.to("/traced")
+    assert call["verified"]
+    assert not {"sentry-trace", "baggage", "traceparent"} & set(call["headers"]), call["headers"]

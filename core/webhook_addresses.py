@@ -6,6 +6,9 @@ every address it resolves to must be public; the sender then connects to those a
   IPv4-compatible `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::/96` and
   `64:ff9b:1::/48`, 6to4 `2002::/16`, Teredo `2001::/32`) when that IPv4 address is not public:
   a gateway on the path would deliver them to the IPv4 address (`64:ff9b::a00:1` is 10.0.0.1).
+  (Python's `ipaddress` files `::/8`, NAT64's prefixes included, as reserved: those are refused
+  whatever they carry: workers on an IPv6-only network behind NAT64/DNS64 cannot reach IPv4-only
+  receivers.)
 - One lookup: the sender connects to the addresses this returns (worker/webhook_http.py), with
   TLS SNI, certificate checks and Host for the name. A name whose answer changes between the
   check and the connection (DNS rebinding) therefore cannot move the connection elsewhere.
@@ -74,6 +77,8 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]
 
 def is_public(address: IPAddress) -> bool:
     """Globally reachable unicast, and so is every IPv4 address it embeds."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return is_public(address.ipv4_mapped)  # ::ffff:a.b.c.d is a.b.c.d
     if (
         not address.is_global
         or address.is_multicast

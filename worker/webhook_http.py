@@ -16,7 +16,8 @@ addresses the SSRF check let through.
   an attempt shows on the job must not turn the service into a port scanner.
 
 httpcore directly rather than httpx: httpx's transport cannot take a network backend, and
-sentry-sdk's httpx integration would add trace headers to every call to a client's receiver.
+sentry-sdk's httpx integration adds trace headers to calls made while a trace is active
+(core/sentry.py turns that off too).
 """
 
 import socket

@@ -9,12 +9,12 @@ from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from standardwebhooks import Webhook, WebhookVerificationError
+from standardwebhooks import Webhook
 
 from core.config import get_settings
 from core.connections import get_job_store
 from tests.helpers import png, wait_until
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, verifies
 from worker.webhooks import Sender
 
 OPEN_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -51,14 +51,6 @@ def send_event(client: TestClient, headers: dict, image: bytes, receiver: Receiv
     [call] = receiver.to(path)
     assert call["id"] == f"{job_id}.cancelled"
     return call
-
-
-def verifies(call: dict, secret: str) -> bool:
-    try:
-        Webhook(secret).verify(call["body"], call["headers"])
-        return True
-    except WebhookVerificationError:
-        return False
 
 
 def secret_of(client: TestClient, headers: dict) -> dict:

@@ -18,7 +18,7 @@ import redis
 
 from devstack.stack import Stack
 from tests.helpers import make_zip, png, running_stack, wait_for_job, wait_until
-from tests.webhook_receiver import HUGE_BYTES, Receiver
+from tests.webhook_receiver import HUGE_BYTES, Receiver, verifies
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -133,15 +133,6 @@ def test_a_huge_answer_is_cut_after_a_few_kib(api, hostile: Receiver, image: byt
 def test_keys_events_are_signed_with_their_own_secrets(tmp_path, image: bytes) -> None:
     """With API_KEYS: each key's events verify with the secret GET /webhook-secret gives that key,
     never with another key's nor with WEBHOOK_SECRET."""
-    from standardwebhooks import Webhook, WebhookVerificationError
-
-    def verifies(call: dict, secret: str) -> bool:
-        try:
-            Webhook(secret).verify(call["body"], call["headers"])
-            return True
-        except WebhookVerificationError:
-            return False
-
     env = {"API_KEYS": "key-a,key-b", "WEBHOOK_ALLOW_PRIVATE": "true", "WORKER_PROCESSES": "1"}
     with running_stack(tmp_path, **env) as keyed, httpx.Client(base_url=keyed.api_url, timeout=30) as http:
         receiver = Receiver(None)

@@ -8,9 +8,18 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
 HUGE_BYTES = 64 * 1024 * 1024
+
+
+def verifies(call: dict, secret: str) -> bool:
+    """A recorded call's signature checks with `secret` (standardwebhooks' own verifier)."""
+    try:
+        Webhook(secret).verify(call["body"], call["headers"])
+        return True
+    except WebhookVerificationError:
+        return False
 
 
 class Receiver:

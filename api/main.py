@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI
 from api import problems
 from api.deps import require_api_key
 from api.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_FIELDS, BodyLimits
-from api.routes import health, jobs, ops, predict, ui
+from api.routes import health, jobs, ops, predict, ui, webhook_secret
 from core.config import get_settings, open_api_refusal
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     app.include_router(predict.router, dependencies=[Depends(require_api_key)])
+    app.include_router(webhook_secret.router, dependencies=[Depends(require_api_key)])
     ops.install(app)  # /ready, /metrics, /admin/reload, logging, Sentry
     ui.install(app)  # the web page at / and its static files
     return app

@@ -7,12 +7,15 @@ is ignored instead, as RFC 7240 asks of preferences).
 import json
 
 from api.problems import ProblemError
-from core import webhooks
+from core import webhook_addresses, webhooks
 from core.config import Settings
 
 MAX_METADATA_KEYS = 16
 MAX_METADATA_CHARS = 512
 MAX_WAIT_SECONDS = 60
+# A webhook host's lookup at submit waits this long at most (on an API thread); a slower one is
+# left to the delivery, which checks the address before every attempt anyway.
+SUBMIT_LOOKUP_SECONDS = 2.0
 
 
 def _bad_metadata(detail: str) -> ProblemError:
@@ -48,7 +51,7 @@ def parse_webhook(url: str | None, events: str | None, settings: Settings) -> di
         if events:
             raise ProblemError(422, "Invalid webhook", "webhook_events needs a webhook URL")
         return {}
-    if webhooks.signer(settings) is None:
+    if not settings.api_key_set and webhooks.signer(settings) is None:  # with keys: a secret per key
         detail = "webhooks are not enabled on this server (no usable WEBHOOK_SECRET); poll the job instead"
         raise ProblemError(400, "Webhooks disabled", detail)
     try:
@@ -56,9 +59,11 @@ def parse_webhook(url: str | None, events: str | None, settings: Settings) -> di
     except ValueError as exc:
         raise ProblemError(422, "Invalid webhook", f"webhook_events: {exc}") from None
     try:
-        webhooks.check_url(url, settings.webhook_allow_private)
-    except webhooks.UnsafeURL as exc:
+        webhook_addresses.check_url(url, settings.webhook_allow_private, SUBMIT_LOOKUP_SECONDS)
+    except webhook_addresses.UnsafeURL as exc:
         raise ProblemError(400, "Webhook refused", f"webhook {url[:200]!r}: {exc}") from None
+    except webhook_addresses.SlowLookup:
+        pass  # checked again before every attempt
     return webhooks.job_fields(url, kinds)
 
 

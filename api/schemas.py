@@ -201,3 +201,31 @@ class BatchPrediction(BaseModel):
             ]
         }
     }
+
+
+class WebhookSecretOut(BaseModel):
+    """`GET /webhook-secret`: the secret that signs the calling API key's webhook events."""
+
+    secret: str = Field(description="Standard Webhooks secret (`whsec_` + base64): give it to your receiver")
+    previous_valid_until: datetime | None = Field(
+        description="after a rotation: until when events are also signed with the previous secret"
+    )
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwv2pUJsN7eCQ=",
+                    "previous_valid_until": None,
+                },
+                {
+                    "secret": "whsec_2b8kHQv0p3aJ1T0yq5mA7xGq8YfM4cJt9x1l2N3oP4Q=",
+                    "previous_valid_until": "2026-11-23T10:00:00Z",
+                },
+            ]
+        }
+    }
+
+    @classmethod
+    def of(cls, secret: str, previous_until: float | None) -> "WebhookSecretOut":
+        return cls(secret=secret, previous_valid_until=_time(previous_until))

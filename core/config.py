@@ -82,13 +82,20 @@ class Settings(BaseSettings):
     admin_api_keys: SecretStr = SecretStr("")
 
     # Webhooks (issue 11, core/webhooks.py): Standard Webhooks signatures, delivered by the workers.
-    # `whsec_<base64>`; make run generates one into DATA_DIR/webhook-secret when unset.
+    # `whsec_<base64>`; make run generates one into DATA_DIR/webhook-secret when unset. It signs the
+    # open API's events only: with API_KEYS, each key has its own secret (core/webhook_secrets.py).
     webhook_secret: SecretStr | None = None
     # Allow webhook URLs on loopback/private/link-local/metadata addresses (SSRF guard off): tests,
     # or receivers inside a trusted network.
     webhook_allow_private: bool = False
     webhook_progress_seconds: float = Field(default=5, gt=0, description="at most one job.progress per")
+    # One delivery attempt, all of it (lookup, connect, TLS, send, the answer's head), by the clock.
     webhook_timeout_seconds: float = Field(default=10, gt=0, description="one delivery attempt")
+    # Attempts in flight to one receiver (host:port), across every worker node: a slow receiver
+    # holds at most this many senders (core/webhook_receivers.py).
+    webhook_max_per_receiver: int = Field(default=2, ge=1)
+    # After POST /webhook-secret/rotate, the old secret still signs (a second signature) this long.
+    webhook_secret_grace_seconds: float = Field(default=24 * 3600, gt=0)
     # Seconds to wait after each failed attempt of a terminal event (x 0.8-1.2 jitter), then give up:
     # Standard Webhooks' suggested schedule (8 attempts over about 27 hours).
     webhook_retry_seconds: str = Field(default="5,300,1800,7200,18000,36000,36000", pattern=r"^\d+(,\d+)*$")

@@ -4,6 +4,11 @@ Events are tagged with the job id, chunk and model version of the work in hand (
 context, see core/logs.py) and never carry uploads, image bytes, API keys or AWS keys: no
 request bodies, no PII, no local variables, and a scrubber that drops credential headers and
 replaces any configured secret wherever it appears in the event.
+
+No trace headers leave the service: sentry-sdk adds `sentry-trace` and `baggage` (trace id,
+environment, the DSN's public key) to every outgoing HTTP request its integrations see (httpx,
+http.client: webhooks to clients' receivers, S3), unless `trace_propagation_targets` says where.
+It is empty: no URL matches, nothing is propagated.
 """
 
 import logging
@@ -81,6 +86,7 @@ def init(settings: Settings, role: str) -> bool:
         before_send=before_send,  # type: ignore[arg-type]
         before_breadcrumb=before_breadcrumb,  # type: ignore[arg-type]
         traces_sample_rate=0.0,
+        trace_propagation_targets=[],  # no trace headers to third parties (receivers, S3)
     )
     sentry_sdk.set_tag("role", role)
     log.info("sentry enabled (%s)", role)

@@ -11,24 +11,22 @@
 - Workers claim due events with a lease (`claim()` moves them LEASE seconds into the future in the
   same script), so a worker killed mid-delivery loses nothing: the event comes due again and
   another worker sends it with the same id (at least once; receivers dedupe on `webhook-id`).
+  The lease is longer than an attempt's deadline (worker/webhook_http.py) and renewed while the
+  attempt runs (`renew()`), so a slow attempt is never claimed a second time meanwhile.
 - Every key expires: events after the retry horizon, the due set a horizon after the last event,
   the progress throttle after WEBHOOK_PROGRESS_SECONDS; job fields go with the job.
-- SSRF: `check_url()` refuses hosts resolving to loopback, private, link-local (cloud metadata),
-  shared, reserved or multicast addresses unless WEBHOOK_ALLOW_PRIVATE; at submit and again before
-  every attempt (DNS answers change). A rebinding between that check and the connection is not
-  covered: where that matters, send webhooks through an egress proxy.
+- SSRF: core/webhook_addresses.py, at submit and again before every attempt, whose connection
+  goes to the addresses that were checked. Signing secrets: core/webhook_secrets.py (one per API
+  key). Per-receiver concurrency: core/webhook_receivers.py.
 """
 
 import base64
-import ipaddress
 import json
 import logging
 import math
 import secrets
-import socket
 import time
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 import redis
 from standardwebhooks import Webhook
@@ -44,39 +42,6 @@ TERMINAL_EVENTS = frozenset(DEFAULT_EVENTS)
 DUE = "digitq:webhooks:due"
 MSG_PREFIX = "digitq:webhook:msg:"
 THROTTLE_PREFIX = "digitq:webhook:progress:"
-MAX_URL_CHARS = 2048
-
-
-class UnsafeURL(ValueError):
-    """A webhook URL the service will not call; the message says why."""
-
-
-def check_url(url: str, allow_private: bool) -> None:
-    """Refuse URLs that are not http(s) or whose host resolves to a non-public address."""
-    if len(url) > MAX_URL_CHARS:
-        raise UnsafeURL(f"the URL has {len(url)} characters; at most {MAX_URL_CHARS}")
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise UnsafeURL(f"not a valid URL ({exc})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeURL("an http:// or https:// URL with a host is needed")
-    if allow_private:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        raise UnsafeURL(f"its host {parts.hostname!r} does not resolve ({exc})") from None
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
-            raise UnsafeURL(
-                f"its host {parts.hostname!r} resolves to {address}, a loopback, private, link-local or "
-                "otherwise non-public address, which webhooks may not call (server-side request forgery)"
-            )
 
 
 MIN_SECRET_BYTES = 24  # Standard Webhooks: secrets of 24 to 64 random bytes
@@ -126,7 +91,8 @@ def horizon_seconds(settings: Settings) -> int:
 
 
 def lease_seconds(settings: Settings) -> float:
-    """How long a claimed event is left to its worker before another may send it."""
+    """How long a claimed event is left to its worker before another may send it: longer than an
+    attempt's deadline (the lookup included), and renewed every third of it while the attempt runs."""
     return 2 * settings.webhook_timeout_seconds + 5
 
 
@@ -148,6 +114,21 @@ return ids
 """
 
 
+# KEYS: due set. ARGV: new lease end, then (id, lease end it holds) pairs. An event is renewed only
+# while it still holds the lease it was given: once settled (removed or rescheduled), never.
+_RENEW = """
+local renewed = {}
+for i = 2, #ARGV, 2 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+    table.insert(renewed, ARGV[i])
+  end
+end
+return renewed
+"""
+
+
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
@@ -160,6 +141,7 @@ class Outbox:
         self.settings = settings
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
 
     def enqueue(self, event_id: str, job_id: str, kind: str, now: float | None = None) -> bool:
         """Queue an event once (an id already queued is not queued again)."""
@@ -171,6 +153,18 @@ class Outbox:
         now = now or time.time()
         ids = self._claim(keys=[DUE], args=[now, now + lease_seconds(self.settings), count])
         return [_text(i) for i in ids]
+
+    def renew(self, leases: dict[str, float], until: float) -> list[str]:
+        """Extend the leases of events still being sent (id: the lease end each holds) to `until`;
+        the ids renewed (an event settled meanwhile is not)."""
+        if not leases:
+            return []
+        pairs = [v for event_id, end in leases.items() for v in (event_id, repr(end))]
+        return [_text(i) for i in self._renew(keys=[DUE], args=[repr(until), *pairs])]
+
+    def postpone(self, event_id: str, when: float) -> None:
+        """Due again at `when`, not counted as an attempt (its receiver was busy)."""
+        self.redis.zadd(DUE, {event_id: when}, xx=True)
 
     def event(self, event_id: str) -> dict[str, str]:
         return {_text(k): _text(v) for k, v in self.redis.hgetall(MSG_PREFIX + event_id).items()}

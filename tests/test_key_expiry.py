@@ -26,6 +26,8 @@ BOUNDED = {
     "unacked_index": "kombu: the index of `unacked`, same size",
     "unacked_mutex": "kombu: a lock, short-lived",
     "_kombu.binding*": "kombu: exchange bindings, one set per queue, fixed",
+    "digitq:webhook:secret:*": "one small hash per API key (keys come from API_KEYS only): its webhook "
+    "signing secrets, which must not expire under its receivers (core/webhook_secrets.py)",
 }
 
 

@@ -1,7 +1,9 @@
 """Fast tier (real Redis, no workers): webhook fields at submit, the SSRF guard, the job's webhook
 state, the events queued by the cancel route, and the generated secret."""
 
+import socket
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,14 @@ def post(client: TestClient, data: bytes, **form: str):
         "http://[fd00:ec2::254]/",  # unique-local (AWS' IPv6 metadata)
         "http://0.0.0.0/hook",
         "http://224.0.0.1/hook",
+        # IPv6 forms that carry a private IPv4 address a gateway delivers to (issue 26)
+        "http://[64:ff9b::a00:1]/hook",  # NAT64: 10.0.0.1
+        "http://[64:ff9b:1::a9fe:a9fe]/hook",  # local-use NAT64: 169.254.169.254
+        "http://[::7f00:1]/hook",  # IPv4-compatible: 127.0.0.1
+        "http://[2002:7f00:1::]/hook",  # 6to4: 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/hook",  # 6to4: the metadata address
+        "http://[::ffff:0:7f00:1]/hook",  # IPv4-translated: 127.0.0.1
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook",  # Teredo, client 127.0.0.1
     ],
 )
 def test_private_addresses_are_refused_at_submit(client: TestClient, one_png: bytes, url: str) -> None:
@@ -56,6 +66,35 @@ def test_private_addresses_are_refused_at_submit(client: TestClient, one_png: by
     assert response.status_code == 400, response.text
     assert "non-public address" in response.json()["detail"]
     assert client.get("/jobs").json()["items"] == []
+
+
+def test_a_6to4_address_of_a_public_ipv4_is_accepted(client: TestClient, one_png: bytes) -> None:
+    """The check reads the embedded address; it does not refuse every 6to4 address."""
+    assert post(client, one_png, webhook="http://[2002:5db8:d822::1]/hook").status_code == 202
+
+
+def test_a_slow_lookup_does_not_hold_the_submission(
+    client: TestClient, one_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resolver that does not answer (it stands in for a slow DNS server): the submission
+    answers before the lookup does, and leaves the check to the delivery."""
+    release, answered = threading.Event(), threading.Event()
+    real = socket.getaddrinfo
+
+    def slow(host: str, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host == "slow-dns.example":
+            release.wait(20)
+            answered.set()
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    try:
+        response = post(client, one_png, webhook="https://slow-dns.example/hook")
+        assert not answered.is_set()  # the API answered while the lookup still hangs
+        assert response.status_code == 202, response.text
+    finally:
+        release.set()
 
 
 def test_private_addresses_are_allowed_with_the_flag(make_client, one_png: bytes) -> None:
@@ -146,7 +185,8 @@ def test_delivery_checks_the_address_again(make_client, one_png: bytes) -> None:
         assert receiver.to("/private") == []
         state = client.get(f"/jobs/{job['id']}").json()["webhook"]
         assert state["attempts"] == 1 and state["last_status"] is None and state["next_attempt_at"]
-        assert state["last_error"].startswith("refused:") and "non-public address" in state["last_error"]
+        assert state["last_error"].startswith("refused_address:")
+        assert "non-public address" in state["last_error"]
         # the same event, once the address is allowed: sent, signed, with the same id
         Sender(get_job_store(), get_settings()).deliver(event_id)
         [call] = receiver.to("/private")

@@ -1,5 +1,8 @@
 """Webhooks end to end: real workers send to a real HTTP receiver on 127.0.0.1 that checks every
-signature with standardwebhooks' own verifier. Also JSONL and `status=failed` on a real job."""
+signature with standardwebhooks' own verifier. Also JSONL and `status=failed` on a real job.
+
+Hostile receivers (trickling, huge answers) and keys' own secrets are here too; their fast-tier
+versions, and Sentry's trace headers, are in test_webhook_delivery.py and test_webhook_secrets.py."""
 
 import csv
 import io
@@ -15,7 +18,7 @@ import redis
 
 from devstack.stack import Stack
 from tests.helpers import make_zip, png, running_stack, wait_for_job, wait_until
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import HUGE_BYTES, Receiver, verifies
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -84,13 +87,70 @@ def test_a_failed_delivery_is_retried_with_the_same_id(api, receiver: Receiver, 
         lambda: (s := webhook_state(api, job["id"]))["attempts"] >= 1 and s, what="an attempt"
     )
     assert not failing["delivered"] and failing["last_status"] in (500, 503)
-    assert failing["next_attempt_at"] and "answered 50" in failing["last_error"]
+    assert failing["next_attempt_at"]
+    assert failing["last_error"].startswith("http_5xx: the receiver answered 50")
     state = wait_until(lambda: (s := webhook_state(api, job["id"]))["delivered"] and s, what="a redelivery")
     assert state["attempts"] == 3 and state["last_status"] == 200 and state["last_error"] is None
     calls = receiver.to("/flaky")
     assert len(calls) == 3 and all(c["verified"] for c in calls)
     assert {c["id"] for c in calls} == {f"{job['id']}.succeeded"}
     assert calls[2]["at"] - calls[1]["at"] >= 2.5  # Retry-After: 3 beats the 1 s schedule
+
+
+@pytest.fixture
+def hostile(stack: Stack) -> Iterator[Receiver]:
+    """A receiver of its own: its slow calls must not use the shared receiver's slots."""
+    r = Receiver(stack.env["WEBHOOK_SECRET"])
+    yield r
+    r.close()
+
+
+def test_a_trickling_receiver_is_cut_and_never_sent_twice_at_once(
+    api, hostile: Receiver, image: bytes
+) -> None:
+    """A byte every 0.1 s for 30 s: each attempt ends at WEBHOOK_TIMEOUT_SECONDS (3) and the
+    next comes after it, with the same id. Before, the attempt outlived its 11 s lease and a
+    second sender sent the event alongside."""
+    hostile.trickle["/slow"] = 30
+    job = submit(api, [("a.png", image)], webhook=hostile.url + "/slow")
+    ended = lambda: [c for c in hostile.to("/slow") if c["ended"]]  # noqa: E731
+    wait_until(lambda: len(ended()) >= 2, 60, what="two attempts")
+    assert hostile.peak["/slow"] == 1
+    assert {c["id"] for c in hostile.to("/slow")} == {f"{job['id']}.succeeded"}
+    assert all(c["sent"] < 30 * 10 for c in ended())  # each cut mid-trickle
+    assert webhook_state(api, job["id"])["last_error"].startswith("timeout:")
+
+
+def test_a_huge_answer_is_cut_after_a_few_kib(api, hostile: Receiver, image: bytes) -> None:
+    hostile.huge.add("/huge")
+    job = submit(api, [("a.png", image)], webhook=hostile.url + "/huge")
+    state = wait_until(lambda: (s := webhook_state(api, job["id"]))["delivered"] and s, what="delivery")
+    assert state["last_status"] == 200 and state["attempts"] == 1
+    [call] = wait_until(lambda: [c for c in hostile.to("/huge") if c["ended"]], what="the cut")
+    assert call["sent"] < HUGE_BYTES // 4, call["sent"]  # the worker read a few KiB and hung up
+
+
+def test_keys_events_are_signed_with_their_own_secrets(tmp_path, image: bytes) -> None:
+    """With API_KEYS: each key's events verify with the secret GET /webhook-secret gives that key,
+    never with another key's nor with WEBHOOK_SECRET."""
+    env = {"API_KEYS": "key-a,key-b", "WEBHOOK_ALLOW_PRIVATE": "true", "WORKER_PROCESSES": "1"}
+    with running_stack(tmp_path, **env) as keyed, httpx.Client(base_url=keyed.api_url, timeout=30) as http:
+        receiver = Receiver(None)
+        try:
+            secrets, calls = {}, {}
+            for key in ("key-a", "key-b"):
+                auth = {"X-API-Key": key}
+                secrets[key] = http.get("/webhook-secret", headers=auth).json()["secret"]
+                files = [("files", ("a.png", image))]
+                form = {"webhook": f"{receiver.url}/{key}"}
+                sent = http.post("/jobs", files=files, data=form, headers=auth)
+                assert sent.status_code == 202, sent.text
+                [calls[key]] = wait_until(lambda k=key: receiver.to(f"/{k}"), 60, what=f"{key}'s event")
+            for key, other in (("key-a", "key-b"), ("key-b", "key-a")):
+                assert verifies(calls[key], secrets[key]) and not verifies(calls[key], secrets[other])
+            assert not any(verifies(c, keyed.env["WEBHOOK_SECRET"]) for c in calls.values())
+        finally:
+            receiver.close()
 
 
 def test_410_stops_retries(api, receiver: Receiver, image: bytes) -> None:

@@ -1,12 +1,17 @@
 """The worker side of webhooks: a thread in each worker's main process sends the due events.
 
-It claims due events (with a lease: see core/webhooks.py) and posts each from a small thread
-pool, so one slow receiver (up to WEBHOOK_TIMEOUT_SECONDS) does not hold the others. Outcomes:
+It claims due events (with a lease, renewed while their attempts run: see core/webhooks.py) and
+posts each from a small thread pool. An attempt ends by WEBHOOK_TIMEOUT_SECONDS by the clock and
+reads a few KiB of the answer (worker/webhook_http.py); at most WEBHOOK_MAX_PER_RECEIVER attempts
+per receiver run at once across the nodes (core/webhook_receivers.py), so a slow receiver holds a
+few senders, never all. Each event is signed with its job owner's secret (core/webhook_secrets.py).
+Outcomes:
 - 2xx: delivered; a terminal event marks the job's webhook `delivered`.
 - 410 Gone: the receiver wants no more; this and every later event of the job are dropped.
 - anything else (another status, a timeout, a refused address): a terminal event is retried
   after WEBHOOK_RETRY_SECONDS' next step with jitter (or the receiver's Retry-After, if later);
-  other events are sent once. The job shows attempts, last status and error, next attempt.
+  other events are sent once. The job shows attempts, last status, the error's class, next attempt.
+- the receiver at its cap: the event is due again a moment later; not an attempt.
 """
 
 import email.utils
@@ -17,18 +22,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-import httpx
-
 from core import metrics
 from core.config import Settings
 from core.jobs import JobStore
-from core.webhooks import TERMINAL_EVENTS, Outbox, UnsafeURL, check_url, payload, signer
+from core.webhook_addresses import UnsafeURL, parse
+from core.webhook_receivers import ReceiverSlots, receiver_key
+from core.webhook_secrets import NoSecret, SigningSecrets
+from core.webhooks import TERMINAL_EVENTS, Outbox, lease_seconds, payload
+from worker import webhook_http
 
 log = logging.getLogger(__name__)
 
 SENDERS = 4  # concurrent deliveries per worker node
 POLL_SECONDS = 0.5
 MAX_RETRY_AFTER = 24 * 3600.0
+BUSY_SECONDS = 1.0  # an event whose receiver is at its cap is due again after this (x 0.5-1.5)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -50,8 +58,10 @@ class Sender:
         self.store = store
         self.settings = settings
         self.outbox = Outbox(store.redis, settings)
-        self.signer = signer(settings)
-        self.http = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self.secrets = SigningSecrets(store.redis, settings)
+        self.slots = ReceiverSlots(store.redis, settings)
+        self._holding: dict[str, str] = {}  # event id: its receiver's slot key, while it is sent
+        self._lock = threading.Lock()
 
     def _body(self, event_id: str, event: dict[str, str]) -> str | None:
         """The event's body: kept from its first attempt, else rendered from the job now."""
@@ -66,19 +76,23 @@ class Sender:
         self.outbox.keep_body(event_id, body)
         return body
 
-    def _post(self, url: str, event_id: str, body: str) -> httpx.Response:
-        if self.signer is None:
-            raise RuntimeError("no usable WEBHOOK_SECRET on the workers: events cannot be signed")
-        check_url(url, self.settings.webhook_allow_private)  # again: DNS may have changed
+    def _post(self, url: str, event_id: str, body: str, owner: str | None) -> webhook_http.Answer:
         now = datetime.now(UTC)
+        try:
+            signature = self.secrets.signature(owner, event_id, now, body)
+        except NoSecret:
+            return webhook_http.Answer(error="not_signed")
         headers = {
             "webhook-id": event_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": self.signer.sign(event_id, now, body),
+            "webhook-signature": signature,
             "content-type": "application/json",
             "user-agent": "digitq-webhooks/1",
         }
-        return self.http.post(url, content=body.encode(), headers=headers)
+        settings = self.settings
+        return webhook_http.post(
+            url, body.encode(), headers, settings.webhook_timeout_seconds, settings.webhook_allow_private
+        )
 
     def deliver(self, event_id: str) -> None:
         event = self.outbox.event(event_id)
@@ -88,25 +102,38 @@ class Sender:
         job_id, kind = event["job"], event["type"]
         state = self.store.get(job_id)
         hook = state.webhook if state else None
-        if not hook or not hook.get("url") or hook.get("gone"):
+        if not state or not hook or not hook.get("url") or hook.get("gone"):
             self.outbox.finish(event_id)  # the job expired, or its receiver answered 410
             return
-        body = self._body(event_id, event)
-        if body is None:
-            self.outbox.finish(event_id)
-            return
-        status: int | None = None
-        retry_after: float | None = None
         try:
-            response = self._post(hook["url"], event_id, body)
-            status = response.status_code
-            retry_after = retry_after_seconds(response.headers.get("retry-after"))
-            error = "" if response.is_success else f"answered {status}"
-        except UnsafeURL as exc:
-            error = f"refused: {exc}"
-        except (httpx.HTTPError, RuntimeError) as exc:
-            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        self._settle(event_id, event, kind, status, error, retry_after)
+            slot = receiver_key(*parse(hook["url"]))
+        except UnsafeURL:
+            self._settle(event_id, event, kind, webhook_http.Answer(error="invalid_url"))
+            return
+        if not self.slots.take(slot, event_id):
+            when = time.time() + BUSY_SECONDS * random.uniform(0.5, 1.5)
+            self.outbox.postpone(event_id, when)
+            log.debug("webhook %s: its receiver is at its cap; due again in a moment", event_id)
+            return
+        with self._lock:
+            self._holding[event_id] = slot
+        try:
+            body = self._body(event_id, event)
+            if body is None:
+                self.outbox.finish(event_id)
+                return
+            self._settle(event_id, event, kind, self._post(hook["url"], event_id, body, state.owner))
+        finally:
+            with self._lock:
+                self._holding.pop(event_id, None)
+            self.slots.give_back(slot, event_id)
+
+    def renew_slots(self) -> None:
+        """Keep the receiver slots of the attempts still running."""
+        with self._lock:
+            holding = list(self._holding.items())
+        for event_id, slot in holding:
+            self.slots.renew(slot, event_id)
 
     def _count(self, outcome: str) -> None:
         try:
@@ -114,16 +141,11 @@ class Sender:
         except Exception:
             log.warning("could not count a webhook attempt", exc_info=True)
 
-    def _settle(
-        self,
-        event_id: str,
-        event: dict[str, str],
-        kind: str,
-        status: int | None,
-        error: str,
-        retry_after: float | None,
-    ) -> None:
+    def _settle(self, event_id: str, event: dict[str, str], kind: str, answer: webhook_http.Answer) -> None:
         job_id = event["job"]
+        status = answer.status
+        error = webhook_http.describe(answer.error, status) if answer.error else ""
+        retry_after = retry_after_seconds(answer.retry_after)
         terminal = kind in TERMINAL_EVENTS
         if not error:
             self._count("delivered")
@@ -159,10 +181,15 @@ class Sender:
 
 
 class Deliverer:
-    """The worker main process' thread that sends due webhook events."""
+    """The worker main process' thread that sends due webhook events, and renews the leases of
+    those being sent (every third of a lease), so none is claimed again while its attempt runs."""
 
     def __init__(self, store: JobStore, settings: Settings) -> None:
         self.sender = Sender(store, settings)
+        self.lease = lease_seconds(settings)
+        self._leases: dict[str, float] = {}  # event id: the lease end it holds, while it is sent
+        self._lock = threading.Lock()
+        self._renewed = time.monotonic()
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="digitq-webhook")
         self._free = threading.Semaphore(SENDERS)
@@ -171,10 +198,11 @@ class Deliverer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = False) -> None:
+        """Stop claiming; `wait` for the attempts in flight to end (else they come due again)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)  # unsent claims come due again
+        self._pool.shutdown(wait=wait, cancel_futures=True)  # unsent claims come due again
 
     def _send(self, event_id: str) -> None:
         try:
@@ -182,20 +210,48 @@ class Deliverer:
         except Exception:
             log.warning("webhook %s: delivery failed; due again after its lease", event_id, exc_info=True)
         finally:
+            with self._lock:
+                self._leases.pop(event_id, None)
             self._free.release()
+
+    def _renew(self) -> None:
+        if time.monotonic() - self._renewed < self.lease / 3:
+            return
+        self._renewed = time.monotonic()
+        with self._lock:
+            leases = dict(self._leases)
+        until = time.time() + self.lease
+        try:
+            renewed = self.sender.outbox.renew(leases, until)
+            self.sender.renew_slots()
+        except Exception as exc:  # Redis down: nothing can be claimed meanwhile either
+            log.warning("could not renew webhook leases: %s", exc)
+            return
+        with self._lock:
+            for event_id in renewed:
+                if event_id in self._leases:  # not settled meanwhile
+                    self._leases[event_id] = until
+
+    def _claim(self) -> int:
+        free = 0
+        while self._free.acquire(blocking=False):
+            free += 1
+        claimed: list[str] = []
+        now = time.time()
+        try:
+            claimed = self.sender.outbox.claim(free, now) if free else []
+        except Exception as exc:  # Redis down: the events wait in Redis
+            log.warning("webhook sweep failed: %s", exc)
+        for _ in range(free - len(claimed)):
+            self._free.release()
+        with self._lock:
+            self._leases.update((event_id, now + self.lease) for event_id in claimed)
+        for event_id in claimed:
+            self._pool.submit(self._send, event_id)
+        return len(claimed)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            free = 0
-            while self._free.acquire(blocking=False):
-                free += 1
-            claimed: list[str] = []
-            try:
-                claimed = self.sender.outbox.claim(free) if free else []
-            except Exception as exc:  # Redis down: the events wait in Redis
-                log.warning("webhook sweep failed: %s", exc)
-            for _ in range(free - len(claimed)):
-                self._free.release()
-            for event_id in claimed:
-                self._pool.submit(self._send, event_id)
+            self._renew()
+            claimed = self._claim()
             self._stop.wait(0.05 if claimed else POLL_SECONDS)

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject, Retry
 
-from core import dispatch, logs
+from core import dispatch, kept_uploads, logs
 from core.config import get_settings
 from core.connections import get_blob_store, get_fair_share, get_job_store
 from core.jobs import ItemResult, JobStatus, JobStore, Recorded
@@ -206,6 +206,12 @@ def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: fl
 
 
 def _finish(store: JobStore, chunk: Chunk, recorded: Recorded, started: float) -> None:
-    if recorded.closed_job and chunk.parts is None:
-        get_blob_store().delete_prefix(chunk.job_id)  # every item has its result: the upload can go
+    keep = get_settings().upload_keep_seconds
+    if chunk.parts is not None and keep > 0:
+        kept_uploads.keep_inline(
+            get_blob_store(), chunk.job_id, chunk.parts
+        )  # after the answer: off /predict's path
+    if recorded.closed_job and (chunk.parts is None or keep > 0):
+        # Every item has its result: the upload goes now, or after the keep time (its images).
+        kept_uploads.release(get_blob_store(), store.redis, chunk.job_id, keep)
     _log(recorded, time.monotonic() - started)

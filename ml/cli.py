@@ -226,6 +226,23 @@ def cmd_reload(args) -> int:
     return 0
 
 
+def register_feedback(subparsers) -> None:
+    p = subparsers.add_parser("feedback", help="the items people labelled (the labelled-data store)")
+    actions = p.add_subparsers(dest="action", required=True)
+    export = actions.add_parser("export", help="write them as DIR/<digit>/*.png")
+    export.add_argument("dir", type=Path)
+    export.set_defaults(handler=cmd_feedback_export)
+
+
+def cmd_feedback_export(args) -> int:
+    from ml.feedback import export
+
+    counts = export(args.dir)
+    per_digit = ", ".join(f"{digit}: {n}" for digit, n in counts.items()) or "none"
+    print(f"{sum(counts.values())} labelled item(s) written to {args.dir} ({per_digit})")
+    return 0
+
+
 COMMANDS: list[Callable] = [
     register_train,
     register_evaluate,
@@ -233,6 +250,7 @@ COMMANDS: list[Callable] = [
     register_push,
     register_list,
     register_reload,
+    register_feedback,
 ]
 
 

@@ -190,7 +190,7 @@ def _resolve(entries: Sequence[dict[str, Any]], job: Job, names: list[str] | Non
     out: Labels = {}
     offenders: list[dict[str, Any]] = []
     for entry in entries:
-        where = {k: entry[k] for k in ("row", "index", "name") if k in entry}
+        where: dict[str, Any] = {k: entry[k] for k in ("row", "index", "name") if k in entry}
         try:
             digit = _digit(entry.get("digit"))
             index = (

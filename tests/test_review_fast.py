@@ -16,11 +16,13 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from core import kept_uploads
 from core.blobs import LocalBlobStore
-from core.jobs import PREFIX
+from core.jobs import PREFIX, ItemResult, JobStore
 from core.labels import key as labels_key
 from ml.feedback import export
-from tests.helpers import make_zip, png
+from tests.helpers import make_zip, png, wait_until
+from worker.housekeeping import sweep_uploads
 
 KEY, OTHER = "review-key-1", "review-key-2"
 PAD = {".padding": os.urandom(70_000)}  # a hidden entry (not an item): the upload is stored, not inline
@@ -251,3 +253,26 @@ def test_a_key_deletes_its_labels_only(keyed: TestClient, tmp_path: Path) -> Non
     assert keyed.delete("/labels", headers=as_key(KEY)).json() == {"deleted": 1}
     assert [name.split("/")[1] for name in store.keys("")] == [f"{theirs}-0.json"]
     assert keyed.delete("/labels").status_code == 401
+
+
+def test_a_finished_jobs_upload_is_kept_then_deleted(
+    app_client: TestClient, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    job = submit(app_client)
+    blobs, store = LocalBlobStore(tmp_path / "uploads"), JobStore(redis_client, 3600)
+    store.record(job, [ItemResult(i, digit=1, confidence=0.9) for i in range(5)])  # as workers close it
+    kept_uploads.release(blobs, redis_client, job, keep_seconds=3600)
+    assert sweep_uploads(blobs, store) == []  # ended, but within its keep time
+    assert app_client.get(f"/jobs/{job}/items/0/image").status_code == 200
+    kept_uploads.release(blobs, redis_client, job, keep_seconds=1)
+    wait_until(lambda: sweep_uploads(blobs, store), what="the upload's keep time to end")
+    response = app_client.get(f"/jobs/{job}/items/0/image")
+    assert response.status_code == 404 and response.json()["title"] == "Upload expired"
+    assert redis_client.zscore(kept_uploads.KEPT, job) is None
+
+
+def test_without_a_keep_time_the_upload_goes_as_the_job_ends(app_client: TestClient, tmp_path: Path) -> None:
+    job = submit(app_client)
+    blobs = LocalBlobStore(tmp_path / "uploads")
+    kept_uploads.release(blobs, redis.Redis(), job, keep_seconds=0)  # Redis is not even asked
+    assert not (tmp_path / "uploads" / job).exists()

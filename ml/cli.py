@@ -55,6 +55,11 @@ def cmd_evaluate(args) -> int:
             f"{name}: accuracy {m['accuracy']:.4f}  ECE {m['ece']:.4f}  Brier {m['brier']:.4f}  "
             f"low-confidence {m.get('low_confidence_rate', 0):.3f}"
         )
+        if m.get("accuracy_when_confident") is not None:  # what a reviewer of the flagged items needs
+            print(
+                f"  coverage {m['coverage']:.3f} (unflagged: accuracy {m['accuracy_when_confident']:.4f}, "
+                f"{m['errors_when_confident']} of {round(m['coverage'] * m['n'])} wrong)"
+            )
         for k, c in m["per_class"].items():
             print(f"  {k}: precision {c['precision']:.3f} recall {c['recall']:.3f} f1 {c['f1']:.3f}")
     print(json.dumps({"holdout_confusion_matrix": report["sets"]["holdout"]["confusion_matrix"]}))

@@ -22,7 +22,7 @@ BOUNDED = {
     "digitq.bulk": "the bulk lane: at most BULK_IN_FLIGHT_CHUNKS chunks (core/dispatch.py's window)",
     "digitq:metrics": "one hash with a fixed set of fields (counters and histogram buckets)",
     "digitq:model:current": "one version name",
-    "digitq:labelled": "the labelled-data store's index: at most MAX_LABELLED_ITEMS fields (core/labelled.py)",
+    "digitq:labelled": "the labelled-data store's index: <= MAX_LABELLED_ITEMS fields (core/labelled.py)",
     "unacked": "kombu: messages being worked on, at most one per pool process (prefetch 1)",
     "unacked_index": "kombu: the index of `unacked`, same size",
     "unacked_mutex": "kombu: a lock, short-lived",

@@ -15,7 +15,7 @@ from PIL import Image
 from devstack.stack import Stack
 from digitq import Client
 from ml.feedback import export
-from tests.helpers import make_zip, png, wait_for_job
+from tests.helpers import make_zip, png, wait_for_job, wait_until
 from tests.test_client import digitq
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
@@ -27,8 +27,9 @@ def test_a_small_uploads_images_are_kept_after_its_job(stack: Stack, api: httpx.
     archive = make_zip({f"d/{i}.png": png(X[i * 400]) for i in range(5)})
     job = wait_for_job(api, api.post("/jobs", files={"files": ("small.zip", archive)}).json()["id"])
     assert job["status"] == "succeeded"
-    seen = api.get(f"/jobs/{job['id']}/items/3/image?view=model")
-    assert seen.status_code == 200, seen.text
+    # A small job's one chunk stores its upload just after it answered (worker/tasks.py).
+    url = f"/jobs/{job['id']}/items/3/image?view=model"
+    seen = wait_until(lambda: (r := api.get(url)).status_code == 200 and r, what="the image to be stored")
     assert Image.open(io.BytesIO(seen.content)).size == (28, 28)
     with Client(stack.api_url) as dq:
         applied = dq.label(job["id"], {3: int(y[1200]), 4: 0})

@@ -1,5 +1,6 @@
 """One item of a job: its image as uploaded, or the 28x28 digit the model saw (issue 20)."""
 
+import time
 from enum import StrEnum
 from typing import Annotated
 
@@ -11,13 +12,15 @@ from api.problems import ProblemError
 from api.routes.jobs import MAX_OFFSET, PROBLEMS, job_or_404
 from core.blobs import BlobStore
 from core.config import Settings
-from core.jobs import TERMINAL, Job, JobStore
+from core.jobs import TERMINAL, Job, JobStatus, JobStore
 from ml.preprocess import ImageError
 
 router = APIRouter(prefix="/jobs", tags=["items"])
 # Every PNG of an item is the same for as long as it can be served: let the browser keep it,
 # but never a shared cache (the image is the key owner's).
 CACHE_CONTROL = "private, max-age=3600"
+# A small job's only chunk stores its upload right after publishing its answer (worker/tasks.py).
+JUST_ENDED_SECONDS = 10
 IndexPath = Annotated[int, Path(ge=0, le=MAX_OFFSET, description="the item's `index` in the results")]
 
 
@@ -30,21 +33,22 @@ def read_item(store: JobStore, blobs: BlobStore, settings: Settings, job: Job, i
     """The item's bytes from the job's stored upload, or the problem that says why not."""
     if index >= job.total:
         raise ProblemError(404, "Not found", f"job {job.id} has {job.total} item(s): no index {index}")
+    parts, inline = store.upload_parts(job.id)
     try:
-        parts = store.upload_parts(job.id)
         if parts == 0:
             raise UploadGone(job.id)
         return item_bytes(blobs, job.id, parts, index, settings.max_image_bytes)
     except UploadGone:
-        if job.status in TERMINAL:
+        just_ended = inline and time.time() - (job.finished_at or 0) < JUST_ENDED_SECONDS
+        if job.status in TERMINAL and not (just_ended and job.status is not JobStatus.cancelled):
             hours = settings.upload_keep_seconds / 3600
             detail = (
                 f"the upload of job {job.id} has expired: uploads are kept {hours:g} h after their job "
                 "ends (UPLOAD_KEEP_SECONDS), or deleted when it is cancelled; its results stay readable"
             )
             raise ProblemError(404, "Upload expired", detail) from None
-        detail = "a small upload is stored once its job has run: retry when the job has finished"
-        raise ProblemError(404, "Image not stored yet", detail) from None
+        detail = "a small upload is stored as its job runs: retry in a moment"
+        raise ProblemError(404, "Image not stored yet", detail, headers={"Retry-After": "1"}) from None
     except ValueError as exc:  # a bad zip entry, as the worker found it
         raise ProblemError(422, "Unreadable item", f"item {index}: {exc}") from None
 

@@ -1,10 +1,11 @@
 """One item of a job: its image as uploaded, or the 28x28 digit the model saw (issue 20)."""
 
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from api.deps import BlobStoreDep, CallerDep, JobStoreDep, SettingsDep
 from api.items import UploadGone, item_bytes, off_loop, render
@@ -29,41 +30,56 @@ class View(StrEnum):
     model = "model"
 
 
-def read_item(store: JobStore, blobs: BlobStore, settings: Settings, job: Job, index: int) -> bytes:
-    """The item's bytes from the job's stored upload, or the problem that says why not."""
-    if index >= job.total:
-        raise ProblemError(404, "Not found", f"job {job.id} has {job.total} item(s): no index {index}")
-    parts, inline = store.upload_parts(job.id)
-    try:
-        if parts == 0:
-            raise UploadGone(job.id)
-        return item_bytes(blobs, job.id, parts, index, settings.max_image_bytes)
-    except UploadGone:
-        just_ended = inline and time.time() - (job.finished_at or 0) < JUST_ENDED_SECONDS
-        if job.status in TERMINAL and not (just_ended and job.status is not JobStatus.cancelled):
-            hours = settings.upload_keep_seconds / 3600
-            detail = (
-                f"the upload of job {job.id} has expired: uploads are kept {hours:g} h after their job "
-                "ends (UPLOAD_KEEP_SECONDS), or deleted when it is cancelled; its results stay readable"
-            )
-            raise ProblemError(404, "Upload expired", detail) from None
-        detail = "a small upload is stored as its job runs: retry in a moment"
-        raise ProblemError(404, "Image not stored yet", detail, headers={"Retry-After": "1"}) from None
-    except ValueError as exc:  # a bad zip entry, as the worker found it
-        raise ProblemError(422, "Unreadable item", f"item {index}: {exc}") from None
+@dataclass(frozen=True)
+class Items:
+    """What reading a job's items needs: the stores, the settings and the caller."""
+
+    store: JobStore
+    blobs: BlobStore
+    settings: Settings
+    caller: str | None
+
+    def job(self, job_id: str, index: int) -> Job:
+        """The caller's job, if it has an item `index`; else a 404."""
+        job = job_or_404(self.store, job_id, self.caller)
+        if index >= job.total:
+            raise ProblemError(404, "Not found", f"job {job.id} has {job.total} item(s): no index {index}")
+        return job
+
+    def read(self, job: Job, index: int) -> bytes:
+        """The item's bytes from the job's stored upload, or the problem that says why not."""
+        parts, inline = self.store.upload_parts(job.id)
+        try:
+            if parts == 0:
+                raise UploadGone(job.id)
+            return item_bytes(self.blobs, job.id, parts, index, self.settings.max_image_bytes)
+        except UploadGone:
+            raise _gone(job, inline, self.settings.upload_keep_seconds) from None
+        except ValueError as exc:  # a bad zip entry, as the worker found it
+            raise ProblemError(422, "Unreadable item", f"item {index}: {exc}") from None
 
 
-def _image(
-    store: JobStore,
-    blobs: BlobStore,
-    settings: Settings,
-    caller: str | None,
-    job_id: str,
-    index: int,
-    view: View,
-) -> bytes:
-    job = job_or_404(store, job_id, caller)
-    data = read_item(store, blobs, settings, job, index)
+def _gone(job: Job, inline: bool, keep_seconds: int) -> ProblemError:
+    just_ended = inline and time.time() - (job.finished_at or 0) < JUST_ENDED_SECONDS
+    if job.status in TERMINAL and not (just_ended and job.status is not JobStatus.cancelled):
+        detail = (
+            f"the upload of job {job.id} has expired: uploads are kept {keep_seconds / 3600:g} h after "
+            "their job ends (UPLOAD_KEEP_SECONDS), or deleted when it is cancelled; its results stay readable"
+        )
+        return ProblemError(404, "Upload expired", detail)
+    detail = "a small upload is stored as its job runs: retry in a moment"
+    return ProblemError(404, "Image not stored yet", detail, headers={"Retry-After": "1"})
+
+
+async def _items(store: JobStoreDep, blobs: BlobStoreDep, settings: SettingsDep, caller: CallerDep) -> Items:
+    return Items(store, blobs, settings, caller)
+
+
+ItemsDep = Annotated[Items, Depends(_items)]
+
+
+def _image(items: Items, job_id: str, index: int, view: View) -> bytes:
+    data = items.read(items.job(job_id, index), index)
     try:
         return render(data, view.value)
     except ImageError as exc:
@@ -115,10 +131,7 @@ def _image(
 async def item_image(
     job_id: str,
     index: IndexPath,
-    store: JobStoreDep,
-    blobs: BlobStoreDep,
-    settings: SettingsDep,
-    caller: CallerDep,
+    items: ItemsDep,
     view: Annotated[
         View,
         Query(description="`upload`: the image as uploaded (scaled down); `model`: the 28x28 the model saw"),
@@ -130,5 +143,5 @@ async def item_image(
 
     Decoded as classification decodes it (formats, pixels and bytes bounded the same way).
     """
-    png = await off_loop(_image, store, blobs, settings, caller, job_id, index, view)
+    png = await off_loop(_image, items, job_id, index, view)
     return Response(png, media_type="image/png", headers={"Cache-Control": CACHE_CONTROL})

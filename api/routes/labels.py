@@ -17,16 +17,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 
-from api.deps import BlobStoreDep, CallerDep, JobStoreDep, SettingsDep, require_api_key
+from api.deps import CallerDep, require_api_key
 from api.items import off_loop, render
 from api.problems import ProblemError
-from api.routes.items import IndexPath, read_item
-from api.routes.jobs import FORMULA_STARTS, PROBLEMS, _items, job_or_404
+from api.routes.items import IndexPath, Items, ItemsDep
+from api.routes.jobs import FORMULA_STARTS, PROBLEMS, job_or_404
+from api.routes.jobs import _items as results_page
 from api.schemas import ItemOut, LabelIn, LabelsApplied, LabelsDeleted
-from core.blobs import BlobStore
-from core.config import Settings
 from core.connections import get_labelled_store
-from core.jobs import Job, JobStore
+from core.jobs import Job
 from core.labelled import OPEN_KEY_ID, LabelledStore, Record, StoreFull
 from core.labels import JobGone, set_labels
 from ml.preprocess import ImageError
@@ -68,15 +67,13 @@ def key_id(caller: str | None) -> str:
     return caller or OPEN_KEY_ID
 
 
-def _records(
-    store: JobStore, blobs: BlobStore, settings: Settings, job: Job, caller: str | None, digits: Labels
-) -> list[Record]:
+def _records(items: Items, job: Job, digits: Labels) -> list[Record]:
     """A labelled-store record per digit set; the items without a readable image are offenders."""
     indices = [i for i, digit in digits.items() if digit is not None]
     records, offenders = [], []
-    for index, result in zip(indices, store.results(job.id, indices), strict=True):
+    for index, result in zip(indices, items.store.results(job.id, indices), strict=True):
         try:
-            png = render(read_item(store, blobs, settings, job, index), "upload")
+            png = render(items.read(job, index), "upload")
         except (ProblemError, ImageError) as exc:
             if isinstance(exc, ProblemError) and exc.status == 404:
                 raise  # the upload is gone: about the job, not this item
@@ -86,18 +83,9 @@ def _records(
         confidence = None if result is None else result.confidence
         digit = digits[index]
         assert digit is not None
+        model = job.model_version
         records.append(
-            Record(
-                job.id,
-                index,
-                digit,
-                png,
-                job.model_version,
-                predicted,
-                confidence,
-                key_id(caller),
-                time.time(),
-            )
+            Record(job.id, index, digit, png, model, predicted, confidence, key_id(items.caller), time.time())
         )
     _refuse(offenders, len(digits))
     return records
@@ -109,26 +97,18 @@ def _refuse(offenders: list[dict[str, Any]], total: int) -> None:
         raise ProblemError(422, "Invalid labels", detail, extra={"offenders": offenders[:OFFENDERS_SHOWN]})
 
 
-def apply(
-    store: JobStore,
-    blobs: BlobStore,
-    labelled: LabelledStore,
-    settings: Settings,
-    job: Job,
-    caller: str | None,
-    digits: Labels,
-) -> LabelsApplied:
+def apply(items: Items, labelled: LabelledStore, job: Job, digits: Labels) -> LabelsApplied:
     """Copy the labelled items into the store, then write every label at once."""
-    records = _records(store, blobs, settings, job, caller, digits)
+    records = _records(items, job, digits)
     try:
         labelled.put(records)
     except StoreFull as exc:
         raise ProblemError(507, "Labelled-data store full", str(exc), extra={"limit": exc.limit}) from None
     try:
-        added, cleared = set_labels(store.redis, job.id, digits)
+        added, cleared = set_labels(items.store.redis, job.id, digits)
     except JobGone:
         raise ProblemError(404, "Not found", f"there is no job {job.id!r} (it expired)") from None
-    labelled.remove(key_id(caller), job.id, [i for i, digit in digits.items() if digit is None])
+    labelled.remove(key_id(items.caller), job.id, [i for i, digit in digits.items() if digit is None])
     return LabelsApplied(job_id=job.id, set=added, cleared=cleared, stored=labelled.count())
 
 
@@ -142,33 +122,19 @@ async def put_label(
     job_id: str,
     index: IndexPath,
     body: LabelIn,
-    store: JobStoreDep,
-    blobs: BlobStoreDep,
-    settings: SettingsDep,
-    caller: CallerDep,
+    items: ItemsDep,
 ) -> ItemOut:
     """Set the digit the item really shows (`{"digit": 7}`), or clear it (`{"digit": null}`).
 
     The item, with its image, is kept in the labelled-data store as training data (it outlives
     the job); the results show it as `label`. Needs the job's upload (kept UPLOAD_KEEP_SECONDS).
     """
-    return await off_loop(_one, store, blobs, settings, caller, job_id, index, body.digit)
+    return await off_loop(_one, items, job_id, index, body.digit)
 
 
-def _one(
-    store: JobStore,
-    blobs: BlobStore,
-    settings: Settings,
-    caller: str | None,
-    job_id: str,
-    index: int,
-    digit: int | None,
-) -> ItemOut:
-    job = job_or_404(store, job_id, caller)
-    if index >= job.total:
-        raise ProblemError(404, "Not found", f"job {job.id} has {job.total} item(s): no index {index}")
-    apply(store, blobs, get_labelled_store(), settings, job, caller, {index: digit})
-    return _items(store, job_id, index, 1)[0]
+def _one(items: Items, job_id: str, index: int, digit: int | None) -> ItemOut:
+    apply(items, get_labelled_store(), items.job(job_id, index), {index: digit})
+    return results_page(items.store, job_id, index, 1)[0]
 
 
 def _digit(value: object) -> int | None:
@@ -264,18 +230,10 @@ async def _entries(request: Request) -> list[dict[str, Any]]:
     return entries
 
 
-def _batch(
-    store: JobStore,
-    blobs: BlobStore,
-    settings: Settings,
-    caller: str | None,
-    job_id: str,
-    entries: Sequence[dict[str, Any]],
-) -> LabelsApplied:
-    job = job_or_404(store, job_id, caller)
-    names = store.names(job_id, 0, job.total) if any("name" in e for e in entries) else None
-    digits = _resolve(entries, job, names)
-    return apply(store, blobs, get_labelled_store(), settings, job, caller, digits)
+def _batch(items: Items, job_id: str, entries: Sequence[dict[str, Any]]) -> LabelsApplied:
+    job = job_or_404(items.store, job_id, items.caller)
+    names = items.store.names(job_id, 0, job.total) if any("name" in e for e in entries) else None
+    return apply(items, get_labelled_store(), job, _resolve(entries, job, names))
 
 
 @router.post(
@@ -306,10 +264,7 @@ def _batch(
 async def post_labels(
     job_id: str,
     request: Request,
-    store: JobStoreDep,
-    blobs: BlobStoreDep,
-    settings: SettingsDep,
-    caller: CallerDep,
+    items: ItemsDep,
 ) -> LabelsApplied:
     """Set or clear many labels at once: all of them, or (a 422 naming the first few offenders) none.
 
@@ -319,7 +274,7 @@ async def post_labels(
     `curl -H "X-API-Key: $KEY" -F file=@labels.csv http://127.0.0.1:8000/jobs/$JOB/labels`
     """
     entries = await _entries(request)
-    return await off_loop(_batch, store, blobs, settings, caller, job_id, entries)
+    return await off_loop(_batch, items, job_id, entries)
 
 
 @router.delete(

@@ -18,7 +18,7 @@ def test_review_with_the_keyboard(stack: Stack, browser, upload, api: httpx.Clie
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(stack.api_url + "/")
-    drop(page, {"digits.zip": upload["digits.zip"]})
+    drop(page, {"digits.zip": upload["digits.zip"], "broken.png": b"\x89PNG\r\n\x1a\nbroken"})
     wait_succeeded(page)
 
     first = page.locator("#results tbody tr").nth(0).locator("img")
@@ -26,13 +26,15 @@ def test_review_with_the_keyboard(stack: Stack, browser, upload, api: httpx.Clie
     page.wait_for_function("() => document.querySelector('#results tbody tr img').naturalWidth > 0")
 
     job_id = page.evaluate("() => state.job.id")
-    items = api.get(f"/jobs/{job_id}/results?limit=100").json()["items"]
+    items = [i for i in api.get(f"/jobs/{job_id}/results?limit=100").json()["items"] if i["status"] == "done"]
     order = sorted(items, key=lambda i: (not i["low_confidence"], i["confidence"]))
     flagged = sum(i["low_confidence"] for i in items)
     page.locator("#review").wait_for(state="visible")
     assert page.locator("#review-progress").inner_text() == f"0 of {ZIP_IMAGES} reviewed"
     assert page.locator("#review-need").inner_text().startswith(f"{flagged} item(s) need a look")
     assert page.locator("#review-name").inner_text() == f"#{order[0]['index']} {order[0]['name']}"
+    assert page.locator("#review-failed-title").inner_text() == "1 failed item(s)"
+    assert page.locator("#review-failed li").inner_text() == "broken.png: not a readable image"
 
     page.get_by_role("button", name="Start reviewing").press("Enter")  # keyboard only from here
     page.keyboard.press("3")

@@ -165,7 +165,7 @@ function renderRows(items) {
     img.alt = "";
     const url = state.thumbs.get(item.name);
     if (url) img.src = url; // dropped directly: the browser has it
-    else if (item.status !== "pending") itemImage(img, state.job.id, item.index); // from the server (review.js)
+    else if (item.status === "done") itemImage(img, state.job.id, item.index); // from the server (review.js)
     thumb.append(img);
     cell(row, String(item.index));
     cell(row, item.name, "name");

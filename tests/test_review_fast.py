@@ -6,6 +6,8 @@ import io
 import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -276,3 +278,14 @@ def test_without_a_keep_time_the_upload_goes_as_the_job_ends(app_client: TestCli
     blobs = LocalBlobStore(tmp_path / "uploads")
     kept_uploads.release(blobs, redis.Redis(), job, keep_seconds=0)  # Redis is not even asked
     assert not (tmp_path / "uploads" / job).exists()
+
+
+def test_the_api_decodes_images_without_scikit_learn() -> None:
+    """The API imports ml.preprocess and ml.views; ml/__init__.py must not pull in scikit-learn."""
+    code = (
+        "import sys, api.main; print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'joblib'}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"

@@ -289,3 +289,13 @@ def test_the_api_decodes_images_without_scikit_learn() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_batch_is_bounded(app_client: TestClient) -> None:
+    job = submit(app_client)
+    many = {"labels": [{"index": 0, "digit": 1}] * 1001}
+    response = app_client.post(f"/jobs/{job}/labels", json=many)
+    assert response.status_code == 413 and "at most 1000" in response.json()["detail"]
+    big_csv = "name,digit\n" + "forms/0.png,1\n" * 80_000  # over 1 MiB
+    response = app_client.post(f"/jobs/{job}/labels", files={"file": ("l.csv", big_csv)})
+    assert response.status_code == 413 and labels_of(app_client, job) == [None] * 5

@@ -31,7 +31,7 @@ from core.labels import JobGone, set_labels
 from ml.preprocess import ImageError
 
 router = APIRouter(tags=["labels"], dependencies=[Depends(require_api_key)])
-MAX_LABELS = 5_000  # per request: each label set decodes its item's image
+MAX_LABELS = 1_000  # per request: each label set decodes its item's image and holds its PNG (<= 256 px)
 MAX_CSV_BYTES = 1 << 20
 OFFENDERS_SHOWN = 5
 Labels = dict[int, int | None]
@@ -266,7 +266,7 @@ async def post_labels(
     request: Request,
     items: ItemsDep,
 ) -> LabelsApplied:
-    """Set or clear many labels at once: all of them, or (a 422 naming the first few offenders) none.
+    """Set or clear up to 1,000 labels at once: all of them, or (a 422 naming the first few offenders) none.
 
     JSON `{"labels": [{"index": 0, "digit": 7}, {"index": 4, "digit": null}]}`, or a CSV file part
     named `file` with the header `name,digit` (names as the results show them; an empty digit clears):

@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI
 from api import problems
 from api.deps import require_api_key
 from api.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_FIELDS, BodyLimits
-from api.routes import health, jobs, ops, predict, ui, webhook_secret
+from api.routes import health, items, jobs, labels, ops, predict, ui, webhook_secret
 from core.config import get_settings, open_api_refusal
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,10 @@ Recognise handwritten digits in images, one at a time or tens of thousands in a 
    keeps only the errors.
 
 `GET /jobs` lists your jobs, newest first (`metadata` sent with a job is echoed there).
+
+Review and correct: `GET /jobs/{id}/items/{index}/image` shows an item (`?view=model`: the 28x28
+the model saw), `PUT /jobs/{id}/items/{index}/label` or `POST /jobs/{id}/labels` record the right
+digits; labelled items are kept as training data (`DELETE /labels` removes your key's).
 
 Answers in the same request: `Prefer: wait=N` on `POST /jobs` (`200` with the results if the job
 ends within N s), and the old service's `POST /predict` (one part `file`) and `POST /predict_batch`
@@ -70,6 +74,8 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])
     app.include_router(predict.router, dependencies=[Depends(require_api_key)])
     app.include_router(webhook_secret.router, dependencies=[Depends(require_api_key)])
+    app.include_router(items.router, dependencies=[Depends(require_api_key)])
+    app.include_router(labels.router)  # its own: DELETE /labels is not under /jobs
     ops.install(app)  # /ready, /metrics, /admin/reload, logging, Sentry
     ui.install(app)  # the web page at / and its static files
     return app

@@ -120,6 +120,9 @@ class ItemOut(BaseModel):
     confidence: float | None = Field(None, ge=0, le=1, description="calibrated probability")
     low_confidence: bool = Field(False, description="confidence below the model's threshold")
     error: str | None = Field(None, description="why this image could not be read")
+    label: int | None = Field(
+        None, ge=0, le=9, description="the digit a person gave it (PUT .../label); null: none"
+    )
 
 
 class JobWithResults(JobOut):
@@ -229,3 +232,20 @@ class WebhookSecretOut(BaseModel):
     @classmethod
     def of(cls, secret: str, previous_until: float | None) -> "WebhookSecretOut":
         return cls(secret=secret, previous_valid_until=_time(previous_until))
+class LabelIn(BaseModel):
+    """One item's label: the digit it really shows, or null to clear it."""
+
+    model_config = {"json_schema_extra": {"examples": [{"digit": 7}, {"digit": None}]}}
+
+    digit: int | None = Field(ge=0, le=9)
+
+
+class LabelsApplied(BaseModel):
+    job_id: str
+    set: int = Field(description="labels set (or set again)")
+    cleared: int = Field(description="labels cleared")
+    stored: int = Field(description="labelled items kept in the labelled-data store, all jobs and keys")
+
+
+class LabelsDeleted(BaseModel):
+    deleted: int = Field(description="labelled items of this API key removed from the labelled-data store")

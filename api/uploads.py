@@ -89,6 +89,11 @@ def is_junk(name: str) -> bool:
     )
 
 
+def listed(archive: zipfile.ZipFile) -> Iterator[zipfile.ZipInfo]:
+    """A zip's entries that are items of the job, in item order (folders and junk are not)."""
+    return (info for info in archive.infolist() if not (info.is_dir() or is_junk(info.filename)))
+
+
 def unsafe_reason(name: str) -> str | None:
     """Why an entry name would escape an extraction folder (zips made on Windows may use '\\')."""
     path = name.replace("\\", "/")
@@ -213,10 +218,8 @@ def zip_items(data: BinaryIO, part: int, max_image_bytes: int, budget: EntryBudg
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UploadError(400, f"part {part + 1} is not a readable zip archive ({exc})") from exc
     with archive:
-        for info in archive.infolist():
+        for info in listed(archive):
             name = info.filename
-            if info.is_dir() or is_junk(name):
-                continue
             error = unsafe_reason(name)
             if error is None and info.flag_bits & 0x1:
                 error = "encrypted zip entry; cannot be read"

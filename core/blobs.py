@@ -21,6 +21,9 @@ class BlobStoreUnavailable(Exception):
     """The blob store could not take an upload (S3 down, credentials, bucket): not the client's fault."""
 
 
+_MISSING = ("NoSuchKey", "404")  # S3's codes for an object that is not there
+
+
 def upload_key(job_id: str, part: int) -> str:
     """Where part `part` (0-based) of a job's upload is stored."""
     return f"{job_id}/part-{part}"
@@ -28,6 +31,9 @@ def upload_key(job_id: str, part: int) -> str:
 
 class BlobStore(Protocol):
     def put(self, key: str, data: BinaryIO) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
+    def keys(self, prefix: str) -> Iterator[str]: ...
     def local_path(self, key: str) -> Path: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def local_jobs(self) -> Iterator[tuple[str, float]]: ...
@@ -52,6 +58,21 @@ class LocalBlobStore:
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             shutil.copyfileobj(data, out, 1 << 20)
         tmp.replace(path)
+
+    def get(self, key: str) -> bytes:
+        """A small blob's bytes (labelled records); raises FileNotFoundError."""
+        return self._path(key).read_bytes()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        """Every stored key under the folder `prefix` ("": all of them), sorted."""
+        base = self._path(prefix) if prefix else self.root
+        if base.is_dir():
+            for path in sorted(base.rglob("*")):
+                if path.is_file() and not path.name.endswith(".part"):
+                    yield path.relative_to(self.root).as_posix()
 
     def _private_parent(self, path: Path) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -105,12 +126,40 @@ class S3BlobStore:
             # The message names the endpoint or the error code, never the credentials.
             raise BlobStoreUnavailable(f"{type(exc).__name__}") from exc
 
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                raise FileNotFoundError(key) from exc
+            raise
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        start = len(self._key(""))
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix.rstrip("/") + "/" if prefix else "")
+        ):
+            for found in page.get("Contents", []):
+                yield found["Key"][start:]
+
     def local_path(self, key: str) -> Path:
+        from botocore.exceptions import ClientError
+
         path = self.cache._path(key)
         if not path.exists():
             self.cache._private_parent(path)
             tmp = path.with_suffix(f".{id(self)}.part")
-            self.s3.download_file(self.bucket, self._key(key), str(tmp))
+            try:
+                self.s3.download_file(self.bucket, self._key(key), str(tmp))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in _MISSING:
+                    raise FileNotFoundError(f"upload {key} is missing from the bucket") from exc
+                raise
             tmp.chmod(0o600)
             tmp.replace(path)
         return path
@@ -130,10 +179,29 @@ class S3BlobStore:
                 self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": objects})
 
 
+def _bucket(settings: Settings) -> tuple[str, str] | None:
+    """BLOB_URL's (bucket, prefix), or None for the local store."""
+    if not settings.blob_url:
+        return None
+    url = urlparse(settings.blob_url)
+    if url.scheme != "s3" or not url.netloc:
+        raise ValueError(f"BLOB_URL must look like s3://bucket/prefix, got {settings.blob_url!r}")
+    return url.netloc, url.path.strip("/")
+
+
 def make_blob_store(settings: Settings) -> BlobStore:
-    if settings.blob_url:
-        url = urlparse(settings.blob_url)
-        if url.scheme != "s3" or not url.netloc:
-            raise ValueError(f"BLOB_URL must look like s3://bucket/prefix, got {settings.blob_url!r}")
-        return S3BlobStore(url.netloc, url.path, settings.data_dir / "blob-cache")
+    bucket = _bucket(settings)
+    if bucket:
+        return S3BlobStore(*bucket, settings.data_dir / "blob-cache")
     return LocalBlobStore(settings.data_dir / "uploads")
+
+
+def make_labelled_store(settings: Settings) -> BlobStore:
+    """Where labelled items are kept (core/labelled.py): beside the uploads, never among them
+    (the upload sweeps delete what is not a live job's)."""
+    bucket = _bucket(settings)
+    if bucket:
+        return S3BlobStore(
+            bucket[0], f"{bucket[1]}/labelled".lstrip("/"), settings.data_dir / "labelled-cache"
+        )
+    return LocalBlobStore(settings.data_dir / "labelled")

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     body_read_timeout_seconds: float = Field(default=120, gt=0)
     max_concurrent_uploads: int = Field(default=8, ge=1, description="bodies over 64 KiB, per API process")
     job_ttl_seconds: int = 7 * 24 * 3600
+    # A finished job's upload is kept this long (never beyond the job) so that its items' images can
+    # be shown and labelled (GET /jobs/{id}/items/{i}/image); 0 deletes it as the job ends.
+    upload_keep_seconds: int = Field(default=24 * 3600, ge=0)
+
+    # Labels (issue 20): each labelled item is copied into the blob store (`labelled/`) as training
+    # data that outlives its job (core/labelled.py); at most this many records, then labels are refused.
+    max_labelled_items: int = Field(default=100_000, ge=0)
 
     # Work distribution and reliability.
     # A chunk's cost is bounded by count, uncompressed bytes and decoded pixels so that a healthy

@@ -11,6 +11,7 @@ from core.jobs import JobStore
 
 if TYPE_CHECKING:
     from core.dispatch import FairShare
+    from core.labelled import LabelledStore
     from core.quotas import Quotas
 
 
@@ -46,10 +47,27 @@ def get_quotas() -> "Quotas":
     return Quotas(get_redis(), get_settings())
 
 
+@lru_cache
+def get_labelled_store() -> "LabelledStore":
+    from core.blobs import make_labelled_store
+    from core.labelled import LabelledStore
+
+    settings = get_settings()
+    return LabelledStore(make_labelled_store(settings), get_redis(), settings.max_labelled_items)
+
+
 def reset_clients() -> None:
     """Forget the cached settings and clients (tests that change settings between apps)."""
     from core.queue import get_celery
 
-    cached_clients = (get_redis, get_job_store, get_blob_store, get_celery, get_fair_share, get_quotas)
+    cached_clients = (
+        get_redis,
+        get_job_store,
+        get_blob_store,
+        get_celery,
+        get_fair_share,
+        get_quotas,
+        get_labelled_store,
+    )
     for cached in (get_settings, *cached_clients):
         cached.cache_clear()

@@ -554,6 +554,13 @@ class JobStore:
         created, progress, swept, sweeps, parts = (_opt_float(v) for v in raw)
         return max(created or 0, progress or 0, swept or 0), int(sweeps or 0), int(parts or 0)
 
+    def upload_parts(self, job_id: str) -> tuple[int, bool]:
+        """How many parts the job's upload has, and whether they travelled in its messages (then
+        the workers store them as they run: core/kept_uploads.py), to read its items back: the
+        API shows their images."""
+        parts, inline = self.redis.hmget(self._keys(job_id)[0], ["parts", "inline_parts"])
+        return int(parts or 0) or int(inline or 0), bool(inline)
+
     def mark_swept(self, job_id: str) -> int:
         """Note that the sweep re-queued the job's missing items; returns how many times it has."""
         job = self._keys(job_id)[0]

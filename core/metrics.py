@@ -19,6 +19,7 @@ What counts where:
 - job latency (created -> finished): the script that stores the job's last result, or the API
   right after a cancel; once per job.
 - submissions refused by a quota, by reason: the API.
+- labels set / cleared by people: the script that writes them (core/labels.py).
 - queue depth per lane (the broker's lists) and the tenants waiting in the bulk lane: read live.
 - HTTP responses by status class: each API process counts them and adds them to the hash at
   most once a second and before each /metrics answer (api/routes/ops.py `ResponseCounts`).
@@ -147,6 +148,12 @@ class RedisCollector(Collector):
             "digitq_items_processed", "Item results stored (digits and errors)", num("items_processed")
         )
         yield CounterMetricFamily("digitq_items_failed", "Item results that are errors", num("items_failed"))
+        labels = CounterMetricFamily(
+            "digitq_labels", "Item labels written by people, by action", labels=["action"]
+        )
+        for action in ("set", "cleared"):
+            labels.add_metric([action], num(f"labels_{action}"))
+        yield labels
         webhooks = CounterMetricFamily(
             "digitq_webhook_deliveries", "Webhook delivery attempts, by outcome", labels=["outcome"]
         )

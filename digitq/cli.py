@@ -70,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("job")
     results.add_argument("--out", type=Path, help="save to results.csv or .jsonl instead of printing")
     results.add_argument("--failed", action="store_true", help="only the items that failed")
+    label = commands.add_parser("label", parents=[common], help="record the right digits of a job's items")
+    label.add_argument("job")
+    label.add_argument("--from", dest="source", type=Path, required=True, metavar="CSV",
+                       help="a CSV with the header name,digit (names as the results show them)")  # fmt: skip
     listing = commands.add_parser("list", parents=[common], help="your jobs, newest first")
     listing.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default %(default)s)")
@@ -219,12 +223,21 @@ def _results(client: Client, args: argparse.Namespace, out: Output) -> int:
 
 
 def _item_line(item: Item) -> str:
+    label = "" if item.label is None else f"  label: {item.label}"
     if item.error:
-        return f"{item.index:>6}  {item.name}  error: {item.error}"
+        return f"{item.index:>6}  {item.name}  error: {item.error}{label}"
     if item.digit is None:
-        return f"{item.index:>6}  {item.name}  {item.status}"
+        return f"{item.index:>6}  {item.name}  {item.status}{label}"
     flag = "  (low confidence)" if item.low_confidence else ""
-    return f"{item.index:>6}  {item.name}  {item.digit}  {item.confidence:.3f}{flag}"
+    return f"{item.index:>6}  {item.name}  {item.digit}  {item.confidence:.3f}{flag}{label}"
+
+
+def _label(client: Client, args: argparse.Namespace, out: Output) -> int:
+    applied = client.label(args.job, args.source)
+    out.emit(
+        applied, f"{applied['set']} label(s) set, {applied['cleared']} cleared in job {applied['job_id']}"
+    )
+    return OK
 
 
 def _list(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -262,6 +275,8 @@ def run(argv: list[str] | None = None) -> int:
                 return OK
             if args.command == "list":
                 return _list(client, args, out)
+            if args.command == "label":
+                return _label(client, args, out)
             prediction = client.predict(args.image)
             flag = " (low confidence)" if prediction.low_confidence else ""
             out.emit(prediction.__dict__, f"{prediction.digit}  {prediction.confidence:.3f}{flag}")

@@ -100,6 +100,7 @@ class Item:
     confidence: float | None = None
     low_confidence: bool = False
     error: str | None = None
+    label: int | None = None  # the digit a person gave it (`Client.label`)
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> Item:
@@ -295,6 +296,16 @@ class Client:
                 seen += 1
                 yield Job.of(data)
             url, params = page.get("next"), None
+
+    def label(self, job: Job | str, labels: dict[int, int | None] | str | Path) -> dict[str, Any]:
+        """Record the right digits: `{index: digit}` (None clears one), or a CSV file `name,digit`
+        (names as the results show them). All or nothing: a ProblemError lists the offenders."""
+        url = f"/jobs/{_job_id(job)}/labels"
+        if isinstance(labels, dict):
+            body = [{"index": index, "digit": digit} for index, digit in labels.items()]
+            return self._request("POST", url, json={"labels": body}).json()
+        path = Path(labels)
+        return self._request("POST", url, files={"file": (path.name, path.read_bytes(), "text/csv")}).json()
 
     def predict(self, image: str | Path | bytes, name: str = "image") -> Prediction:
         """One image, answered inline (`POST /predict`)."""

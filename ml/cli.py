@@ -55,6 +55,11 @@ def cmd_evaluate(args) -> int:
             f"{name}: accuracy {m['accuracy']:.4f}  ECE {m['ece']:.4f}  Brier {m['brier']:.4f}  "
             f"low-confidence {m.get('low_confidence_rate', 0):.3f}"
         )
+        if m.get("accuracy_when_confident") is not None:  # what a reviewer of the flagged items needs
+            print(
+                f"  coverage {m['coverage']:.3f} (unflagged: accuracy {m['accuracy_when_confident']:.4f}, "
+                f"{m['errors_when_confident']} of {round(m['coverage'] * m['n'])} wrong)"
+            )
         for k, c in m["per_class"].items():
             print(f"  {k}: precision {c['precision']:.3f} recall {c['recall']:.3f} f1 {c['f1']:.3f}")
     print(json.dumps({"holdout_confusion_matrix": report["sets"]["holdout"]["confusion_matrix"]}))
@@ -226,6 +231,23 @@ def cmd_reload(args) -> int:
     return 0
 
 
+def register_feedback(subparsers) -> None:
+    p = subparsers.add_parser("feedback", help="the items people labelled (the labelled-data store)")
+    actions = p.add_subparsers(dest="action", required=True)
+    export = actions.add_parser("export", help="write them as DIR/<digit>/*.png")
+    export.add_argument("dir", type=Path)
+    export.set_defaults(handler=cmd_feedback_export)
+
+
+def cmd_feedback_export(args) -> int:
+    from ml.feedback import export
+
+    counts = export(args.dir)
+    per_digit = ", ".join(f"{digit}: {n}" for digit, n in counts.items()) or "none"
+    print(f"{sum(counts.values())} labelled item(s) written to {args.dir} ({per_digit})")
+    return 0
+
+
 COMMANDS: list[Callable] = [
     register_train,
     register_evaluate,
@@ -233,6 +255,7 @@ COMMANDS: list[Callable] = [
     register_push,
     register_list,
     register_reload,
+    register_feedback,
 ]
 
 

@@ -77,16 +77,22 @@ def classification_metrics(proba: np.ndarray, y: np.ndarray, threshold: float | 
     if threshold is not None:
         accepted = proba.max(axis=1) >= threshold
         out["low_confidence_rate"] = float(1.0 - accepted.mean())
+        # What a reviewer needs: the share of items the flag leaves unflagged (they are not looked
+        # at), the accuracy among them, and how many of them are still wrong.
+        out["coverage"] = float(accepted.mean())
         out["accuracy_when_confident"] = (
             float((pred[accepted] == y[accepted]).mean()) if accepted.any() else None
         )
+        out["errors_when_confident"] = int((pred[accepted] != y[accepted]).sum())
     return out
 
 
 def summary(metrics: dict) -> dict:
     """The headline numbers only (what goes into metadata.json next to the full report)."""
-    keep = ("n", "accuracy", "ece", "brier", "log_loss", "low_confidence_rate")
-    return {k: metrics[k] for k in (*keep, "accuracy_when_confident") if k in metrics}
+    keep = ("n", "accuracy", "ece", "brier", "log_loss", "low_confidence_rate", "coverage")
+    return {
+        k: metrics[k] for k in (*keep, "accuracy_when_confident", "errors_when_confident") if k in metrics
+    }
 
 
 def plot_confusion(cm: list[list[int]], path: Path, title: str) -> Path:
@@ -163,17 +169,25 @@ def plot_worst(images: np.ndarray, proba: np.ndarray, y: np.ndarray, path: Path,
     return _save(fig, path)
 
 
+def _reviewer(m: dict) -> str:
+    """Coverage and the accuracy among the unflagged items, as table cells."""
+    accuracy = m.get("accuracy_when_confident")
+    if "coverage" not in m or accuracy is None:
+        return " | "
+    return f"{m['coverage']:.3f} | {accuracy:.4f} ({m['errors_when_confident']} wrong)"
+
+
 def write_markdown(report: dict, path: Path, pictures: dict[str, str]) -> Path:
     """Headline metrics per set, per-class precision/recall of the held-out set, the plots."""
     lines = [f"# Model report: {report['version']}", ""]
     lines += [
-        "| set | n | accuracy | ECE | Brier | log-loss | low-confidence |",
-        "|---|---|---|---|---|---|---|",
+        "| set | n | accuracy | ECE | Brier | log-loss | low-confidence | coverage | accuracy unflagged |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in report["sets"].items():
         lines.append(
             f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['ece']:.4f} | {m['brier']:.4f} | "
-            f"{m['log_loss']:.4f} | {m.get('low_confidence_rate', 0):.3f} |"
+            f"{m['log_loss']:.4f} | {m.get('low_confidence_rate', 0):.3f} | {_reviewer(m)} |"
         )
     lines += ["", "## Per class (held-out MNIST digits)", ""]
     lines += ["| digit | precision | recall | f1 | support |", "|---|---|---|---|---|"]

@@ -82,7 +82,16 @@ def test_jsonl_out_and_results_command(stack: Stack, folder: Path, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     items = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(items) == 30 and {i["status"] for i in items} == {"done"}
-    assert set(items[0]) == {"index", "name", "status", "digit", "confidence", "low_confidence", "error"}
+    assert set(items[0]) == {
+        "index",
+        "name",
+        "status",
+        "digit",
+        "confidence",
+        "low_confidence",
+        "error",
+        "label",
+    }
 
     job_id = json.loads(done.stdout)["id"]
     piped = digitq(stack, "results", job_id)  # JSON lines when piped

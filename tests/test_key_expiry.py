@@ -22,6 +22,7 @@ BOUNDED = {
     "digitq.bulk": "the bulk lane: at most BULK_IN_FLIGHT_CHUNKS chunks (core/dispatch.py's window)",
     "digitq:metrics": "one hash with a fixed set of fields (counters and histogram buckets)",
     "digitq:model:current": "one version name",
+    "digitq:labelled": "the labelled-data store's index: <= MAX_LABELLED_ITEMS fields (core/labelled.py)",
     "unacked": "kombu: messages being worked on, at most one per pool process (prefetch 1)",
     "unacked_index": "kombu: the index of `unacked`, same size",
     "unacked_mutex": "kombu: a lock, short-lived",
@@ -44,6 +45,8 @@ def test_every_key_expires_or_is_bounded(tmp_path, digits) -> None:
             assert first.status_code == 202, first.text
             job = wait_for_job(api, first.json()["id"])
             assert job["counts"] == {"total": 22, "done": 22, "failed": 1}
+            labelled = api.put(f"/jobs/{job['id']}/items/0/label", json={"digit": 3})
+            assert labelled.status_code == 200, labelled.text
             cancelled = api.post("/jobs", files=files[1:]).json()["id"]
             api.delete(f"/jobs/{cancelled}")
             wait_for_job(api, cancelled)
@@ -54,6 +57,9 @@ def test_every_key_expires_or_is_bounded(tmp_path, digits) -> None:
         keys = sorted(k.decode() for k in client.scan_iter(count=1000))
         assert f"digitq:job:{job['id']}:results" in keys  # the test saw what it is about
         assert f"digitq:job:{job['id']}:deliveries" in keys  # chunk starts (poison chunks)
+        assert f"digitq:job:{job['id']}:labels" in keys  # people's labels (core/labels.py)
+        assert "digitq:uploads:kept" in keys  # uploads kept for review (core/kept_uploads.py)
+        assert "digitq:labelled" in keys
         assert "digitq:quota:queued:anonymous" in keys  # and the quotas (core/quotas.py)
         assert any(k.startswith("digitq:quota:rate") for k in keys)
         forever = [k for k in keys if client.ttl(k) == -1 and not _bounded(k)]

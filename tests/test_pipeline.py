@@ -8,7 +8,9 @@ from datetime import datetime
 import httpx
 import numpy as np
 import pytest
+import redis
 
+from core.kept_uploads import KEPT
 from devstack.stack import Stack
 from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until
 
@@ -49,11 +51,16 @@ def test_one_image(api: httpx.Client, holdout) -> None:
     assert item["digit"] == labels[0] and 0 <= item["confidence"] <= 1
 
 
-def test_upload_is_deleted_when_the_job_ends(stack: Stack, api: httpx.Client, holdout) -> None:
+def test_upload_is_kept_for_review_then_due_for_deletion(stack: Stack, api: httpx.Client, holdout) -> None:
+    """The worker that ends the job notes its upload (a small one, from its message) as kept for
+    UPLOAD_KEEP_SECONDS; housekeeping deletes it when due (tests/test_review_fast.py)."""
     job = submit(api, ("a.png", png(holdout[0][0]))).json()
-    wait_for_job(api, job["id"])
-    upload = stack.settings.data_dir / "uploads" / job["id"]
-    wait_until(lambda: not upload.exists(), 10, 0.1, "the upload to be deleted")
+    done = wait_for_job(api, job["id"])
+    client = redis.Redis.from_url(stack.redis_url or "")
+    due = wait_until(lambda: client.zscore(KEPT, job["id"]), 10, 0.1, "the upload to be noted as kept")
+    ended = datetime.fromisoformat(done["finished_at"]).timestamp()
+    assert abs(due - ended - stack.settings.upload_keep_seconds) < 60
+    assert (stack.settings.data_dir / "uploads" / job["id"] / "part-0").read_bytes() == png(holdout[0][0])
 
 
 def test_thousand_image_zip_is_mostly_right(api: httpx.Client, holdout) -> None:

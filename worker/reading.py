@@ -64,6 +64,16 @@ class PartReader:
             return zipfile.ZipFile(io.BytesIO(self.inline[part]))  # small: parsed once per chunk is cheap
         return _open_zip(self._path(part))
 
+    def archive(self, part: int) -> zipfile.ZipFile | None:
+        """The part's zip, or None when the part is an image (the API shows items with this)."""
+        if part not in self.inline:
+            with self._path(part).open("rb") as data:
+                if not data.read(4).startswith(b"PK"):
+                    return None
+        elif not self.inline[part].startswith(b"PK"):
+            return None
+        return self._zip(part)
+
     def read(self, part: int, member: str | None) -> bytes:
         """The item's bytes; raises ValueError with a message for the user on a bad entry."""
         if member is None:

@@ -28,6 +28,7 @@ import redis
 from celery import Celery
 
 from api.uploads import EntryBudget, Item, chunks, part_items
+from core import kept_uploads
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
 from core.dispatch import FairShare
@@ -185,5 +186,5 @@ class StuckJobs:
         # Its items' figures and, when it closed the job, the job's were counted by the record script.
         notify(self.store, job_id)
         if recorded.closed_job:
-            self.blobs.delete_prefix(job_id)
+            kept_uploads.release(self.blobs, self.store.redis, job_id, self.settings.upload_keep_seconds)
         log.warning("job %s was stuck: failed %d lost item(s): %s", job_id, len(lost), why)

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Reject, Retry
 
-from core import dispatch, logs
+from core import dispatch, kept_uploads, logs
 from core.config import get_settings
 from core.connections import get_blob_store, get_fair_share, get_job_store
 from core.jobs import ItemResult, JobStatus, JobStore, Recorded
@@ -172,6 +172,7 @@ def _one_trip(self: Task, store: JobStore, chunk: Chunk, started: float, deadlin
         if not recorded.moved:
             break
         follow = models.follow(recorded.moved) != version  # switched: check again; else stay
+    _keep_inline(chunk)  # after the answer was published: off /predict's path
     _finish(store, chunk, recorded, started)
 
 
@@ -199,13 +200,22 @@ def _work(
 
 
 def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float, webhook: bool) -> None:
+    _keep_inline(chunk)  # before its results: a job is not seen ended before its images are there
     recorded = store.record(chunk.job_id, results, chunk.tenant, time.monotonic() - started)
     if webhook:  # webhooks (set at job creation only): progress, or the terminal event
         notify(store, chunk.job_id, progressed=recorded.added > 0)
     _finish(store, chunk, recorded, started)
 
 
+def _keep_inline(chunk: Chunk) -> None:
+    """A small upload's parts came in the message: stored for review like a big upload's."""
+    if chunk.parts is not None and get_settings().upload_keep_seconds > 0:
+        kept_uploads.keep_inline(get_blob_store(), chunk.job_id, chunk.parts)
+
+
 def _finish(store: JobStore, chunk: Chunk, recorded: Recorded, started: float) -> None:
-    if recorded.closed_job and chunk.parts is None:
-        get_blob_store().delete_prefix(chunk.job_id)  # every item has its result: the upload can go
+    keep = get_settings().upload_keep_seconds
+    if recorded.closed_job and (chunk.parts is None or keep > 0):
+        # Every item has its result: the upload goes now, or after the keep time (its images).
+        kept_uploads.release(get_blob_store(), store.redis, chunk.job_id, keep)
     _log(recorded, time.monotonic() - started)

@@ -27,6 +27,7 @@ from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
 from core.dispatch import dispatch
 from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id, new_job_id
+from core.labels import get_labels
 from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, broker_is, lane_for, push_chunks
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
@@ -116,6 +117,8 @@ def create_job(
         # `parts`: how many stored uploads to re-list should the stuck-job sweep need to re-queue
         # lost items (worker/stuck_jobs.py); none for an upload that lives in its messages only.
         fields = {**(extra or {}), "parts": 0 if inline else len(files)}
+        if inline is not None:  # the workers store them for review (core/kept_uploads.py)
+            fields["inline_parts"] = len(files)
         settings = sub.settings
         lane = lane_for(len(items), settings)
         runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
@@ -357,26 +360,28 @@ class ResultFormat(StrEnum):
     jsonl = "jsonl"
 
 
-Row = tuple[int, str, ItemStatus, ItemResult | None]
+Row = tuple[int, str, ItemStatus, ItemResult | None, int | None]  # ..., result, label
 
 
 def _rows(store: JobStore, job_id: str, offset: int, limit: int) -> list[Row]:
-    """(index, name, status, result) of up to `limit` items from `offset`: two Redis reads."""
+    """(index, name, status, result, label) of up to `limit` items from `offset`: three Redis reads."""
     names = store.names(job_id, offset, limit)
     indices = list(range(offset, offset + len(names)))
+    results = store.results(job_id, indices)
+    marks = get_labels(store.redis, job_id, indices)
     out: list[Row] = []
-    for index, name, result in zip(indices, names, store.results(job_id, indices), strict=True):
+    for index, name, result, label in zip(indices, names, results, marks, strict=True):
         status = (
             ItemStatus.pending if result is None else ItemStatus.failed if result.error else ItemStatus.done
         )
-        out.append((index, name, status, result))
+        out.append((index, name, status, result, label))
     return out
 
 
 def _item(row: Row) -> ItemOut:
-    index, name, status, result = row
+    index, name, status, result, label = row
     if result is None:
-        return ItemOut(index=index, name=name, status=status)
+        return ItemOut(index=index, name=name, status=status, label=label)
     return ItemOut(
         index=index,
         name=name,
@@ -385,6 +390,7 @@ def _item(row: Row) -> ItemOut:
         confidence=result.confidence,
         low_confidence=result.low_confidence,
         error=result.error,
+        label=label,
     )
 
 
@@ -433,17 +439,18 @@ def _csv_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[
     # half of a 10,000-row CSV's time, `make bench`).
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["index", "name", "status", "digit", "confidence", "low_confidence", "error"])
+    writer.writerow(["index", "name", "status", "digit", "confidence", "low_confidence", "error", "label"])
     for rows in _all_rows(store, job, status):
-        for index, name, state, result in rows:
+        for index, name, state, result, label in rows:
+            mark = "" if label is None else label
             if result is None:
-                writer.writerow([index, _cell(name), state.value, "", "", "false", ""])
+                writer.writerow([index, _cell(name), state.value, "", "", "false", "", mark])
                 continue
             confidence = "" if result.confidence is None else f"{result.confidence:.4f}"
             digit = "" if result.digit is None else result.digit
             writer.writerow(
                 [index, _cell(name), state.value, digit, confidence,
-                 str(result.low_confidence).lower(), _cell(result.error or "")]
+                 str(result.low_confidence).lower(), _cell(result.error or ""), mark]
             )  # fmt: skip
         yield buffer.getvalue()
         buffer.seek(0)

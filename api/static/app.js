@@ -187,6 +187,7 @@ async function poll() {
     const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
     if (!state.pageDone || finished) await loadPage();
     if (!finished) state.timer = setTimeout(poll, 700);
+    else if (job.status !== "cancelled") reviewReady(job); // review.js
   } catch (error) {
     say(`Could not read the job: ${error.message}`);
     state.timer = setTimeout(poll, 3000);
@@ -221,19 +222,19 @@ function renderRows(items) {
     const row = document.createElement("tr");
     row.className = item.status + (item.low_confidence ? " low" : "");
     const thumb = cell(row, "");
+    const img = document.createElement("img");
+    img.alt = "";
     const url = state.thumbs.get(item.index);
-    if (url) {
-      const img = document.createElement("img");
-      img.src = url;
-      img.alt = "";
-      thumb.append(img);
-    }
+    if (url) img.src = url; // dropped directly: the browser has it
+    else if (item.status === "done") itemImage(img, state.job.id, item.index); // from the server (review.js)
+    thumb.append(img);
     cell(row, String(item.index));
     cell(row, item.name, "name");
     cell(row, item.digit ?? (item.status === "pending" ? "…" : ""), "digit");
     cell(row, item.confidence == null ? "" : item.confidence.toFixed(3));
     cell(row, item.low_confidence ? "low" : "", "flag");
     cell(row, item.error || "", "error");
+    cell(row, item.label ?? "", "label");
     return row;
   });
   body.replaceChildren(...rows);

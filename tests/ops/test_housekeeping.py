@@ -1,4 +1,5 @@
-"""Local copies of uploads are swept once their job is over (real Redis, moto's S3 server)."""
+"""Local copies of uploads are swept once their job is over, kept uploads once due, and the
+labelled-data store works on S3 (real Redis, moto's S3 server)."""
 
 import io
 import os
@@ -7,13 +8,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 import redis
 
-from core.blobs import BlobStore, LocalBlobStore, S3BlobStore, upload_key
+from core import kept_uploads
+from core.blobs import BlobStore, LocalBlobStore, S3BlobStore, make_labelled_store, upload_key
+from core.config import Settings
 from core.jobs import ItemResult, JobStore, new_job_id
+from core.labelled import LabelledStore, Record
+from core.labelled import records as records_in
 from devstack.embedded_redis import EmbeddedRedis
-from tests.helpers import running_stack, wait_until
+from ml.feedback import export
+from tests.helpers import png, running_stack, wait_until
 from tests.ops.ops_helpers import BUCKET
 from worker.housekeeping import ORPHAN_AFTER_SECONDS, sweep_uploads
 
@@ -93,3 +100,35 @@ def test_a_starting_worker_sweeps_what_a_crash_left_behind(tmp_path: Path) -> No
         wait_until(lambda: not orphan.exists(), 20, 0.2, "the orphaned upload to be swept")
         assert not orphan.exists()
         assert fresh.exists()
+
+
+def test_a_kept_upload_outlives_its_job_on_s3_until_due(
+    store: JobStore, tmp_path: Path, s3_server: str
+) -> None:
+    """Issue 20: a finished job's upload stays for its review, then the sweep deletes it from the bucket."""
+    blobs = S3BlobStore(BUCKET, "kept-test", tmp_path)
+    job_id = _stored(blobs, new_job_id())
+    store.create(job_id, ["a.png"])
+    store.record(job_id, [ItemResult(0, 3, 0.9)])
+    kept_uploads.release(blobs, store.redis, job_id, keep_seconds=3600)
+    assert job_id not in sweep_uploads(blobs, store)
+    assert blobs.local_path(upload_key(job_id, 0)).exists()
+    kept_uploads.release(blobs, store.redis, job_id, keep_seconds=1)
+    wait_until(lambda: job_id in sweep_uploads(blobs, store), 10, 0.2, "the keep time to end")
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"kept-test/{job_id}/")
+
+
+def test_the_labelled_store_on_s3(store: JobStore, tmp_path: Path, s3_server: str) -> None:
+    """Issue 20: records under `<prefix>/labelled/`, replaced, deleted per key, exported per digit."""
+    settings = Settings(blob_url=f"s3://{BUCKET}/labelled-test", data_dir=tmp_path)
+    labelled = LabelledStore(make_labelled_store(settings), store.redis, limit=10)
+    job_id = new_job_id()
+    records = [Record(job_id, i, i, png(np.full((8, 8), 200)), "v1", i, 0.5, "key-a", 0.0) for i in range(3)]
+    labelled.put(records)
+    labelled.put([Record(job_id, 0, 9, records[0].png, "v1", 0, 0.5, "key-a", 1.0)])  # relabelled
+    labelled.put([Record(job_id, 0, 4, records[0].png, "v1", 0, 0.5, "key-b", 1.0)])  # another key
+    listing = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="labelled-test/labelled/")
+    assert len(listing["Contents"]) == 4 and labelled.count() == 4
+    assert export(tmp_path / "out", settings) == {1: 1, 2: 1, 4: 1, 9: 1}
+    assert labelled.delete_key("key-a") == 3 and labelled.count() == 1
+    assert [r.key_id for r in records_in(make_labelled_store(settings))] == ["key-b"]

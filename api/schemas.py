@@ -232,6 +232,8 @@ class WebhookSecretOut(BaseModel):
     @classmethod
     def of(cls, secret: str, previous_until: float | None) -> "WebhookSecretOut":
         return cls(secret=secret, previous_valid_until=_time(previous_until))
+
+
 class LabelIn(BaseModel):
     """One item's label: the digit it really shows, or null to clear it."""
 

@@ -195,7 +195,7 @@ def test_jsonl_streams_one_item_per_line(app_client: TestClient, one_png: bytes)
     assert [i["index"] for i in items] == list(range(1500))
     assert items[3] == {
         "index": 3, "name": "3.png", "status": "pending", "digit": None, "confidence": None,
-        "low_confidence": False, "error": None,
+        "low_confidence": False, "error": None, "label": None,
     }  # fmt: skip
 
 

@@ -21,9 +21,14 @@ def test_review_with_the_keyboard(stack: Stack, browser, upload, api: httpx.Clie
     drop(page, {"digits.zip": upload["digits.zip"], "broken.png": b"\x89PNG\r\n\x1a\nbroken"})
     wait_succeeded(page)
 
-    first = page.locator("#results tbody tr").nth(0).locator("img")
-    assert first.get_attribute("loading") == "lazy" and "/items/0/image" in (first.get_attribute("src") or "")
-    page.wait_for_function("() => document.querySelector('#results tbody tr img').naturalWidth > 0")
+    # The page sends images before zips: broken.png is item 0 (its thumbnail is the dropped file),
+    # the zip's members follow and come from the server.
+    member = page.locator("#results tbody tr.done").nth(0)
+    index = member.locator("td").nth(1).inner_text()
+    first = member.locator("img")
+    assert first.get_attribute("loading") == "lazy"
+    assert f"/items/{index}/image" in (first.get_attribute("src") or "")
+    page.wait_for_function("() => document.querySelector('#results tbody tr.done img').naturalWidth > 0")
 
     job_id = page.evaluate("() => state.job.id")
     items = [i for i in api.get(f"/jobs/{job_id}/results?limit=100").json()["items"] if i["status"] == "done"]

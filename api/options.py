@@ -5,6 +5,9 @@ is ignored instead, as RFC 7240 asks of preferences).
 """
 
 import json
+from typing import Annotated
+
+from fastapi import Header
 
 from api.problems import ProblemError
 from core import webhooks
@@ -13,6 +16,16 @@ from core.config import Settings
 MAX_METADATA_KEYS = 16
 MAX_METADATA_CHARS = 512
 MAX_WAIT_SECONDS = 60
+
+# On every route that creates a job: a retry with the key answers with the first attempt's job.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=255,
+        description="Any unique string; a retry with the same key answers with the same job "
+        "instead of creating another (kept as long as jobs are)",
+    ),
+]
 
 
 def _bad_metadata(detail: str) -> ProblemError:

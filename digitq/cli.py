@@ -1,7 +1,8 @@
 """The `digitq` command: submit images, zips and folders, follow jobs, save results.
 
 Built on argparse + tqdm rather than typer + rich: argparse is the standard library and tqdm one
-of the client's two dependencies (with httpx), so the command adds almost nothing to install, and tqdm's bars turn themselves off when stderr is not a terminal.
+of the client's two dependencies (with httpx), so the command adds almost nothing to install, and
+tqdm's bars turn themselves off when stderr is not a terminal.
 
     digitq submit scans/ more.zip --wait --out results.csv
     digitq status|wait|results|cancel JOB_ID

@@ -7,7 +7,9 @@
 - the statuses every route of a kind can answer, besides its own: 401/403 with a key, 408/413/503
   with a body (api/limits.py), 422 with parameters, 503 with Redis behind it;
 - the response headers (`Location`, `Retry-After`, `Idempotent-Replayed`, `Preference-Applied`,
-  `WWW-Authenticate`).
+  `WWW-Authenticate`);
+- uploads as `format: binary` besides OpenAPI 3.1's `contentMediaType`, which client generators
+  (openapi-python-client among them) do not read yet: without it they send a file as a text field.
 
 Security schemes come from FastAPI itself (api/deps.py declares the keys with its security
 classes); the problem types and their pages from api/problems.py.
@@ -108,11 +110,23 @@ def _as_problem(response: dict[str, Any]) -> None:
     response["content"] = {PROBLEM_JSON: {"schema": PROBLEM_REF, **example}}
 
 
+def _mark_binary(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.get("type") == "string" and node.get("contentMediaType") == "application/octet-stream":
+            node.setdefault("format", "binary")
+        for value in node.values():
+            _mark_binary(value)
+    elif isinstance(node, list):
+        for value in node:
+            _mark_binary(value)
+
+
 def finish(schema: dict[str, Any]) -> dict[str, Any]:
-    """FastAPI's document with the problems, statuses and headers above."""
+    """FastAPI's document with the problems, statuses, headers and uploads above."""
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
+    _mark_binary(schemas)
     schemas["Problem"] = Problem.model_json_schema()
     for operations in schema.get("paths", {}).values():
         for op in operations.values():

@@ -43,6 +43,7 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retries = retries
+        self.longest_hold = calls.longest_hold(timeout)  # Prefer: wait, inside the read timeout
         self.http = httpx.AsyncClient(transport=transport, **http_options(base_url, api_key, timeout))
 
     async def __aenter__(self) -> AsyncClient:
@@ -88,7 +89,7 @@ class AsyncClient:
         progress: Callable[[Job], None] | None = None,
     ) -> Job:
         """`Client.submit`."""
-        held = calls.LONG_POLL if wait and progress is None else None
+        held = self.longest_hold if wait and progress is None else None
         job = await self._call(calls.submit(paths, webhook, metadata, idempotency_key, upload_progress, held))
         return await self.wait(job, progress=progress) if wait and not job.finished else job
 
@@ -103,7 +104,7 @@ class AsyncClient:
         poll: float = 0.25,
     ) -> Job:
         """`Client.wait`."""
-        waiting = Waiting(job, timeout, poll, progress is not None)
+        waiting = Waiting(job, timeout, poll, progress is not None, self.longest_hold)
         while True:
             current = await self._call(waiting.call())
             if progress:

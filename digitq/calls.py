@@ -39,11 +39,18 @@ class Call(Generic[T]):
     params: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     files: dict[str, tuple[str, bytes]] | None = None
+    json: Any = None
     body: Callable[[], Iterator[bytes]] | None = None  # a fresh stream per attempt
 
     def options(self) -> dict[str, Any]:
         """httpx's keyword arguments, bar a streamed body (each client wraps that its own way)."""
-        return {"params": self.params, "headers": self.headers, "files": self.files}
+        return {"params": self.params, "headers": self.headers, "files": self.files, "json": self.json}
+
+
+def longest_hold(timeout: float | None) -> int:
+    """The longest `Prefer: wait` to ask for: LONG_POLL, but well inside the client's read timeout
+    (a held request must never end in the client's own timeout)."""
+    return LONG_POLL if timeout is None else max(1, min(LONG_POLL, int(timeout / 2)))
 
 
 def raise_for_problem(response: httpx.Response) -> None:
@@ -211,11 +218,13 @@ class Waiting:
     ends (or LONG_POLL s pass), falling back to polling with backoff when the server does not
     apply the preference (no `Preference-Applied`: an older server)."""
 
-    def __init__(self, job: Job | str, timeout: float | None, poll: float, progress: bool) -> None:
+    def __init__(
+        self, job: Job | str, timeout: float | None, poll: float, progress: bool, longest: int = LONG_POLL
+    ) -> None:
         self.job = job_id(job)
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout, self.delay = timeout, poll
-        self.hold = PROGRESS_POLL if progress else LONG_POLL
+        self.hold = min(PROGRESS_POLL, longest) if progress else longest
         self.long_polls = True  # until the server says otherwise
 
     def call(self) -> Call[Job]:

@@ -54,6 +54,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retries = retries
+        self.longest_hold = calls.longest_hold(timeout)  # Prefer: wait, inside the read timeout
         self.http = httpx.Client(transport=transport, **http_options(base_url, api_key, timeout))
 
     def __enter__(self) -> Client:
@@ -81,6 +82,10 @@ class Client:
                 return call.parse(outcome)
             time.sleep(delay)
 
+    def _request(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """Any request, with the retries and errors of every call (`params`, `json`, `headers`)."""
+        return self._call(Call(method, url, lambda response: response, **options))
+
     def _pages(self, pages: Pages[T]) -> Iterator[T]:
         page: Call[calls.Page[T]] | None = pages.first
         while page is not None:
@@ -104,7 +109,7 @@ class Client:
         returns the finished job (`Prefer: wait`, then `wait()`), `progress(job)` following it. A
         network error mid-upload retries with the same Idempotency-Key: never a second job.
         """
-        held = calls.LONG_POLL if wait and progress is None else None
+        held = self.longest_hold if wait and progress is None else None
         job = self._call(calls.submit(paths, webhook, metadata, idempotency_key, upload_progress, held))
         return self.wait(job, progress=progress) if wait and not job.finished else job
 
@@ -120,7 +125,7 @@ class Client:
     ) -> Job:
         """Until the job ends (succeeded, failed, cancelled): the server holds each request until
         then (`Prefer: wait`), else the client polls; `progress(job)` about every second."""
-        waiting = Waiting(job, timeout, poll, progress is not None)
+        waiting = Waiting(job, timeout, poll, progress is not None, self.longest_hold)
         while True:
             current = self._call(waiting.call())
             if progress:

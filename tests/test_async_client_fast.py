@@ -96,3 +96,12 @@ def test_waiting_long_polls_and_falls_back_to_polling() -> None:
     assert waiting.after(call.parse(response(200, {}, job("succeeded")))) is None
     with_progress = Waiting("a" * 32, timeout=None, poll=0.25, progress=True)
     assert with_progress.call().headers["Prefer"] == f"wait={PROGRESS_POLL}"
+
+
+def test_a_held_request_stays_inside_the_clients_timeout() -> None:
+    """A `Prefer: wait` longer than the read timeout would end in the client's own timeout."""
+    with Client("http://digitq.test", timeout=10) as dq:
+        assert dq.longest_hold == 5
+        waiting = Waiting("a" * 32, timeout=None, poll=0.25, progress=False, longest=dq.longest_hold)
+        assert waiting.call().headers["Prefer"] == "wait=5"
+    assert Client("http://digitq.test").longest_hold == LONG_POLL  # the default 60 s timeout

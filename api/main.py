@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from api import problems
+from api import openapi, problems
 from api.deps import require_api_key
 from api.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_FIELDS, BodyLimits
 from api.routes import health, items, jobs, labels, ops, predict, ui, webhook_secret
@@ -33,7 +33,8 @@ Answers in the same request: `Prefer: wait=N` on `POST /jobs` (`200` with the re
 ends within N s), and the old service's `POST /predict` (one part `file`) and `POST /predict_batch`
 (parts `files`), which go through the same queue.
 
-Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details.
+Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details
+(`application/problem+json`); each problem's `type`, `/problems/<name>`, is a page that explains it.
 When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`
 (without, the API answers loopback clients only); `/admin` needs one of `ADMIN_API_KEYS`.
 Each key has quotas (images not finished yet, submissions per minute): over one, `429` with
@@ -61,6 +62,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=refuse_open_exposure,
+        generate_unique_id_function=openapi.operation_id,  # createJob, getJob, ... (api/openapi.py)
         form_limits={"max_fields": MAX_FORM_FIELDS, "max_part_size": MAX_FORM_FIELD_BYTES},
     )
     app.add_middleware(
@@ -78,6 +80,7 @@ def create_app() -> FastAPI:
     app.include_router(labels.router)  # its own: DELETE /labels is not under /jobs
     ops.install(app)  # /ready, /metrics, /admin/reload, logging, Sentry
     ui.install(app)  # the web page at / and its static files
+    openapi.install(app)  # problems, statuses and headers documented for every route
     return app
 
 

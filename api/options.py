@@ -5,6 +5,9 @@ is ignored instead, as RFC 7240 asks of preferences).
 """
 
 import json
+from typing import Annotated
+
+from fastapi import Header
 
 from api.problems import ProblemError
 from core import webhook_addresses, webhooks
@@ -16,6 +19,16 @@ MAX_WAIT_SECONDS = 60
 # A webhook host's lookup at submit waits this long at most (on an API thread); a slower one is
 # left to the delivery, which checks the address before every attempt anyway.
 SUBMIT_LOOKUP_SECONDS = 2.0
+
+# On every route that creates a job: a retry with the key answers with the first attempt's job.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=255,
+        description="Any unique string; a retry with the same key answers with the same job "
+        "instead of creating another (kept as long as jobs are)",
+    ),
+]
 
 
 def _bad_metadata(detail: str) -> ProblemError:

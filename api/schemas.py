@@ -149,12 +149,30 @@ class JobList(BaseModel):
 
 
 class Problem(BaseModel):
-    """RFC 9457 problem details."""
+    """RFC 9457 problem details; some carry more members (`errors`, `limit`, `job_id`, `links`)."""
 
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
+    type: str = Field(
+        "about:blank",
+        description="names the problem: a relative URI (`/problems/quota-exceeded`) to its page",
+    )
+    title: str = Field(description="the problem's name, the same for every occurrence")
+    status: int = Field(description="the HTTP status")
+    detail: str = Field(description="what happened in this request, and what to do")
+
+    model_config = {
+        "extra": "allow",
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "type": "/problems/quota-exceeded",
+                    "title": "Quota exceeded",
+                    "status": 429,
+                    "detail": "10000 images of this key are queued; at most 10000: wait for some to finish",
+                    "limit": "MAX_QUEUED_IMAGES_PER_KEY",
+                }
+            ]
+        },
+    }
 
 
 class Prediction(BaseModel):

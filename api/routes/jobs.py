@@ -333,9 +333,31 @@ def _replayed(store: JobStore, job_id: str, response: Response) -> Job:
 
 
 @router.get("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
-def get_job(job_id: str, store: JobStoreDep, caller: CallerDep) -> JobOut:
+async def get_job(
+    job_id: str,
+    store: JobStoreDep,
+    caller: CallerDep,
+    response: Response,
+    prefer: Annotated[
+        str | None,
+        Header(
+            max_length=255,
+            description=f"`wait=N` (N <= {MAX_WAIT_SECONDS} s): hold the request until the job ends or N s "
+            "pass, then answer as usual (`Preference-Applied: wait=N`): a long poll",
+            examples=["wait=20"],
+        ),
+    ] = None,
+) -> JobOut:
     """The job's status, progress counts, times and model version."""
-    return JobOut.of(job_or_404(store, job_id, caller))
+    job = await run_in_threadpool(job_or_404, store, job_id, caller)
+    wait = parse_prefer_wait(prefer)
+    if wait is None:
+        return JobOut.of(job)
+    response.headers["Preference-Applied"] = f"wait={wait}"
+    if job.status in TERMINAL:
+        return JobOut.of(job)
+    await get_completions().wait(job_id, wait)  # ended or not: the job as it is now (its progress)
+    return JobOut.of(await run_in_threadpool(job_or_404, store, job_id, caller))
 
 
 @router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})

@@ -36,7 +36,12 @@ JOB_PATH = re.compile(r"^/jobs/([0-9a-f]{32})(?:/|$)")
 
 @router.get(
     "/ready",
-    responses={503: {"description": "Not ready: Redis down, no live worker, or no model loaded"}},
+    responses={
+        503: {
+            "description": "Not ready: Redis down, no live worker, or no model loaded (`reasons` says which)",
+            "content": {"application/json": {}},
+        }
+    },
 )
 def ready() -> JSONResponse:
     """200 when Redis answers and at least one live worker has a model loaded; else 503 with why."""

@@ -16,6 +16,7 @@ from fastapi import APIRouter, File, UploadFile
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import SubmissionDep
+from api.options import IdempotencyKey
 from api.problems import ProblemError
 from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, visible
 from api.schemas import BatchPrediction, Prediction
@@ -33,7 +34,7 @@ TIMEOUT_PROBLEM = {
     "content": {
         "application/problem+json": {
             "example": {
-                "type": "about:blank",
+                "type": "/problems/still-running",
                 "title": "Still running",
                 "status": 504,
                 "detail": "no answer within 30 s; the job goes on: poll /jobs/3f2a… and read its results",
@@ -46,16 +47,31 @@ TIMEOUT_PROBLEM = {
 }
 
 
+class _Replayed(Exception):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+
 async def _answer(
-    create: Callable[..., object], items: int, caller: str | None, timeout: float
+    create: Callable[..., tuple[str, bool]], items: int, caller: str | None, timeout: float
 ) -> tuple[str, str | None, list[ItemResult | None]]:
     """Create the job (`create(job_id=...)`, blocking: in the thread pool), wait for it, and
     answer (job id, model version, results): as its close published them (a small job closed in
     one call: core/jobs.py ANSWER_MAX_ITEMS), else read; 504 with the job's id when it takes
-    longer than `timeout`."""
+    longer than `timeout`. A request whose Idempotency-Key named an earlier job waits for that one."""
     job_id = new_job_id()
     completions = get_completions()
-    ended = await completions.wait(job_id, timeout, lambda: run_in_threadpool(create, job_id=job_id))
+
+    async def submit() -> None:
+        made, replayed = await run_in_threadpool(create, job_id=job_id)
+        if replayed:
+            raise _Replayed(made)
+
+    try:
+        ended = await completions.wait(job_id, timeout, submit)
+    except _Replayed as earlier:  # a retry (same Idempotency-Key): the first request's job answers
+        job_id = earlier.job_id
+        ended = await completions.wait(job_id, timeout)
     if isinstance(ended, bytes):  # it succeeded, and these are all its results
         answer = json.loads(ended)
         published: list[ItemResult | None] = [ItemResult(i, *r) for i, r in enumerate(answer["results"])]
@@ -90,6 +106,7 @@ async def _answer(
 async def predict(
     sub: SubmissionDep,
     file: Annotated[UploadFile | None, File(description="One image: PNG, JPEG, BMP, GIF, TIFF, WebP")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Prediction:
     """The old service's `POST /predict`: one part named `file`.
 
@@ -98,7 +115,7 @@ async def predict(
     if file is None:
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
     items = _single_image(file, sub.settings.max_image_bytes)
-    create = partial(create_job, sub, [file], items, count_submission=True)
+    create = partial(create_job, sub, [file], items, idempotency_key=idempotency_key, count_submission=True)
     job_id, model_version, (result,) = await _answer(
         create, 1, sub.caller, sub.settings.predict_timeout_seconds
     )
@@ -155,6 +172,7 @@ async def predict_batch(
         list[UploadFile] | None,
         File(description=f"Parts named 'files': {ACCEPTED}; at most {INLINE_RESULTS} images in all"),
     ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> list[BatchPrediction]:
     """The old service's `POST /predict_batch`: one item per image, in input order.
 
@@ -171,7 +189,7 @@ async def predict_batch(
     if len(items) > INLINE_RESULTS:
         detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
         raise ProblemError(413, "Too many images", detail)
-    create = partial(create_job, sub, files, items, count_submission=True)
+    create = partial(create_job, sub, files, items, idempotency_key=idempotency_key, count_submission=True)
     *_, results = await _answer(create, len(items), sub.caller, sub.settings.predict_timeout_seconds)
     return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
 

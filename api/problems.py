@@ -71,6 +71,21 @@ CATALOGUE = {
     "Too many uploads": "The API process is receiving as many uploads as it may at once "
     "(MAX_CONCURRENT_UPLOADS): retry after `Retry-After` seconds.",
     "Redis unreachable": "The metrics live in Redis, which does not answer: retry shortly.",
+    "Unreadable item": "The item's stored image could not be decoded for display (it failed classification "
+    "too: its `error` in the results says why).",
+    "Upload expired": "The job's upload is no longer kept (UPLOAD_KEEP_SECONDS after the job ended, or the "
+    "job was cancelled): its images are gone and its items can no longer be labelled.",
+    "Image not stored yet": "A small job's upload is written to the store just after its answer: retry "
+    "after `Retry-After` seconds.",
+    "Invalid labels": "Some labels name no item of the job, or a digit outside 0-9; `offenders` lists the "
+    "first few. Nothing was applied: fix them and send the whole batch again.",
+    "No labels": "Send at least one label: JSON `{\"labels\": [{\"index\": 0, \"digit\": 7}]}` or a CSV "
+    "part `file` with the header name,digit.",
+    "Too many labels": "One request takes at most 1,000 labels (and a CSV of at most 1 MiB): split them.",
+    "Labelled-data store full": "The labelled-data store holds MAX_LABELLED_ITEMS items: its operator "
+    "exports and clears it (or raises the bound), or you delete your labels (DELETE /labels).",
+    "Webhook secrets need API keys": "Without API_KEYS every client shares WEBHOOK_SECRET, which the "
+    "operator hands out: there is no per-key secret to show or rotate.",
     "Still running": "No answer within PREDICT_TIMEOUT_SECONDS. The job goes on: poll `links.self`, or "
     "repeat the request with the same Idempotency-Key to wait for that same job again.",
 }

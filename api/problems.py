@@ -79,7 +79,7 @@ CATALOGUE = {
     "after `Retry-After` seconds.",
     "Invalid labels": "Some labels name no item of the job, or a digit outside 0-9; `offenders` lists the "
     "first few. Nothing was applied: fix them and send the whole batch again.",
-    "No labels": "Send at least one label: JSON `{\"labels\": [{\"index\": 0, \"digit\": 7}]}` or a CSV "
+    "No labels": 'Send at least one label: JSON `{"labels": [{"index": 0, "digit": 7}]}` or a CSV '
     "part `file` with the header name,digit.",
     "Too many labels": "One request takes at most 1,000 labels (and a CSV of at most 1 MiB): split them.",
     "Labelled-data store full": "The labelled-data store holds MAX_LABELLED_ITEMS items: its operator "

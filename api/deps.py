@@ -111,6 +111,24 @@ async def require_admin_key(
     raise ProblemError(401, "Unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
+def metrics_token_ok(settings: Settings, authorization: str | None) -> bool:
+    """Whether the request may read the operations detail: METRICS_TOKEN unset, or sent as a
+    bearer token (Prometheus' `authorization: credentials_file`)."""
+    if settings.metrics_token is None:
+        return True
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), settings.metrics_token.get_secret_value().encode())
+
+
+async def require_metrics_token(
+    settings: SettingsDep, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> None:
+    """/metrics* behind METRICS_TOKEN when it is set (core/config.py)."""
+    if not metrics_token_ok(settings, authorization):
+        detail = "send METRICS_TOKEN as 'Authorization: Bearer <token>'"
+        raise ProblemError(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
 CallerDep = Annotated[str | None, Depends(require_api_key)]
 
 

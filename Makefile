@@ -4,10 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast model bench bench-model bench-ab bench-bounds bench-latency bench-fairness lint format clean install browser promtool
+.PHONY: run run-cluster test test-fast model bench bench-model bench-ab bench-bounds bench-latency bench-fairness lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
+
+run-cluster: $(STAMP) models/LATEST  ## several hosts on this machine: Redis, S3 (moto), 2 APIs :8000 :8001, worker hosts host1-3, Flower
+	$(PY) -m devstack.cluster
 
 test: $(STAMP) models/LATEST browser promtool lint  ## every test, after the linters and mypy (quick)
 	$(PY) -m pytest

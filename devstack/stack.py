@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class Stack:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.webhook_secret_file: Path | None = None
         self.generated_admin_key = False
+        # How to start each child again (Supervisor, `restart`): the call that started it.
+        self.starters: dict[str, Callable[[], object]] = {}
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> "Stack":
@@ -89,8 +92,12 @@ class Stack:
     def admin_key_file(self) -> Path:
         return self.secrets_dir / "admin-api-key"
 
-    def _spawn(self, name: str, args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], own_env: dict[str, str] | None = None, **popen: Any
+    ) -> subprocess.Popen[bytes]:
+        """`own_env`: this child's own variables (a cluster host's DATA_DIR and model cache)."""
         env = {**self.env, "REDIS_URL": self.redis_url or "", "DATA_DIR": str(self.settings.data_dir)}
+        env.update(own_env or {})
         # A session of its own, so stop() can signal the worker and its pool processes at once;
         # SIGKILL when the launcher dies (a chunk in flight is redelivered); files 0600.
         process = subprocess.Popen(
@@ -110,17 +117,26 @@ class Stack:
             self.redis = EmbeddedRedis(self.settings.data_dir / "redis", password=password)
             self.redis_url = self.redis.start()
 
-    def start_worker(self, name: str = "worker1") -> subprocess.Popen[bytes]:
-        args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", f"{name}@%h"]
+    def start_worker(
+        self, name: str = "worker1", node: str | None = None, own_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`node`: the Celery node name (default `<name>@<this machine>`), which Flower, /ready
+        and the heartbeat show."""
+        self.starters[name] = lambda: self.start_worker(name, node, own_env)
+        args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", node or f"{name}@%h"]
         args += ["-c", str(self.settings.worker_processes), "--loglevel", self.settings.log_level]
-        return self._spawn(name, args)
+        return self._spawn(name, args, own_env)
 
-    def start_api(self) -> None:
+    def start_api(
+        self, name: str = "api", port: int | None = None, own_env: dict[str, str] | None = None
+    ) -> None:
         s = self.settings
-        ensure_port_free(s.api_host, s.api_port, "API_PORT")
+        port = port or s.api_port
+        self.starters[name] = lambda: self.start_api(name, port, own_env)
+        ensure_port_free(s.api_host, port, "API_PORT")
         args = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", s.api_host]
-        args += ["--port", str(s.api_port), "--log-level", s.log_level.lower()]
-        self._spawn("api", args)
+        args += ["--port", str(port), "--log-level", s.log_level.lower()]
+        self._spawn(name, args, own_env)
 
     def start_flower(self) -> None:
         s = self.settings
@@ -204,8 +220,8 @@ class Stack:
         dead = self.processes[name]
         self.stop_process(name, signal.SIGKILL)
         try:
-            if name == "api":
-                self.start_api()
+            if name in self.starters:
+                self.starters[name]()
             elif name == "flower":
                 self.start_flower()
             else:
@@ -237,9 +253,17 @@ class Supervisor:
     """Restarts the stack's dead children with exponential backoff; `poll()` from the main loop."""
 
     def __init__(
-        self, stack: Stack, first: float = 1.0, cap: float = 30.0, healthy_after: float = 60.0
+        self,
+        stack: Stack,
+        first: float = 1.0,
+        cap: float = 30.0,
+        healthy_after: float = 60.0,
+        keep_dead: set[str] | None = None,
     ) -> None:
+        """`keep_dead`: children not restarted (a cluster's worker hosts: a lost machine stays lost)."""
         self.stack = stack
+        self.keep_dead = keep_dead or set()
+        self.mourned: set[str] = set()
         self.first, self.cap, self.healthy_after = first, cap, healthy_after
         self.delay: dict[str, float] = {}  # next backoff per child
         self.started: dict[str, float] = {}  # when each child was last (re)started
@@ -258,6 +282,11 @@ class Supervisor:
             if process.poll() is None:
                 if now - self.started[name] >= self.healthy_after:
                     self.delay[name] = self.first  # a minute of health forgives earlier crashes
+                continue
+            if name in self.keep_dead:
+                if name not in self.mourned:
+                    self.mourned.add(name)
+                    log(f"{name} exited with code {process.returncode}; not restarted (a lost host)")
                 continue
             delay = self.delay.get(name, self.first)
             if name not in self.due:

@@ -125,7 +125,7 @@ class Stack:
         self.starters[name] = lambda: self.start_worker(name, node, own_env)
         args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", node or f"{name}@%h"]
         args += ["-c", str(self.settings.worker_processes), "--loglevel", self.settings.log_level]
-        return self._spawn(name, args, own_env)
+        return self._spawn(name, args, own_env=own_env)
 
     def start_api(
         self, name: str = "api", port: int | None = None, own_env: dict[str, str] | None = None
@@ -136,7 +136,7 @@ class Stack:
         ensure_port_free(s.api_host, port, "API_PORT")
         args = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", s.api_host]
         args += ["--port", str(port), "--log-level", s.log_level.lower()]
-        self._spawn(name, args, own_env)
+        self._spawn(name, args, own_env=own_env)
 
     def start_flower(self) -> None:
         s = self.settings

@@ -41,7 +41,15 @@ from core.blobs import S3BlobStore, upload_key  # noqa: E402
 from core.queue import LANES, make_celery  # noqa: E402
 from devstack.embedded_redis import free_port  # noqa: E402
 from devstack.stack import Stack  # noqa: E402
-from tests.helpers import make_zip, paper, png, wait_for_job, wait_until  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    make_zip,
+    paper,
+    peak_rss_bytes,
+    png,
+    pool_children,
+    wait_for_job,
+    wait_until,
+)
 from worker import reading  # noqa: E402
 from worker.reading import PartReader  # noqa: E402
 
@@ -224,6 +232,14 @@ def measure(stack: Stack, images: np.ndarray, s3_log: S3Log, processes: int) -> 
         f"S3 bytes read of that job's {len(archive):,} B zip: its first 250-entry chunk {first_chunk:,} B "
         f"(directory included); all {PER_JOB // 250} chunks in one process {ranged.fetched:,} B "
         f"in {ranged.requests} ranged GETs"
+    )
+    worker = stack.processes["worker1"].pid
+    pool = [peak_rss_bytes(p) for p in pool_children(worker)]
+    mib = lambda b: f"{b / 2**20:.0f}"  # noqa: E731
+    print(
+        f"Peak resident memory (MiB): API {mib(peak_rss_bytes(stack.processes['api'].pid))}, worker main "
+        f"{mib(peak_rss_bytes(worker))}, pool processes {', '.join(mib(b) for b in pool)} "
+        "(the model's pages shared with the main process are counted in each)"
     )
     print(f"(one run, {processes} pool processes: run it again to see the spread)")
 

@@ -8,7 +8,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from core.blobs import BlobStore, upload_key
+from core.blobs import BlobStore, RangedObject, upload_key
 
 # Opening a zip parses its whole central directory: ~25 ms for 10,000 entries, as long as
 # classifying 70 of them. A pool process keeps its last few zips open, so a big zip's
@@ -28,6 +28,8 @@ def _open_zip(blobs: BlobStore, key: str) -> zipfile.ZipFile:
         except BaseException:
             source.close()
             raise
+        if isinstance(getattr(source, "raw", None), RangedObject):
+            source.raw.keep_tail(archive.start_dir)  # type: ignore[attr-defined]
         _open_zips[key] = archive
         while len(_open_zips) > KEEP_OPEN:
             _close(_open_zips.popitem(last=False)[1])

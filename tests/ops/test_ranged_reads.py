@@ -77,3 +77,28 @@ def test_a_corrupt_entry_read_by_ranges_is_an_item_error(blobs: S3BlobStore) -> 
     with pytest.raises(ValueError, match="corrupted zip entry"):
         reader.read(0, "a.png")
     assert reader.read(0, "b.png") == b"B" * 5000
+
+
+def test_a_zip_opened_again_reads_its_directory_from_the_process_cache(blobs: S3BlobStore) -> None:
+    """Fair share interleaves jobs: a process alternating between more zips than it keeps open
+    (reading.KEEP_OPEN) opens each again; its directory (~60 B an entry) is not fetched again."""
+    from core import blobs as blob_module
+
+    blob_module._tails.clear()
+    jobs = []
+    for n in range(reading.KEEP_OPEN + 1):
+        job_id = new_job_id()
+        blobs.put(
+            upload_key(job_id, 0),
+            io.BytesIO(make_zip({f"{i:04d}.png": bytes([n]) * 300 for i in range(2000)})),
+        )
+        jobs.append(job_id)
+    for job_id in jobs:  # the first is closed when the last opens
+        PartReader(blobs, job_id, 1000).read(0, "0000.png")
+    assert len(reading._open_zips) == reading.KEEP_OPEN
+    first_open = _ranged(reading._open_zips[upload_key(jobs[-1], 0)])
+    assert first_open.fetched > 2000 * 46  # its directory came from S3
+
+    assert PartReader(blobs, jobs[0], 1000).read(0, "1500.png") == bytes([0]) * 300  # opened again
+    again = _ranged(reading._open_zips[upload_key(jobs[0], 0)])
+    assert again.requests == 1 and again.fetched <= 64 * 1024  # the entry only: no HEAD, no directory

@@ -227,6 +227,9 @@ def measure(stack: Stack, images: np.ndarray, s3_log: S3Log, processes: int) -> 
     print(f"API CPU per /predict: {api_predict * 1e6:.0f} us -> {1 / api_predict:,.0f} /predict/s per core")
     print(f"API CPU per image of a {PER_JOB}-image zip job: {(cpu1['api'] - cpu0['api']) / n * 1e6:.1f} us")
     print(f"Redis CPU per image (bulk): {(cpu1['redis'] - cpu0['redis']) / n * 1e6:.1f} us")
+    print(f"Redis CPU per /predict: {(cpu5['redis'] - cpu4['redis']) / PREDICTS * 1e6:.0f} us")
+    worker_cpu = sum(cpu5[k] - cpu4[k] for k in ("pool", "worker main")) / PREDICTS
+    print(f"Worker CPU per /predict (main + pool): {worker_cpu * 1e6:.0f} us")
     print(f"S3 requests per {PER_JOB}-image bulk job, by method: {dict(sorted(s3_job.items()))}")
     print(
         f"S3 bytes read of that job's {len(archive):,} B zip: its first 250-entry chunk {first_chunk:,} B "

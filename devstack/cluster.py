@@ -25,7 +25,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
@@ -33,7 +32,7 @@ import boto3
 from core.config import PROJECT_ROOT, Settings, get_settings, open_api_refusal
 from devstack import secret_files
 from devstack.embedded_redis import free_port
-from devstack.stack import Stack, StackError, Supervisor, ensure_port_free, log
+from devstack.stack import Stack, StackError, Supervisor, ensure_port_free, serve
 
 BUCKET = "digitq"
 HOSTS = 3
@@ -175,18 +174,11 @@ def _aws_keys() -> dict[str, str]:
 
 def main() -> int:
     cluster = Cluster(get_settings())
-    stopping = False
 
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    try:
+    def start() -> str:
         cluster.start()
         stack = cluster.stack
-        print(
+        return (
             "\ndigitq cluster is up\n"
             + "".join(f"  API {n + 1}   {url}\n" for n, url in enumerate(cluster.api_urls))
             + f"  Flower  {stack.flower_url}   (login user:password in {stack.flower_auth_file})\n"
@@ -196,20 +188,10 @@ def main() -> int:
                 for host in cluster.hosts
             )
             + f"  Secrets (shared by every host) in {cluster.root / 'secrets'}\n"
-            + f"Lose a host: kill -9 -- -$(cat {cluster.pid_file('host2')})   Ctrl-C stops everything.\n",
-            flush=True,
+            + f"Lose a host: kill -9 -- -$(cat {cluster.pid_file('host2')})   Ctrl-C stops everything.\n"
         )
-        supervisor = Supervisor(stack, keep_dead=set(cluster.hosts))
-        while not stopping:
-            supervisor.poll()
-            time.sleep(0.5)
-        return 0
-    except StackError as exc:
-        print(f"digitq: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        log("stopping the cluster…")
-        cluster.stop()
+
+    return serve(start, cluster.stop, lambda: Supervisor(cluster.stack, keep_dead=set(cluster.hosts)))
 
 
 if __name__ == "__main__":

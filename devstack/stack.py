@@ -315,9 +315,9 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} digitq: {message}", file=sys.stderr, flush=True)
 
 
-def main() -> int:
-    settings = get_settings()
-    stack = Stack(settings)
+def serve(start: Callable[[], str], stop: Callable[[], None], supervisor: Callable[[], Supervisor]) -> int:
+    """Start (`start` returns what to print), supervise until Ctrl-C or SIGTERM, then `stop`:
+    `make run` and `make run-cluster` (devstack/cluster.py)."""
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -327,24 +327,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        stack.start()
-        flower_login = (
-            "login from FLOWER_BASIC_AUTH"
-            if os.environ.get("FLOWER_BASIC_AUTH")
-            else f"login user:password in {stack.flower_auth_file}"
-        )
-        print(
-            f"\ndigitq is up (Redis {secret_files.redact(stack.redis_url or '')})\n"
-            f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
-            f"  Flower  {stack.flower_url}   ({flower_login})\n"
-            + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
-            + (f"  Admin key in {stack.admin_key_file}\n" if stack.generated_admin_key else "")
-            + "Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        supervisor = Supervisor(stack)
+        print(start(), flush=True)
+        watch = supervisor()
         while not stopping:
-            supervisor.poll()
+            watch.poll()
             time.sleep(0.5)
         return 0
     except StackError as exc:
@@ -352,7 +338,29 @@ def main() -> int:
         return 1
     finally:
         print("digitq: stopping…", file=sys.stderr, flush=True)
-        stack.stop()
+        stop()
+
+
+def main() -> int:
+    stack = Stack(get_settings())
+
+    def start() -> str:
+        stack.start()
+        flower_login = (
+            "login from FLOWER_BASIC_AUTH"
+            if os.environ.get("FLOWER_BASIC_AUTH")
+            else f"login user:password in {stack.flower_auth_file}"
+        )
+        return (
+            f"\ndigitq is up (Redis {secret_files.redact(stack.redis_url or '')})\n"
+            f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
+            f"  Flower  {stack.flower_url}   ({flower_login})\n"
+            + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
+            + (f"  Admin key in {stack.admin_key_file}\n" if stack.generated_admin_key else "")
+            + "Ctrl-C stops everything.\n"
+        )
+
+    return serve(start, stack.stop, lambda: Supervisor(stack))
 
 
 if __name__ == "__main__":

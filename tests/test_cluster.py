@@ -108,6 +108,12 @@ def test_a_job_through_one_api_is_followed_and_read_through_the_other(cluster: C
     assert {f"worker@{h}" for h in live_hosts(cluster)} <= set(flower.json())
     first.close()
     second.close()
+    # One secret set for the deployment, given to every host: none generated its own.
+    for host in live_hosts(cluster):
+        assert (
+            not (cluster.root / host / "secrets").exists()
+            and not (cluster.root / host / "webhook-secret").exists()
+        )
 
 
 def test_two_apis_count_the_deployment_once_and_themselves_apart(cluster: Cluster) -> None:

@@ -4,10 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast model bench bench-model bench-ab bench-bounds bench-latency bench-fairness lint format clean install browser promtool
+.PHONY: run run-cluster test test-fast model bench bench-model bench-ab bench-bounds bench-latency bench-fairness bench-sizing lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
+
+run-cluster: $(STAMP) models/LATEST  ## several hosts on this machine: Redis, S3 (moto), 2 APIs :8000 :8001, worker hosts host1-3, Flower
+	$(PY) -m devstack.cluster
 
 test: $(STAMP) models/LATEST browser promtool lint  ## every test, after the linters and mypy (quick)
 	$(PY) -m pytest
@@ -32,6 +35,9 @@ bench-ab: $(STAMP) models/LATEST  ## the model steps of REF (default main) and o
 
 bench-bounds: $(STAMP)  ## what listing a zip costs per entry; the worst decode per format vs a chunk's deadline
 	$(PY) bench/bench_bounds.py
+
+bench-sizing: $(STAMP) models/LATEST  ## per-image costs for docs/deploy.md: Redis memory and commands, CPU per worker and API core, S3 requests
+	$(PY) bench/bench_sizing.py
 
 bench-latency: $(STAMP) models/LATEST  ## one image per request: /predict, Prefer: wait, polling; 1 and 16 clients
 	$(PY) bench/bench_latency.py

@@ -73,6 +73,11 @@ ADMIN_SCHEMES = (
         description="`X-API-Key: <key>`, one of ADMIN_API_KEYS (not a client's key)",
     ),
 )
+METRICS_SCHEME = HTTPBearer(
+    auto_error=False,
+    scheme_name="metricsToken",
+    description="`Authorization: Bearer <METRICS_TOKEN>` (only when the server sets METRICS_TOKEN)",
+)
 Bearer = HTTPAuthorizationCredentials | None
 
 
@@ -142,6 +147,24 @@ async def require_admin_key(
     if given and _one_of(given, settings.api_key_set):
         raise ProblemError(403, "Forbidden", "a client API key cannot use /admin: send one of ADMIN_API_KEYS")
     raise ProblemError(401, "Unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+
+
+def metrics_token_ok(settings: Settings, authorization: str | None) -> bool:
+    """Whether the request may read the operations detail: METRICS_TOKEN unset, or sent as a
+    bearer token (Prometheus' `authorization: credentials_file`)."""
+    if settings.metrics_token is None:
+        return True
+    given = (authorization or "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(given.encode(), settings.metrics_token.get_secret_value().encode())
+
+
+async def require_metrics_token(
+    settings: SettingsDep, bearer: Annotated[Bearer, Depends(METRICS_SCHEME)] = None
+) -> None:
+    """/metrics* behind METRICS_TOKEN when it is set (core/config.py)."""
+    if not metrics_token_ok(settings, f"Bearer {bearer.credentials}" if bearer else None):
+        detail = "send METRICS_TOKEN as 'Authorization: Bearer <token>'"
+        raise ProblemError(401, "Unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 CallerDep = Annotated[str | None, Depends(require_api_key)]

@@ -2,13 +2,25 @@
 
 The API and the workers may run on different machines, so an upload is stored under a key
 that every worker can read: a directory in the embedded default, an S3 bucket when BLOB_URL
-is `s3://bucket/prefix`. Workers read a part through a local path; for S3 it is downloaded
-once per worker machine and reused by every chunk of the job.
+is `s3://bucket/prefix`.
+
+Workers read a part with `open`: a local file, or for S3 a seekable view of the object that
+fetches only the byte ranges read (`RangedObject`, ranged GETs). A zip's reader seeks to the end
+of central directory, reads the directory (one GET), and then each entry at the offset the
+directory gives: a chunk of 250 entries costs the directory and about its entries' bytes, not
+the whole part. One 200 MB zip spread over 5 worker hosts used to cost each host the whole
+200 MB of transfer and disk (issue 23). A process keeps a few zips open (worker/reading.py); one
+it opens again (fair share interleaves jobs, so a process may alternate between more zips than it
+keeps open) reads its directory from a bounded per-process cache of zip tails, not from S3 again.
+`local_path` (a whole-part download into the machine's
+cache) remains for what needs a file.
 """
 
+import io
 import os
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -34,6 +46,7 @@ class BlobStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def delete(self, key: str) -> None: ...
     def keys(self, prefix: str) -> Iterator[str]: ...
+    def open(self, key: str) -> BinaryIO: ...
     def local_path(self, key: str) -> Path: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def local_jobs(self) -> Iterator[tuple[str, float]]: ...
@@ -83,6 +96,12 @@ class LocalBlobStore:
         if not path.exists():
             raise FileNotFoundError(f"upload {key} is missing from {self.root}")
         return path
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"upload {key} is missing from {self.root}") from None
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
@@ -147,6 +166,22 @@ class S3BlobStore:
             for found in page.get("Contents", []):
                 yield found["Key"][start:]
 
+    def open(self, key: str) -> BinaryIO:
+        """The object, read by ranged GETs as it is read (nothing on disk)."""
+        from botocore.exceptions import ClientError
+
+        name = f"{self.bucket}/{self._key(key)}"
+        size = _tails[name][0] if name in _tails else None  # uploads are never rewritten
+        try:
+            if size is None:
+                size = self.s3.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(f"upload {key} is missing from s3://{self.bucket}") from None
+            raise
+        raw = RangedObject(self.s3, self.bucket, self._key(key), int(size), name)
+        return io.BufferedReader(raw, RANGE_BYTES)  # type: ignore[return-value]
+
     def local_path(self, key: str) -> Path:
         from botocore.exceptions import ClientError
 
@@ -187,6 +222,97 @@ def _bucket(settings: Settings) -> tuple[str, str] | None:
     if url.scheme != "s3" or not url.netloc:
         raise ValueError(f"BLOB_URL must look like s3://bucket/prefix, got {settings.blob_url!r}")
     return url.netloc, url.path.strip("/")
+
+
+# The smallest GET: a zip entry's local header and its data usually come in one (small images), and
+# neighbouring entries of a chunk (stored in order) share it. Bigger reads go straight through.
+RANGE_BYTES = 64 * 1024
+# Zip tails (central directory and end records) kept per process: name -> (object size, offset of
+# the tail, its bytes). A 100,000-entry zip's directory is ~6 MB; a chunk of it reads ~250 entries.
+TAIL_CACHE_BYTES = 32 * 1024 * 1024
+_tails: "OrderedDict[str, tuple[int, int, bytes]]" = OrderedDict()
+
+
+def _remember_tail(name: str, size: int, offset: int, data: bytes) -> None:
+    _tails[name] = (size, offset, data)
+    _tails.move_to_end(name)
+    while sum(len(t[2]) for t in _tails.values()) > TAIL_CACHE_BYTES and len(_tails) > 1:
+        _tails.popitem(last=False)
+
+
+class RangedObject(io.RawIOBase):
+    """A seekable, read-only view of one S3 object: each read is a GET with a Range header.
+
+    Wrapped in a BufferedReader by `S3BlobStore.open`, so small reads share one GET. Counts its
+    GETs and bytes (`requests`, `fetched`): the tests and the sizing figures read them."""
+
+    def __init__(self, s3: object, bucket: str, key: str, size: int, name: str = "") -> None:
+        super().__init__()
+        self.s3, self.bucket, self.key, self.size = s3, bucket, key, size
+        self.name = name  # in the tail cache
+        self.position = 0
+        self.requests = 0
+        self.fetched = 0
+        self._opening: list[tuple[int, bytes]] | None = []  # what was read until `keep_tail`
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise OSError("negative seek position")
+        self.position = base + offset
+        return self.position
+
+    def _get(self, start: int, length: int) -> bytes:
+        end = min(self.size, start + length) - 1
+        if end < start:
+            return b""
+        tail = _tails.get(self.name)
+        if tail and tail[0] == self.size and start >= tail[1]:
+            _tails.move_to_end(self.name)
+            return tail[2][start - tail[1] : end + 1 - tail[1]]
+        reply = self.s3.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={start}-{end}")  # type: ignore[attr-defined]
+        data: bytes = reply["Body"].read()
+        self.requests += 1
+        self.fetched += len(data)
+        if self._opening is not None:
+            self._opening.append((start, data))
+        return data
+
+    def keep_tail(self, offset: int) -> None:
+        """The zip's directory starts at `offset`: keep [offset, end) for the next open of this
+        object in this process, if what was read so far covers it (and it is not too big)."""
+        blocks, self._opening = self._opening or [], None
+        length = self.size - offset
+        if not self.name or length <= 0 or length > TAIL_CACHE_BYTES // 4:
+            return
+        tail, seen = bytearray(length), bytearray(length)
+        for start, data in blocks:
+            lo, hi = max(start, offset), min(start + len(data), self.size)
+            if lo < hi:
+                tail[lo - offset : hi - offset] = data[lo - start : hi - start]
+                seen[lo - offset : hi - offset] = b"\x01" * (hi - lo)
+        if all(seen):
+            _remember_tail(self.name, self.size, offset, bytes(tail))
+
+    def readinto(self, buffer: "bytearray | memoryview") -> int:  # type: ignore[override]
+        data = self._get(self.position, len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def readall(self) -> bytes:
+        data = self._get(self.position, self.size - self.position)  # one GET, not one per 8 KiB
+        self.position += len(data)
+        return data
 
 
 def make_blob_store(settings: Settings) -> BlobStore:

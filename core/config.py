@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     webhook_retry_seconds: str = Field(default="5,300,1800,7200,18000,36000,36000", pattern=r"^\d+(,\d+)*$")
 
     # Operations.
+    # /metrics, /metrics/jobs and /metrics/process need `Authorization: Bearer <token>` when set,
+    # and /ready then shows only its verdict (the status code a probe needs) without it, not the
+    # workers' names and versions. Unset: open, for loopback and private networks (issue 23).
+    metrics_token: SecretStr | None = Field(default=None, min_length=16)
     sentry_dsn: SecretStr | None = None
     sentry_environment: str = "local"
     log_level: str = "INFO"

@@ -143,7 +143,8 @@ class ChunkStart:
 
 
 # KEYS: job hash, results hash, the tenant's queued-images count (core/quotas.py), active index,
-# closed channel, metrics hash (core/metrics.py), the fleet's model version (core/fleet.py).
+# closed channel, metrics hash (core/metrics.py), the fleet's model version (core/fleet.py), the
+# images outstanding per lane (core/quotas.py).
 # ARGV: now, job id, options (JSON, below), then (index, result json, failed 0/1) triples in item
 # order. Options: `seconds` and `items`, the chunk's work (its figures are counted here, with its
 # results); `start` (a time) and `model`: a one-trip chunk (core/queue.py Chunk.one_trip) starts
@@ -196,6 +197,12 @@ end
 -- The quota gets its images back as they finish; a cancelled job gave back the rest already.
 if (status == 'queued' or status == 'running') and added > 0 and redis.call('EXISTS', queued) == 1 then
   if redis.call('DECRBY', queued, added) < 0 then redis.call('SET', queued, 0, 'KEEPTTL') end
+end
+-- And the lane's outstanding count (a job from before it was kept has no lane: not counted either).
+local lane = redis.call('HGET', job, 'lane')
+local open = status == 'queued' or status == 'running'
+if open and added > 0 and lane and redis.call('EXISTS', KEYS[8]) == 1 then
+  if redis.call('HINCRBY', KEYS[8], lane, -added) < 0 then redis.call('HSET', KEYS[8], lane, 0) end
 end
 local done = tonumber(redis.call('HGET', job, 'done'))
 local total = tonumber(redis.call('HGET', job, 'total'))
@@ -274,8 +281,8 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: job hash, the tenant's queued-images count, active index, closed channel, metrics hash.
-# ARGV: now, new status, error message, job id.
+# KEYS: job hash, the tenant's queued-images count, active index, closed channel, metrics hash,
+# images outstanding per lane. ARGV: now, new status, error message, job id.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
@@ -289,6 +296,10 @@ redis.call('HINCRBY', KEYS[5], 'jobs_finished:' .. ARGV[2], 1)
 local left = tonumber(redis.call('HGET', KEYS[1], 'total')) - tonumber(redis.call('HGET', KEYS[1], 'done'))
 if left > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   if redis.call('DECRBY', KEYS[2], left) < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL') end
+end
+local lane = redis.call('HGET', KEYS[1], 'lane')
+if left > 0 and lane and redis.call('EXISTS', KEYS[6]) == 1 then
+  if redis.call('HINCRBY', KEYS[6], lane, -left) < 0 then redis.call('HSET', KEYS[6], lane, 0) end
 end
 return 1
 """
@@ -481,7 +492,7 @@ class JobStore:
         if start is not None:
             options.update(start=start[0], model=start[1], follow=follow)
         keys = [job, results_key, quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL, METRICS_KEY]
-        keys.append(fleet.CURRENT_KEY)
+        keys += [fleet.CURRENT_KEY, quotas.OUTSTANDING]
         reply = self._record(keys=keys, args=[repr(now), job_id, json.dumps(options), *triples])
         if reply == -1:
             return Recorded(0, 0, False)  # the job expired meanwhile
@@ -504,6 +515,7 @@ class JobStore:
     def cancel(self, job_id: str, tenant: str = "") -> bool:
         """Close a queued or running job; its unfinished items go back to the tenant's quota."""
         keys = [self._keys(job_id)[0], quotas.queued_key(tenant), ACTIVE, CLOSED_CHANNEL, METRICS_KEY]
+        keys.append(quotas.OUTSTANDING)
         args: list[Any] = [time.time(), JobStatus.cancelled.value, "", job_id]
         return self._finish(keys=keys, args=args) == 1
 

@@ -21,6 +21,14 @@ What counts where:
 - submissions refused by a quota, by reason: the API.
 - labels set / cleared by people: the script that writes them (core/labels.py).
 - queue depth per lane (the broker's lists) and the tenants waiting in the bulk lane: read live.
+  The bulk list is capped by the fair-share window, so it is no backlog measure: images
+  outstanding per lane (accepted, not yet answered: core/quotas.py) are, and the autoscaler and
+  the backlog alert read those.
+
+Replicas (issue 23): everything here lives in Redis, so every API replica serves the same
+numbers, and scraping each replica would count them once per replica. `render` is therefore
+scraped from ONE target (`GET /metrics/jobs`, or `/metrics`, the same answer, for one replica),
+and `render_process` (`GET /metrics/process`) holds what is per process, scraped per replica.
 - HTTP responses by status class: each API process counts them and adds them to the hash at
   most once a second and before each /metrics answer (api/routes/ops.py `ResponseCounts`).
 """
@@ -29,7 +37,11 @@ import bisect
 from collections.abc import Iterator
 
 import redis
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    generate_latest,
+)
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -38,7 +50,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from core import fleet
+from core import fleet, quotas
 from core.dispatch import TENANTS
 from core.queue import BULK, INTERACTIVE
 
@@ -186,6 +198,20 @@ class RedisCollector(Collector):
         for lane, queue in (("interactive", INTERACTIVE), ("bulk", BULK)):
             depth.add_metric([lane], self.client.llen(queue))
         yield depth
+        backlog = quotas.outstanding(self.client)
+        outstanding = GaugeMetricFamily(
+            "digitq_images_outstanding",
+            "Images accepted and not yet answered, by lane (what autoscaling reads)",
+            labels=["lane"],
+        )
+        for lane, queue in (("interactive", INTERACTIVE), ("bulk", BULK)):
+            outstanding.add_metric([lane], backlog.get(queue, 0))
+        yield outstanding
+        yield GaugeMetricFamily(
+            "digitq_images_outstanding_all",
+            "Images accepted and not yet answered, every lane",
+            sum(backlog.get(queue, 0) for queue in (INTERACTIVE, BULK)),
+        )
         yield GaugeMetricFamily(
             "digitq_bulk_tenants_waiting",
             "API keys with bulk chunks waiting for the window (core/dispatch.py)",
@@ -207,6 +233,16 @@ class RedisCollector(Collector):
 
 
 def render(client: redis.Redis) -> bytes:
+    """The deployment's numbers (from Redis): the same on every replica, scraped from one."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(client))
+    return generate_latest(registry)
+
+
+def render_process(*collectors: Collector) -> bytes:
+    """This process' own numbers (CPU, memory, file descriptors, and `collectors`): per replica."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PROCESS_COLLECTOR)
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry)

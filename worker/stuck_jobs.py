@@ -106,7 +106,7 @@ def relist(blobs: BlobStore, job_id: str, parts: int, settings: Settings) -> lis
     """The job's items as the API listed them at submission, from its stored upload."""
     items: list[Item] = []
     for part in range(parts):
-        with blobs.local_path(upload_key(job_id, part)).open("rb") as data:
+        with blobs.open(upload_key(job_id, part)) as data:  # S3: ranged GETs, not a download
             budget = EntryBudget(settings.max_items_per_job)  # as the API listed it
             items += part_items(data, f"part-{part + 1}", part, settings.max_image_bytes, budget)[1]
     return items

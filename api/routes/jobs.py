@@ -108,7 +108,9 @@ def create_job(
             return earlier, True
     reserved = False
     try:
-        _within_quota(sub.quotas, tenant, len(items), count_submission)  # all the images, or none
+        settings = sub.settings
+        lane = lane_for(len(items), settings)
+        _within_quota(sub.quotas, tenant, len(items), count_submission, lane)  # all the images, or none
         reserved = True
         inline = inline_parts([upload.file for upload in files])
         for part, upload in enumerate(files if inline is None else ()):
@@ -116,11 +118,10 @@ def create_job(
             sub.blobs.put(upload_key(job_id, part), upload.file)
         # `parts`: how many stored uploads to re-list should the stuck-job sweep need to re-queue
         # lost items (worker/stuck_jobs.py); none for an upload that lives in its messages only.
-        fields = {**(extra or {}), "parts": 0 if inline else len(files)}
+        # `lane`: which outstanding count (core/quotas.py) its results give back to.
+        fields = {**(extra or {}), "parts": 0 if inline else len(files), "lane": lane}
         if inline is not None:  # the workers store them for review (core/kept_uploads.py)
             fields["inline_parts"] = len(files)
-        settings = sub.settings
-        lane = lane_for(len(items), settings)
         runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
         carried = (
             (lambda run: None) if inline is None else (lambda run: {str(i.part): inline[i.part] for i in run})
@@ -138,7 +139,7 @@ def create_job(
             dispatch(sub.celery, sub.fair, job_chunks)
     except Exception:
         if reserved:
-            sub.quotas.release(tenant, len(items))
+            sub.quotas.release(tenant, len(items), lane)
         if claim:
             sub.store.release_submission(claim)
         raise
@@ -298,10 +299,10 @@ def list_jobs(
     return JobList(items=[JobOut.of(job) for job in found.jobs], next=next_url)
 
 
-def _within_quota(quotas: Quotas, tenant: str, images: int = 0, count: bool = True) -> None:
+def _within_quota(quotas: Quotas, tenant: str, images: int = 0, count: bool = True, lane: str = BULK) -> None:
     """`Quotas.admit`; over a quota is a 429 naming the limit, counted in /metrics."""
     try:
-        quotas.admit(tenant, images, count)
+        quotas.admit(tenant, images, count, lane)
     except QuotaExceeded as exc:
         metrics.refused(quotas.redis, exc.reason)
         raise ProblemError(

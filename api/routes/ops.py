@@ -14,12 +14,13 @@ from typing import Annotated, Any
 
 import anyio
 import redis
-from fastapi import APIRouter, Body, Depends, FastAPI, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Response
 from fastapi.responses import JSONResponse
+from prometheus_client.core import CounterMetricFamily
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import require_admin_key
+from api.deps import metrics_token_ok, require_admin_key, require_metrics_token
 from api.problems import PROBLEM_JSON, ProblemError
 from api.schemas import Problem
 from api.waiting import get_async_redis
@@ -43,8 +44,19 @@ JOB_PATH = re.compile(r"^/jobs/([0-9a-f]{32})(?:/|$)")
         }
     },
 )
-def ready() -> JSONResponse:
-    """200 when Redis answers and at least one live worker has a model loaded; else 503 with why."""
+def ready(authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> JSONResponse:
+    """200 when Redis answers and at least one live worker has a model loaded; else 503 with why.
+
+    With METRICS_TOKEN set, the detail (workers by name, versions, reasons) needs it as a bearer
+    token; without it only the verdict shows (what a load balancer's or kubelet's probe needs)."""
+    detail = _readiness()
+    status = 503 if detail.get("reasons") else 200
+    if not metrics_token_ok(get_settings(), authorization):
+        detail = {"status": detail["status"]}
+    return JSONResponse(detail, status_code=status)
+
+
+def _readiness() -> dict[str, Any]:
     detail: dict[str, Any] = {"redis": "down", "workers": [], "queue_depth": None}
     reasons: list[str] = []
     try:
@@ -72,18 +84,52 @@ def ready() -> JSONResponse:
     detail["status"] = "not ready" if reasons else "ready"
     if reasons:
         detail["reasons"] = reasons
-    return JSONResponse(detail, status_code=503 if reasons else 200)
+    return detail
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+_metrics_route = {
+    "response_class": Response,
+    "responses": {200: {"content": {"text/plain": {}}}, 401: {"description": "METRICS_TOKEN set, not sent"}},
+    "dependencies": [Depends(require_metrics_token)],
+}
+
+
+@router.get("/metrics", **_metrics_route)  # type: ignore[arg-type]
+@router.get("/metrics/jobs", **_metrics_route)  # type: ignore[arg-type]
 def prometheus_metrics() -> Response:
-    """Prometheus text format: jobs, items, latencies, queue depth, workers and model versions."""
+    """Prometheus text format: jobs, items, latencies, backlog, queue depth, workers and model
+    versions. From Redis: every replica answers the same, so scrape ONE target (the Service),
+    or sums count each number once per replica; /metrics/process is per replica."""
     try:
         response_counts.flush(get_redis())
         body = metrics.render(get_redis())
     except redis.RedisError as exc:
         raise ProblemError(503, "Redis unreachable", f"metrics live in Redis: {type(exc).__name__}") from exc
-    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(body, media_type=PROMETHEUS_TEXT)
+
+
+@router.get("/metrics/process", **_metrics_route)  # type: ignore[arg-type]
+def process_metrics() -> Response:
+    """This API process' own numbers (CPU, memory, file descriptors, the responses it sent):
+    scrape every replica (pod discovery). Needs no Redis."""
+    return Response(metrics.render_process(ProcessResponses()), media_type=PROMETHEUS_TEXT)
+
+
+class ProcessResponses:
+    """A collector of the responses this process sent, by status class (the deployment's total is
+    digitq_http_responses_total on /metrics/jobs)."""
+
+    def collect(self) -> Any:
+        family = CounterMetricFamily(
+            "digitq_api_process_responses",
+            "Responses this API process sent, by status class",
+            labels=["status_class"],
+        )
+        counts = response_counts.process_totals()
+        for status_class in metrics.STATUS_CLASSES:
+            family.add_metric([status_class], counts.get(f"http_responses:{status_class}", 0))
+        yield family
 
 
 class ReloadIn(BaseModel):
@@ -168,13 +214,16 @@ class ResponseCounts:
 
     def __init__(self) -> None:
         self._pending: Counter[str] = Counter()
+        self._totals: Counter[str] = Counter()  # since this process started (/metrics/process)
         self._lock = threading.Lock()  # /metrics flushes from the thread pool
         self._due = 0.0
 
     def add(self, status: int) -> dict[str, int] | None:
         """Count one response; the counts to write now, when they are due."""
         with self._lock:
-            self._pending[metrics.http_response_field(status)] += 1
+            field = metrics.http_response_field(status)
+            self._pending[field] += 1
+            self._totals[field] += 1
             now = time.monotonic()
             if now < self._due:
                 return None
@@ -184,6 +233,10 @@ class ResponseCounts:
     def _take(self) -> dict[str, int]:
         counts, self._pending = dict(self._pending), Counter()
         return counts
+
+    def process_totals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
 
     def flush(self, client: redis.Redis) -> None:
         """Write what is pending now (before /metrics reads the hash)."""

@@ -21,6 +21,9 @@ _open_zips: "OrderedDict[str, zipfile.ZipFile]" = OrderedDict()
 
 def _open_zip(blobs: BlobStore, key: str) -> zipfile.ZipFile:
     archive = _open_zips.get(key)
+    if archive is not None and _deleted(archive):  # the upload went meanwhile: say so, as a reopen would
+        _close(_open_zips.pop(key))
+        archive = None
     if archive is None:
         source = blobs.open(key)
         try:
@@ -91,7 +94,7 @@ class PartReader:
     def archive(self, part: int) -> zipfile.ZipFile | None:
         """The part's zip, or None when the part is an image (the API shows items with this)."""
         if part not in self.inline:
-            with self._path(part).open("rb") as data:
+            with self.blobs.open(upload_key(self.job_id, part)) as data:
                 if not data.read(4).startswith(b"PK"):
                     return None
         elif not self.inline[part].startswith(b"PK"):

@@ -96,7 +96,7 @@ _metrics_route = {
 
 
 @router.get("/metrics", **_metrics_route)  # type: ignore[arg-type]
-@router.get("/metrics/jobs", **_metrics_route)  # type: ignore[arg-type]
+@router.get("/metrics/jobs", operation_id="getJobMetrics", **_metrics_route)  # type: ignore[arg-type]
 def prometheus_metrics() -> Response:
     """Prometheus text format: jobs, items, latencies, backlog, queue depth, workers and model
     versions. From Redis: every replica answers the same, so scrape ONE target (the Service),

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Quotas per API key (one anonymous tenant when API_KEYS is unset): core/quotas.py.
     max_queued_images_per_key: int = Field(default=1_000_000, ge=1)
     submissions_per_minute_per_key: int = Field(default=600, ge=1)
+    # Uploads refused (401/403 before the body; 413, 415, 400, 422 after) per key, or per client
+    # address without a valid key; past it, 429 before the body is read (api/gate.py).
+    refused_requests_per_minute: int = Field(default=60, ge=1)
 
     # Interactive answers (api/routes/predict.py): how long /predict and /predict_batch wait for their
     # job before answering 504 with its id.

@@ -265,7 +265,10 @@ def part_items(
 
 
 def list_upload(
-    parts: Sequence[tuple[BinaryIO, str]], max_image_bytes: int, max_items: int, keep_part_errors: bool = False
+    parts: Sequence[tuple[BinaryIO, str]],
+    max_image_bytes: int,
+    max_items: int,
+    keep_part_errors: bool = False,
 ) -> list[Item]:
     """Every item of an upload's parts (file, name), listed within one EntryBudget for the whole
     upload: the one listing path of every upload route (/jobs, /predict_batch). Blocking (it

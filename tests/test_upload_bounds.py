@@ -48,7 +48,7 @@ def _multipart(files: list[tuple[str, tuple[str, bytes]]]) -> tuple[bytes, bytes
     request = httpx.Request("POST", "http://digitq/jobs", files=files)
     body = request.read()
     head = (
-        f"POST /jobs HTTP/1.1\r\nHost: digitq\r\nContent-Type: {request.headers['Content-Type']}\r\n"
+        f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {request.headers['Content-Type']}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode(), body

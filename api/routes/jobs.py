@@ -68,7 +68,9 @@ def visible(job: Job | None, job_id: str, caller: str | None) -> Job:
     return job
 
 
-def list_items(files: list[UploadFile], max_image_bytes: int, max_items: int, keep_part_errors: bool = False) -> list[Item]:
+def list_items(
+    files: list[UploadFile], max_image_bytes: int, max_items: int, keep_part_errors: bool = False
+) -> list[Item]:
     """`list_upload` of the parts (named as uploaded); an unusable upload is a problem."""
     parts = [(upload.file, upload.filename or f"file-{part + 1}") for part, upload in enumerate(files)]
     try:

@@ -158,7 +158,9 @@ async def predict_batch(
     # Every part's items (a part the service cannot take is an item with its error, as in a zip),
     # listed within /jobs' budgets for the whole request, off the event loop.
     settings = sub.settings
-    items = await run_in_threadpool(list_items, files, settings.max_image_bytes, settings.max_items_per_job, True)
+    items = await run_in_threadpool(
+        list_items, files, settings.max_image_bytes, settings.max_items_per_job, True
+    )
     if not items:
         raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
     if len(items) > INLINE_RESULTS:

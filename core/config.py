@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     # A request body must arrive within this time (slow clients hold connections and disk).
     body_read_timeout_seconds: float = Field(default=120, gt=0)
     max_concurrent_uploads: int = Field(default=8, ge=1, description="bodies over 64 KiB, per API process")
+    # Connections (api/http_guard.py): a request's headers must arrive within this time of the
+    # connection opening (or of its previous answer), and an API process holds at most this many
+    # connections (beyond: 503 and closed), so idle or trickling clients cannot hold its descriptors.
+    header_timeout_seconds: float = Field(default=10, gt=0)
+    max_connections: int = Field(default=500, ge=1)
     job_ttl_seconds: int = 7 * 24 * 3600
 
     # Work distribution and reliability.

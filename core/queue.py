@@ -322,7 +322,7 @@ def broker_is(celery: Celery, url: str | None) -> bool:
 
 @lru_cache
 def _broker_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, health_check_interval=30)
+    return redis.Redis.from_url(url, health_check_interval=30, **get_settings().redis_timeouts)
 
 
 def send_chunk(celery: Celery, chunk: Chunk) -> None:

@@ -107,7 +107,8 @@ class Stack:
     def start_redis(self) -> None:
         if not self.redis_url:
             password = secret_files.read_or_create(self.secrets_dir / "redis-password")
-            self.redis = EmbeddedRedis(self.settings.data_dir / "redis", password=password)
+            maxmemory = self.settings.redis_maxmemory
+            self.redis = EmbeddedRedis(self.settings.data_dir / "redis", password=password, maxmemory=maxmemory)
             self.redis_url = self.redis.start()
 
     def start_worker(self, name: str = "worker1") -> subprocess.Popen[bytes]:

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     redis_socket_timeout_seconds: float = Field(default=10, gt=0)
     # The embedded Redis' memory cap (compose: REDIS_MAXMEMORY), with `noeviction`: when full, writes
     # are refused (submissions answer 503 + Retry-After) rather than jobs evicted.
+    # Who must own a loopback Redis' listening socket before a client sends it the password
+    # (core/redis_owner.py); make run sets it to its own uid for the embedded Redis. Unset: unchecked.
+    redis_listener_uid: int | None = None
     redis_maxmemory: str = Field(default="1gb", pattern=r"^\d+(b|kb|mb|gb)?$")
     data_dir: Path = PROJECT_ROOT / "data"
 

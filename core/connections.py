@@ -8,6 +8,7 @@ import redis
 from core.blobs import BlobStore, make_blob_store
 from core.config import get_settings
 from core.jobs import JobStore
+from core.redis_owner import client_options
 
 if TYPE_CHECKING:
     from core.dispatch import FairShare
@@ -19,7 +20,8 @@ def get_redis() -> redis.Redis:
     settings = get_settings()
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30, **settings.redis_timeouts)
+    url = settings.redis_url
+    return redis.Redis.from_url(url, health_check_interval=30, **client_options(url))
 
 
 @lru_cache

@@ -108,8 +108,13 @@ class Stack:
         if not self.redis_url:
             password = secret_files.read_or_create(self.secrets_dir / "redis-password")
             maxmemory = self.settings.redis_maxmemory
-            self.redis = EmbeddedRedis(self.settings.data_dir / "redis", password=password, maxmemory=maxmemory)
+            self.redis = EmbeddedRedis(
+                self.settings.data_dir / "redis", password=password, maxmemory=maxmemory
+            )
             self.redis_url = self.redis.start()
+            # Its clients check that the port is still ours before sending the password (a Redis
+            # restarted after a crash: another local user may have taken the port meanwhile).
+            self.env["REDIS_LISTENER_UID"] = str(os.getuid())
 
     def start_worker(self, name: str = "worker1") -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", f"{name}@%h"]

@@ -4,9 +4,13 @@ socket timeout, and no key written without a TTL on the rare paths (a vanished j
 Fast tier: the app in-process over real embedded Redis servers (one of its own when full).
 """
 
+import contextlib
+import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import kombu.exceptions
 import numpy as np
 import pytest
 import redis
@@ -14,9 +18,11 @@ from fastapi.testclient import TestClient
 
 from core.config import get_settings
 from core.connections import get_job_store, get_quotas, get_redis
+from core.queue import make_celery
 from core.quotas import queued_key
+from core.redis_owner import listener_uids
 from core.webhooks import DUE, MSG_PREFIX, Outbox
-from devstack.embedded_redis import EmbeddedRedis
+from devstack.embedded_redis import EmbeddedRedis, free_port
 from tests.helpers import png
 
 IMAGE = png(np.zeros((28, 28), np.uint8))
@@ -115,3 +121,66 @@ def test_the_outbox_never_recreates_an_expired_event(
     outbox.retry_at("ev1", 1e12)
     assert outbox.event("ev1")["body"] == "{}" and outbox.event("ev1")["attempts"] == "1"
     assert redis_client.ttl(MSG_PREFIX + "ev1") > 0 and redis_client.ttl(DUE) > 0
+
+
+def test_a_client_refuses_a_loopback_redis_another_user_listens_on(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
+    """A crashed embedded Redis restarts on its port after a backoff: another local user who
+    listens there meanwhile collected the AUTH password of every reconnecting client."""
+    port = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs["port"]
+    assert listener_uids(port) == {os.getuid()}
+    client = make_client(REDIS_LISTENER_UID=str(os.getuid() + 1))  # as if the port were another's
+    answer = client.get("/jobs")
+    assert answer.status_code == 503, answer.text
+    with pytest.raises(redis.ConnectionError, match="not sending it the password"):
+        get_redis().ping()
+    with pytest.raises(kombu.exceptions.OperationalError, match="not sending it the password"):
+        make_celery(get_settings()).connection_for_write().default_channel.client.ping()
+    make_client(REDIS_LISTENER_UID=str(os.getuid()))
+    assert get_redis().ping()
+    assert make_celery(get_settings()).connection_for_write().default_channel.client.ping()
+
+
+def _listen_as_nobody(port: int) -> tuple[int, int]:
+    """A forked child that becomes `nobody`, listens on `port`, and writes to a pipe "ready", then
+    all one connection sent it. (pid, the pipe's read end)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest, no exceptions escaping
+        try:
+            os.close(read_end)
+            os.setgid(65534)
+            os.setuid(65534)
+            server = socket.socket()
+            server.bind(("127.0.0.1", port))
+            server.listen()
+            os.write(write_end, b"ready\n")
+            server.settimeout(30)
+            connection, _ = server.accept()
+            connection.settimeout(2)
+            with contextlib.suppress(OSError):
+                while chunk := connection.recv(4096):
+                    os.write(write_end, chunk)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    return pid, read_end
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to listen as another user")
+def test_the_password_never_reaches_another_users_listener(make_client: Callable[..., TestClient]) -> None:
+    """The attack itself: `nobody` listens on the port; a client connects, and sends nothing."""
+    port = free_port()
+    pid, pipe = _listen_as_nobody(port)
+    try:
+        with os.fdopen(pipe, "rb") as heard:
+            assert heard.readline() == b"ready\n"
+            make_client(REDIS_URL=f"redis://:hunter2-password@127.0.0.1:{port}/0", REDIS_LISTENER_UID="0")
+            with pytest.raises(redis.ConnectionError, match="not sending it the password"):
+                get_redis().ping()
+            get_redis().connection_pool.disconnect()
+            received = heard.read()
+        assert b"hunter2" not in received, received
+    finally:
+        os.waitpid(pid, 0)

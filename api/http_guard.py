@@ -19,7 +19,7 @@ So this subclass of uvicorn's httptools protocol (its documented `--http` import
 - MAX_CONNECTIONS: a connection beyond this many open ones is answered 503 and closed at once.
 It hooks uvicorn's protocol at `connection_made`, `on_response_complete` and `connection_lost`,
 and reads `cycle` (the request being answered): uvicorn is pinned (constraints.txt), and
-tests/test_http_guard.py fails if those change meaning.
+tests/test_gate_http.py fails if those change meaning.
 """
 
 import asyncio

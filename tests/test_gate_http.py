@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from devstack.stack import Stack
-from tests.helpers import cpu_seconds, empty_entries_zip, png, running_api, wait_until
+from tests.helpers import cpu_seconds, empty_entries_zip, png, read_response, running_api, wait_until
 
 pytestmark = pytest.mark.stack  # processes of their own (see tests/helpers.py)
 
@@ -49,7 +49,7 @@ def test_stalled_keyless_uploads_get_401_at_once_and_hold_no_upload_slot(tmp_pat
         for sock in stalled:
             sock.sendall(head + body[:50])  # and then nothing
         for sock in stalled:  # answered while most of the body was never sent
-            answer = sock.recv(65536)
+            answer = read_response(sock)
             assert answer.startswith(b"HTTP/1.1 401"), answer[:300]
             assert b"send a valid API key" in answer
         with httpx.Client(base_url=stack.api_url, timeout=30, headers={"X-API-Key": "k1"}) as client:
@@ -74,7 +74,7 @@ def test_the_event_loop_answers_while_predict_batch_lists_a_zip(tmp_path) -> Non
         health = httpx.get(f"{stack.api_url}/health", timeout=120)
         assert health.status_code == 200
         assert not select.select([sock], [], [], 0)[0], "/health was answered only after the listing"
-        answer = sock.recv(65536)
+        answer = read_response(sock)
         assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
 
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -85,6 +86,14 @@ def _presented_key(bearer: Bearer, x_api_key: str | None) -> str:
     return x_api_key or (bearer.credentials.strip() if bearer else "")
 
 
+def _key_in_headers(headers: Mapping[str, str]) -> str:
+    """The key a request presents, read from its headers alone (api/gate.py has no dependencies)."""
+    authorization = headers.get("authorization") or ""
+    scheme, _, credentials = authorization.partition(" ")
+    bearer = credentials.strip() if scheme.lower() == "bearer" else ""
+    return headers.get("x-api-key") or bearer
+
+
 def _one_of(given: str, keys: frozenset[str]) -> bool:
     return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
 
@@ -92,22 +101,22 @@ def _one_of(given: str, keys: frozenset[str]) -> bool:
 UNAUTHORIZED = "send a valid API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
 
-async def require_api_key(
-    request: Request,
-    settings: SettingsDep,
-    bearer: Annotated[Bearer, Depends(KEY_SCHEMES[0])],
-    x_api_key: Annotated[str | None, Depends(KEY_SCHEMES[1])],
-) -> str | None:
-    """When API_KEYS is set, every job route needs `Authorization: Bearer <key>` or `X-API-Key`.
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 
-    Returns the caller: a digest of its key (the key itself is never stored), or None when the
-    service is open. A job belongs to the caller that submitted it. Open (no API_KEYS) serves
-    loopback clients only, unless ALLOW_OPEN_API: however the server was started (`uvicorn
-    --host 0.0.0.0` included), nothing beyond the machine reaches the jobs without a key.
-    """
+
+def _host_name(host: str) -> str:
+    """The Host header without its port: `[::1]:8000` → `[::1]`, `localhost:8000` → `localhost`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.rsplit(":", 1)[0].lower()
+
+
+def authenticate(settings: Settings, client: str, headers: Mapping[str, str]) -> str | None:
+    """The caller of a request, from its headers and address alone (no body): a digest of its
+    key (the key itself is never stored), or None when the service is open; ProblemError when
+    refused. api/gate.py calls it before the body is read, `require_api_key` for the routes."""
     keys = settings.api_key_set
     if not keys:
-        client = request.client.host if request.client else ""
         if not settings.allow_open_api and not is_loopback(client):
             raise ProblemError(
                 403,
@@ -115,15 +124,37 @@ async def require_api_key(
                 "this API has no API_KEYS, so it answers loopback clients only: set API_KEYS "
                 "(or ALLOW_OPEN_API=true to serve anyone who can reach it without a key)",
             )
-        if request.headers.get("sec-fetch-site") == "cross-site":
+        if not settings.allow_open_api and _host_name(headers.get("host", "")) not in LOCAL_HOSTS:
+            # DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1 is
+            # same-origin to us (no Sec-Fetch-Site: cross-site), but its Host still says evil.example.
+            detail = "an open API answers only Host: 127.0.0.1, localhost or [::1] (any port); set API_KEYS"
+            raise ProblemError(403, "Unknown host", detail)
+        if headers.get("sec-fetch-site") == "cross-site":
             # A web page elsewhere, open in a local user's browser, posting a form to 127.0.0.1
             # (with keys it could not: it has no key to send). The page at / is same-origin.
             raise ProblemError(403, "Cross-site request", "an open API refuses requests from other sites")
         return None
-    given = _presented_key(bearer, x_api_key)
+    given = _key_in_headers(headers)
     if not _one_of(given, keys):
         raise ProblemError(401, "Unauthorized", UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
     return hashlib.sha256(given.encode()).hexdigest()[:32]
+
+
+async def require_api_key(
+    request: Request,
+    settings: SettingsDep,
+    _bearer: Annotated[Bearer, Depends(KEY_SCHEMES[0])],
+    _x_api_key: Annotated[str | None, Depends(KEY_SCHEMES[1])],
+) -> str | None:
+    """When API_KEYS is set, every job route needs `Authorization: Bearer <key>` or `X-API-Key`.
+
+    Returns the caller (`authenticate`). A job belongs to the caller that submitted it. Open (no
+    API_KEYS) serves loopback clients only, unless ALLOW_OPEN_API: however the server was started
+    (`uvicorn --host 0.0.0.0` included), nothing beyond the machine reaches the jobs without a key.
+    """
+    # The security schemes put the keys in the OpenAPI document; the check reads the headers, as
+    # the gate before the body does (one way to read a key).
+    return authenticate(settings, request.client.host if request.client else "", request.headers)
 
 
 async def require_admin_key(

@@ -1,5 +1,6 @@
 """What a request body may cost the API: its size, how long it may take to arrive, how many are
-received at once, and how much of it stays in memory.
+received at once, and how much of it stays in memory. (An upload without a valid key, or over
+its caller's budgets, never gets here: api/gate.py answers it from its headers.)
 
 - Size: refused while it streams in, not after it filled the disk. (FastAPI's own
   `max_body_size` answers a declared oversize body in text/plain; this keeps every error a

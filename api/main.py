@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI
 
 from api import openapi, problems
 from api.deps import require_api_key
+from api.gate import Gate
 from api.limits import MAX_FORM_FIELD_BYTES, MAX_FORM_FIELDS, BodyLimits
 from api.routes import health, items, jobs, labels, ops, predict, ui, webhook_secret
 from core.config import get_settings, open_api_refusal
@@ -71,6 +72,7 @@ def create_app() -> FastAPI:
         read_timeout=settings.body_read_timeout_seconds,
         max_concurrent=settings.max_concurrent_uploads,
     )
+    app.add_middleware(Gate)  # added last, so it runs first: no body slot before the key is checked
     problems.install(app)
     app.include_router(health.router)
     app.include_router(jobs.router, dependencies=[Depends(require_api_key)])

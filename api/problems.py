@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.blobs import BlobStoreUnavailable
+from core.quotas import QuotaExceeded
 
 PROBLEM_JSON = "application/problem+json"
 TITLES = {  # Starlette's own errors (HTTPException): the problem each is
@@ -128,6 +129,33 @@ class ProblemError(Exception):
         self.status, self.title, self.detail, self.headers = status, title, detail, headers
         self.extra = extra or {}
 
+    def response(self) -> JSONResponse:
+        response = problem(self.status, self.title, self.detail, **self.extra)
+        response.headers.update(self.headers or {})
+        return response
+
+
+def over_quota(exc: QuotaExceeded) -> ProblemError:
+    """A 429 naming the quota's setting, with Retry-After."""
+    headers = {"Retry-After": str(exc.retry_after)}
+    return ProblemError(429, "Quota exceeded", exc.detail, headers=headers, extra={"limit": exc.limit})
+
+
+# Redis unreachable, too slow (socket_timeout) or full (maxmemory): not the user's fault and not
+# a bug of theirs to fix: say so, and when to come back.
+STORE_UNAVAILABLE = ProblemError(
+    503, "Service unavailable", "the job store is unavailable; retry shortly", headers={"Retry-After": "5"}
+)
+
+
+def store_unavailable() -> JSONResponse:
+    return STORE_UNAVAILABLE.response()
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """Redis refused a write at `maxmemory` (noeviction), however redis-py surfaced it."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in str(exc)
+
 
 def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
@@ -137,9 +165,7 @@ def _describe(error: dict[str, Any]) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
-        response = problem(exc.status, exc.title, exc.detail, **exc.extra)
-        response.headers.update(exc.headers or {})
-        return response
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -148,12 +174,16 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)
+    @app.exception_handler(redis.exceptions.OutOfMemoryError)
     @app.exception_handler(kombu.exceptions.OperationalError)
     async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
-        # Not the user's fault and not a bug of theirs to fix: say so, and when to come back.
-        response = problem(503, "Service unavailable", "the job store is unreachable; retry shortly")
-        response.headers["Retry-After"] = "5"
-        return response
+        return store_unavailable()
+
+    @app.exception_handler(redis.ResponseError)
+    async def _refused_write(_: Request, exc: redis.ResponseError) -> JSONResponse:
+        if is_out_of_memory(exc):  # in a script or a MULTI: not mapped to OutOfMemoryError
+            return store_unavailable()
+        raise exc  # a bug: 500
 
     @app.exception_handler(BlobStoreUnavailable)
     async def _no_blobs(_: Request, exc: BlobStoreUnavailable) -> JSONResponse:

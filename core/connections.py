@@ -8,6 +8,7 @@ import redis
 from core.blobs import BlobStore, make_blob_store
 from core.config import get_settings
 from core.jobs import JobStore
+from core.redis_owner import client_options
 
 if TYPE_CHECKING:
     from core.dispatch import FairShare
@@ -17,10 +18,11 @@ if TYPE_CHECKING:
 
 @lru_cache
 def get_redis() -> redis.Redis:
-    url = get_settings().redis_url
-    if not url:
+    settings = get_settings()
+    if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (make run sets it for the embedded Redis)")
-    return redis.Redis.from_url(url, health_check_interval=30)
+    url = settings.redis_url
+    return redis.Redis.from_url(url, health_check_interval=30, **client_options(url))
 
 
 @lru_cache

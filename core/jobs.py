@@ -281,6 +281,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
+# KEYS: job hash. ARGV: field, value[, counter field]. Set the field (and count one more in the
+# counter: its new value) only on a job that still exists: a job that expired meanwhile must not
+# come back as a hash without TTL nor status (GET and listings would then answer 500). -1: gone.
+_SET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] then return redis.call('HINCRBY', KEYS[1], ARGV[3], 1) end
+return 0
+"""
+
 # KEYS: job hash, the tenant's queued-images count, active index, closed channel, metrics hash,
 # images outstanding per lane. ARGV: now, new status, error message, job id.
 _FINISH = """
@@ -347,6 +357,7 @@ class JobStore:
         self._finish = client.register_script(_FINISH)
         self._claim = client.register_script(_CLAIM)
         self._webhook_attempted = client.register_script(_ATTEMPTED)
+        self._set_if_exists = client.register_script(_SET_IF_EXISTS)
 
     @staticmethod
     def _keys(job_id: str) -> tuple[str, str, str]:
@@ -545,8 +556,9 @@ class JobStore:
         return int(pipe.execute()[0])
 
     def fail(self, job_id: str, error: str) -> None:
-        """Remember a job-level error; the job ends as failed once its items are accounted for."""
-        self.redis.hset(self._keys(job_id)[0], "error", cap(error, MAX_ERROR_CHARS))
+        """Remember a job-level error; the job ends as failed once its items are accounted for.
+        Nothing is written for a job that no longer exists."""
+        self._set_if_exists(keys=[self._keys(job_id)[0]], args=["error", cap(error, MAX_ERROR_CHARS)])
 
     # The stuck-job sweep (worker/stuck_jobs.py).
     def active(self) -> list[tuple[str, float]]:
@@ -574,12 +586,10 @@ class JobStore:
         return int(parts or 0) or int(inline or 0), bool(inline)
 
     def mark_swept(self, job_id: str) -> int:
-        """Note that the sweep re-queued the job's missing items; returns how many times it has."""
-        job = self._keys(job_id)[0]
-        pipe = self.redis.pipeline()
-        pipe.hset(job, "swept_at", time.time())
-        pipe.hincrby(job, "sweeps", 1)
-        return int(pipe.execute()[1])
+        """Note that the sweep re-queued the job's missing items; returns how many times it has
+        (0 for a job that no longer exists: nothing is written)."""
+        args = ["swept_at", repr(time.time()), "sweeps"]
+        return max(0, int(self._set_if_exists(keys=[self._keys(job_id)[0]], args=args)))
 
     def missing_all(self, job_id: str, total: int) -> list[int]:
         """Every index of the job that has no result yet."""

@@ -111,7 +111,7 @@ def job_finished(client: redis.Redis, seconds: float) -> None:
     pipe.execute()
 
 
-REFUSALS = ("queued_images", "submission_rate")
+REFUSALS = ("queued_images", "submission_rate", "refused_requests")
 
 
 def refused(client: redis.Redis, reason: str) -> None:

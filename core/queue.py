@@ -123,6 +123,7 @@ from kombu.utils.scheduling import priority_cycle
 from redis.client import Pipeline
 
 from core.config import Settings, get_settings
+from core.redis_owner import OwnedConnection, client_options
 
 PROCESS_CHUNK = "digitq.process_chunk"
 INTERACTIVE = "digitq.interactive"
@@ -235,6 +236,7 @@ class _Channel(kombu_redis.Channel):
     writing its unacked entries by script (above)."""
 
     QoS = _QoS
+    connection_class = OwnedConnection  # type: ignore[assignment]  # checks the listener: core/redis_owner.py
     _sync_client: Any = None
     _scripts: dict[str, Any] | None = None
 
@@ -322,7 +324,7 @@ def broker_is(celery: Celery, url: str | None) -> bool:
 
 @lru_cache
 def _broker_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, health_check_interval=30)
+    return redis.Redis.from_url(url, health_check_interval=30, **client_options(url))
 
 
 def send_chunk(celery: Celery, chunk: Chunk) -> None:

@@ -19,6 +19,10 @@ is open: then everybody shares one tenant's quotas.
   `lane` field), so /metrics reads the whole backlog in one HGETALL: the broker's bulk list is
   capped by the fair-share window (core/dispatch.py) and says nothing of what waits behind it.
   It expires JOB_TTL_SECONDS after the last submission, like the counts it sums.
+- REFUSED_REQUESTS_PER_MINUTE: uploads refused (a wrong key, too large, unusable) count in
+  `digitq:quota:refused:<tenant or address>`, a counter that expires a minute after its first
+  refusal; past the limit every upload of that key (or address, without a valid key) is answered
+  429 before its body is read (api/gate.py), so repeating a refused request costs almost nothing.
 
 `admit` checks both in one script: the submission is counted first (as it arrives; a submission
 then refused for its images still counts), then its images are reserved, or none.
@@ -37,6 +41,7 @@ ANONYMOUS = "anonymous"
 QUEUED_PREFIX = "digitq:quota:queued:"
 RATE_PREFIX = "digitq:quota:rate:"
 OUTSTANDING = "digitq:quota:outstanding"
+REFUSED_PREFIX = "digitq:quota:refused:"
 RATE_WINDOW_SECONDS = 60
 QUEUED_RETRY_AFTER = 30  # seconds: work drains at a rate we do not promise; look again then
 
@@ -64,6 +69,24 @@ end
 return {'ok'}
 """
 
+# KEYS: the counter. ARGV: its window. One more refusal; the window starts with the first one.
+_REFUSED = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+# KEYS: the tenant's queued count, the outstanding hash. ARGV: images to give back, the lane.
+# Never below zero, never without a TTL (a DECRBY of a count that expired meanwhile would create a
+# negative count that never expires, and grant extra quota).
+_RELEASE = """
+local left = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[1])
+if left > 0 then redis.call('SET', KEYS[1], left, 'KEEPTTL') else redis.call('DEL', KEYS[1]) end
+local lane = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') - tonumber(ARGV[1])
+if lane > 0 then redis.call('HSET', KEYS[2], ARGV[2], lane) else redis.call('HDEL', KEYS[2], ARGV[2]) end
+return left
+"""
+
 
 def tenant_of(caller: str | None) -> str:
     return caller or ANONYMOUS
@@ -86,6 +109,8 @@ class Quotas:
         self.redis = client
         self.settings = settings
         self._admit = client.register_script(_ADMIT)
+        self._refused = client.register_script(_REFUSED)
+        self._release = client.register_script(_RELEASE)
 
     def admit(self, tenant: str, images: int = 0, count: bool = True, lane: str = BULK) -> None:
         """One round trip: count a submission in the tenant's sliding minute (`count`), then
@@ -126,10 +151,28 @@ class Quotas:
 
     def release(self, tenant: str, images: int, lane: str = BULK) -> None:
         """Give back a reservation whose job could not be created."""
+        self._release(keys=[queued_key(tenant), OUTSTANDING], args=[images, lane])
+
+    def refused(self, who: str) -> None:
+        """Count one refused upload of `who` (a tenant, or `addr:<client address>`)."""
+        self._refused(keys=[REFUSED_PREFIX + who], args=[RATE_WINDOW_SECONDS])
+
+    def refusals_exceeded(self, who: str) -> QuotaExceeded | None:
+        """Whether `who` had more refused uploads this minute than REFUSED_REQUESTS_PER_MINUTE."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.decrby(queued_key(tenant), images)
-        pipe.hincrby(OUTSTANDING, lane, -images)
-        pipe.execute()
+        pipe.get(REFUSED_PREFIX + who)
+        pipe.ttl(REFUSED_PREFIX + who)
+        count, ttl = pipe.execute()
+        limit = self.settings.refused_requests_per_minute
+        if int(count or 0) < limit:
+            return None
+        return QuotaExceeded(
+            "refused_requests",
+            "REFUSED_REQUESTS_PER_MINUTE",
+            f"more than {limit} refused uploads in the last minute (REFUSED_REQUESTS_PER_MINUTE): "
+            "fix the request (key, size, content) before sending it again",
+            max(1, int(ttl)),
+        )
 
     def queued(self, tenant: str) -> int:
         return int(self.redis.get(queued_key(tenant)) or 0)

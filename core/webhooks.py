@@ -113,6 +113,19 @@ for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
 return ids
 """
 
+# KEYS: event hash, due set. ARGV: event id, body ('': unchanged), next attempt at ('': none), due-set
+# ttl. Only an event that still exists is written (an expired one would come back without a TTL).
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'body', ARGV[2]) end
+if ARGV[3] ~= '' then
+  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return 1
+"""
+
 
 # KEYS: due set. ARGV: new lease end, then (id, lease end it holds) pairs. An event is renewed only
 # while it still holds the lease it was given: once settled (removed or rescheduled), never.
@@ -142,6 +155,7 @@ class Outbox:
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
+        self._update = client.register_script(_UPDATE)
 
     def enqueue(self, event_id: str, job_id: str, kind: str, now: float | None = None) -> bool:
         """Queue an event once (an id already queued is not queued again)."""
@@ -171,17 +185,15 @@ class Outbox:
 
     def keep_body(self, event_id: str, body: str) -> None:
         """The first attempt's body, sent again on every retry (same id, same content)."""
-        self.redis.hset(MSG_PREFIX + event_id, "body", body)
+        self._update(keys=[MSG_PREFIX + event_id, DUE], args=[event_id, body, "", 0])
 
     def finish(self, event_id: str) -> None:
         """No more attempts: delivered, refused for good, or given up."""
         self.redis.zrem(DUE, event_id)
 
     def retry_at(self, event_id: str, when: float) -> None:
-        pipe = self.redis.pipeline()
-        pipe.hincrby(MSG_PREFIX + event_id, "attempts", 1)
-        pipe.zadd(DUE, {event_id: when})
-        pipe.execute()
+        args: list[str | int] = [event_id, "", repr(when), horizon_seconds(self.settings)]
+        self._update(keys=[MSG_PREFIX + event_id, DUE], args=args)
 
 
 def notify(store: JobStore, job_id: str, progressed: bool = False) -> None:

@@ -68,9 +68,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class EmbeddedRedis:
     def __init__(
-        self, data_dir: Path, port: int | None = None, persist: bool = True, password: str | None = None
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        persist: bool = True,
+        password: str | None = None,
+        maxmemory: str = "1gb",
     ) -> None:
         self.data_dir = data_dir
+        self.maxmemory = maxmemory
         self.port = port or free_port()
         self.persist = persist
         self.password = password or secrets.token_urlsafe(32)
@@ -90,6 +96,10 @@ class EmbeddedRedis:
             f"appendonly {'yes' if self.persist else 'no'}",
             "logfile redis.log",
             f'requirepass "{self.password}"',
+            # Bounded (REDIS_MAXMEMORY); when full, writes are refused (the API answers 503) rather
+            # than keys evicted: an evicted job, lane or unacked message would be lost work.
+            f"maxmemory {self.maxmemory}",
+            "maxmemory-policy noeviction",
             *(f'rename-command {command} ""' for command in DISABLED_COMMANDS),
         ]
         return "\n".join(lines) + "\n"

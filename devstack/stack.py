@@ -114,8 +114,14 @@ class Stack:
     def start_redis(self) -> None:
         if not self.redis_url:
             password = secret_files.read_or_create(self.secrets_dir / "redis-password")
-            self.redis = EmbeddedRedis(self.settings.data_dir / "redis", password=password)
+            maxmemory = self.settings.redis_maxmemory
+            self.redis = EmbeddedRedis(
+                self.settings.data_dir / "redis", password=password, maxmemory=maxmemory
+            )
             self.redis_url = self.redis.start()
+            # Its clients check that the port is still ours before sending the password (a Redis
+            # restarted after a crash: another local user may have taken the port meanwhile).
+            self.env["REDIS_LISTENER_UID"] = str(os.getuid())
 
     def redis_source(self) -> str:
         """Which Redis the stack uses, for the start-up line (the URL redacted)."""
@@ -145,6 +151,7 @@ class Stack:
         ensure_port_free(s.api_host, port, "API_PORT")
         args = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", s.api_host]
         args += ["--port", str(port), "--log-level", s.log_level.lower()]
+        args += ["--http", "api.http_guard:GuardedHTTPProtocol"]  # header timeout, connection cap
         self._spawn(name, args, own_env=own_env)
 
     def start_flower(self) -> None:

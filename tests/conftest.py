@@ -48,8 +48,12 @@ def make_client(
         reset_clients()
         from api.main import create_app
 
-        # From loopback, as `make run`'s clients are (an open API answers only those: api/deps.py).
-        test_client = TestClient(create_app(), raise_server_exceptions=False, client=(client, 50000))
+        # From loopback, as `make run`'s clients are, naming it in Host (an open API answers only
+        # those: api/deps.py).
+        app = create_app()
+        test_client = TestClient(
+            app, "http://127.0.0.1", raise_server_exceptions=False, client=(client, 50000)
+        )
         clients.append(test_client)
         return test_client
 

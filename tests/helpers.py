@@ -9,6 +9,7 @@ Two tiers of tests:
 
 import io
 import os
+import socket
 import struct
 import time
 import zipfile
@@ -79,6 +80,23 @@ def running_api(data_dir: Path, **env: str) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """A whole HTTP response (head and Content-Length bytes of body) read from `sock`."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _content_length(answer):
+        more = sock.recv(65536)
+        if not more:
+            break
+        answer += more
+    return answer
+
+
+def _content_length(answer: bytes) -> int:
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    found = [line for line in head.split(b"\r\n") if line.startswith(b"content-length:")]
+    return int(found[0].split(b":")[1]) if found else 0
 
 
 def peak_rss_bytes(pid: int) -> int:

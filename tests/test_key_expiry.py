@@ -50,6 +50,8 @@ def test_every_key_expires_or_is_bounded(tmp_path, digits) -> None:
             cancelled = api.post("/jobs", files=files[1:]).json()["id"]
             api.delete(f"/jobs/{cancelled}")
             wait_for_job(api, cancelled)
+            # A refused upload is counted (api/gate.py): its counter must expire too.
+            assert api.post("/jobs", files=[("files", ("x.txt", b"not an image"))]).status_code == 415
             assert api.get("/metrics").status_code == 200
             assert api.get("/ready").status_code == 200
 
@@ -63,5 +65,6 @@ def test_every_key_expires_or_is_bounded(tmp_path, digits) -> None:
         assert "digitq:quota:queued:anonymous" in keys  # and the quotas (core/quotas.py)
         assert "digitq:quota:outstanding" in keys  # images outstanding per lane: expires like the quotas
         assert any(k.startswith("digitq:quota:rate") for k in keys)
+        assert any(k.startswith("digitq:quota:refused:") for k in keys)
         forever = [k for k in keys if client.ttl(k) == -1 and not _bounded(k)]
         assert forever == [], f"keys without a TTL that are not known to be bounded: {forever}"

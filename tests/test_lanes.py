@@ -24,6 +24,7 @@ def test_a_worker_takes_every_interactive_chunk_before_bulk_and_each_once(redis_
     app's queues, transport options and a prefetch of one) takes every interactive one first, and
     each chunk once, whatever order it subscribed in. kombu's default round-robin cycle would
     alternate lanes after the first; its priority cycle would follow the subscription order."""
+    redis.Redis.from_url(redis_url).flushall()  # no chunk left in the lanes by an earlier test
     app = make_celery(Settings(redis_url=redis_url))
     for n in range(6):  # each bulk chunk queued before the interactive one sent with it
         send_chunk(app, Chunk(f"bulk-{n}", (ChunkItem(0, 0),), lane=BULK))

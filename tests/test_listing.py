@@ -184,6 +184,22 @@ def test_csv_cells_never_start_a_formula(app_client: TestClient, one_png: bytes)
     ]
 
 
+@pytest.mark.parametrize("separator", [";", ","])
+def test_csv_cells_split_at_a_separator_never_start_a_formula(
+    app_client: TestClient, one_png: bytes, separator: str
+) -> None:
+    """In a semicolon locale, `x;=1+2;.png` opened as three cells, the second a formula."""
+    names = [f"x{separator}=1+2{separator}.png", f"a{separator} @cmd.png", f"b{separator}-1{separator}+2.png"]
+    job = submit(app_client, make_zip({name: one_png for name in names}), name="s.zip")
+    text = app_client.get(f"/jobs/{job['id']}/results?format=csv").text
+    for line in text.splitlines()[1:]:
+        for delimiter in ";,":  # however the spreadsheet splits the row
+            cells = [cell.strip().strip('"').lstrip() for cell in line.split(delimiter)]
+            assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], (delimiter, line)
+    found = [row["name"] for row in csv.DictReader(io.StringIO(text, newline=""))]
+    assert [name.replace("'", "") for name in found] == names  # only the marks were added
+
+
 def test_jsonl_streams_one_item_per_line(app_client: TestClient, one_png: bytes) -> None:
     archive = make_zip({f"{i}.png": one_png for i in range(1500)})  # more than one streamed page
     job = submit(app_client, archive, name="d.zip")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from devstack.stack import Stack
-from tests.helpers import empty_entries_zip, peak_rss_bytes, png, running_api, wait_until
+from tests.helpers import empty_entries_zip, peak_rss_bytes, png, read_response, running_api, wait_until
 
 pytestmark = pytest.mark.stack  # processes of their own (see tests/helpers.py)
 
@@ -48,27 +48,10 @@ def _multipart(files: list[tuple[str, tuple[str, bytes]]]) -> tuple[bytes, bytes
     request = httpx.Request("POST", "http://digitq/jobs", files=files)
     body = request.read()
     head = (
-        f"POST /jobs HTTP/1.1\r\nHost: digitq\r\nContent-Type: {request.headers['Content-Type']}\r\n"
+        f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {request.headers['Content-Type']}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode(), body
-
-
-def _response(sock: socket.socket) -> bytes:
-    """A whole HTTP response (head and Content-Length bytes of body) read from `sock`."""
-    answer = b""
-    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
-        more = sock.recv(65536)
-        if not more:
-            break
-        answer += more
-    return answer
-
-
-def _length(answer: bytes) -> int:
-    head = answer.split(b"\r\n\r\n", 1)[0].lower()
-    found = [line for line in head.split(b"\r\n") if line.startswith(b"content-length:")]
-    return int(found[0].split(b":")[1]) if found else 0
 
 
 def _connect(stack: Stack) -> socket.socket:
@@ -86,7 +69,7 @@ def test_a_body_sent_slowly_is_cut_off_with_408(tmp_path: Path, digits) -> None:
                 break
             sock.send(bytes([byte]))
             assert time.monotonic() - started < 20, "no answer while the body trickled in"
-        answer = _response(sock)
+        answer = read_response(sock)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"did not arrive within 2 seconds" in answer
         assert time.monotonic() - started < 10

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from enum import StrEnum
@@ -19,9 +20,9 @@ from redis.client import Pipeline
 
 from api.deps import BlobStoreDep, CallerDep, FairShareDep, JobStoreDep, Submission, SubmissionDep
 from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
-from api.problems import ProblemError
+from api.problems import ProblemError, over_quota
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
-from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, inline_parts, part_items
+from api.uploads import ACCEPTED, Item, UploadError, chunks, inline_parts, list_upload
 from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
@@ -38,7 +39,7 @@ PROBLEMS = {
     for code, text in {
         400: "Nothing to do: no files, an empty file, an unreadable zip, or a zip with no images",
         401: "Missing or wrong API key (only when API_KEYS is set)",
-        403: "Without API_KEYS: a client beyond loopback, or a cross-site browser request",
+        403: "Without API_KEYS: a client beyond loopback, a non-loopback Host, or a cross-site request",
         404: "No such job (or it expired)",
         409: "A submission with this Idempotency-Key is still being created",
         413: "The upload, an image, or the number of images is over the limit",
@@ -69,17 +70,15 @@ def visible(job: Job | None, job_id: str, caller: str | None) -> Job:
     return job
 
 
-def _list_items(files: list[UploadFile], max_image_bytes: int, max_items: int) -> list[Item]:
-    items: list[Item] = []
-    budget = EntryBudget(max_items)  # refuses a huge zip before listing it
-    for part, upload in enumerate(files):
-        name = upload.filename or f"file-{part + 1}"
-        try:
-            _, found = part_items(upload.file, name, part, max_image_bytes, budget)
-        except UploadError as exc:
-            raise ProblemError(exc.status, "Unusable upload", str(exc)) from exc
-        items += found
-    return items
+def list_items(
+    files: list[UploadFile], max_image_bytes: int, max_items: int, keep_part_errors: bool = False
+) -> list[Item]:
+    """`list_upload` of the parts (named as uploaded); an unusable upload is a problem."""
+    parts = [(upload.file, upload.filename or f"file-{part + 1}") for part, upload in enumerate(files)]
+    try:
+        return list_upload(parts, max_image_bytes, max_items, keep_part_errors)
+    except UploadError as exc:
+        raise ProblemError(exc.status, "Unusable upload", str(exc)) from exc
 
 
 def create_job(
@@ -89,12 +88,11 @@ def create_job(
     extra: Mapping[str, str | int] | None = None,
     idempotency_key: str | None = None,
     job_id: str | None = None,
-    count_submission: bool = False,
 ) -> tuple[str, bool]:
     """Store the upload, create the job (`job_id`, or a new id) and queue its chunks: (job id, replayed).
 
-    Within the caller's quotas (429 otherwise): the submission rate when `count_submission` (POST
-    /jobs counts it before reading the upload), the queued images always, in one round trip.
+    Within the caller's queued-images quota (429 otherwise; the submission rate was counted before
+    the upload was read: api/gate.py).
     `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
     Blocking (disk or S3, Redis): async routes run it in the thread pool.
     """
@@ -110,7 +108,7 @@ def create_job(
     try:
         settings = sub.settings
         lane = lane_for(len(items), settings)
-        _within_quota(sub.quotas, tenant, len(items), count_submission, lane)  # all the images, or none
+        _within_quota(sub.quotas, tenant, len(items), lane)  # all the images, or none
         reserved = True
         inline = inline_parts([upload.file for upload in files])
         for part, upload in enumerate(files if inline is None else ()):
@@ -170,12 +168,11 @@ def _submit(
     webhook_events: str | None,
 ) -> Job:
     settings = sub.settings
-    _within_quota(sub.quotas, tenant_of(sub.caller))  # the rate, before reading the upload
     labels = parse_metadata(metadata)
     hook = parse_webhook(webhook, webhook_events, settings)
     if not files:
         raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
-    items = _list_items(files, settings.max_image_bytes, settings.max_items_per_job)
+    items = list_items(files, settings.max_image_bytes, settings.max_items_per_job)
     if not items:
         raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
     if len(items) > settings.max_items_per_job:
@@ -299,19 +296,14 @@ def list_jobs(
     return JobList(items=[JobOut.of(job) for job in found.jobs], next=next_url)
 
 
-def _within_quota(quotas: Quotas, tenant: str, images: int = 0, count: bool = True, lane: str = BULK) -> None:
-    """`Quotas.admit`; over a quota is a 429 naming the limit, counted in /metrics."""
+def _within_quota(quotas: Quotas, tenant: str, images: int, lane: str = BULK) -> None:
+    """`Quotas.admit` of the images (the rate is counted in api/gate.py); over the quota is a 429
+    naming the limit, counted in /metrics."""
     try:
-        quotas.admit(tenant, images, count, lane)
+        quotas.admit(tenant, images, count=False, lane=lane)
     except QuotaExceeded as exc:
         metrics.refused(quotas.redis, exc.reason)
-        raise ProblemError(
-            429,
-            "Quota exceeded",
-            exc.detail,
-            headers={"Retry-After": str(exc.retry_after)},
-            extra={"limit": exc.limit},
-        ) from None
+        raise over_quota(exc) from None
 
 
 def idempotency_claim(caller: str | None, idempotency_key: str) -> str:
@@ -449,12 +441,25 @@ def _all_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[
         yield [row for row in _rows(store, job.id, offset, CSV_PAGE) if status in (None, row[2])]
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# A formula start at the beginning of a cell, or after a `;` or `,` inside it: a spreadsheet in a
+# semicolon locale splits `x;=1+2;.png` into three cells, the second a formula (quotes don't help:
+# the cell's quote is not where its `;`-field starts).
+FORMULA_START = re.compile(r"(^|[;,])(\s*)(?=[=+\-@\t\r])")
 
 
 def _cell(text: str) -> str:
-    """A spreadsheet opening the CSV must not run a name as a formula (CSV injection): prefix `'`."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    """A spreadsheet opening the CSV must not run a name as a formula (CSV injection): `'` before
+    every formula start, in whichever cell a spreadsheet may split it into."""
+    return FORMULA_START.sub(r"\1\2'", text)
+
+
+GUARDED_START = re.compile(r"(^|[;,])(\s*)'(?=[=+\-@\t\r])")
+
+
+def uncell(text: str) -> str:
+    """`_cell` undone: a name as the results CSV shows it, back to the name (api/routes/labels.py
+    reads label CSVs made from the results CSV)."""
+    return GUARDED_START.sub(r"\1\2", text)
 
 
 def _csv_rows(store: JobStore, job: Job, status: ItemStatus | None) -> Iterator[str]:

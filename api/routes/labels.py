@@ -21,7 +21,7 @@ from api.deps import CallerDep, require_api_key
 from api.items import off_loop, render
 from api.problems import ProblemError
 from api.routes.items import IndexPath, Items, ItemsDep
-from api.routes.jobs import FORMULA_STARTS, PROBLEMS, job_or_404
+from api.routes.jobs import PROBLEMS, job_or_404, uncell
 from api.routes.jobs import _items as results_page
 from api.schemas import ItemOut, LabelIn, LabelsApplied, LabelsDeleted
 from core.connections import get_labelled_store
@@ -180,8 +180,8 @@ def _index(value: object, job: Job) -> int:
 
 def _by_name(by_name: dict[str, list[int]], name: str) -> int:
     found = by_name.get(name)
-    if found is None and name.startswith("'") and name[1:].startswith(FORMULA_STARTS):
-        found = by_name.get(name[1:])  # as the results CSV shows it (api/routes/jobs.py `_cell`)
+    if found is None:
+        found = by_name.get(uncell(name))  # as the results CSV shows it (api/routes/jobs.py `_cell`)
     if not found:
         raise ValueError("no item has this name")
     if len(found) > 1:

@@ -18,9 +18,9 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import SubmissionDep
 from api.options import IdempotencyKey
 from api.problems import ProblemError
-from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, visible
+from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, list_items, visible
 from api.schemas import BatchPrediction, Prediction
-from api.uploads import ACCEPTED, Item, UploadError, part_items
+from api.uploads import ACCEPTED, Item, UploadError, part_items, sniff
 from api.waiting import get_completions
 from core.jobs import ItemResult, JobStatus, new_job_id
 
@@ -114,8 +114,8 @@ async def predict(
     """
     if file is None:
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
-    items = _single_image(file, sub.settings.max_image_bytes)
-    create = partial(create_job, sub, [file], items, idempotency_key=idempotency_key, count_submission=True)
+    items = await run_in_threadpool(_single_image, file, sub.settings.max_image_bytes)
+    create = partial(create_job, sub, [file], items, idempotency_key=idempotency_key)
     job_id, model_version, (result,) = await _answer(
         create, 1, sub.caller, sub.settings.predict_timeout_seconds
     )
@@ -134,26 +134,16 @@ async def predict(
 
 
 def _single_image(upload: UploadFile, max_image_bytes: int) -> list[Item]:
-    try:
-        kind, items = part_items(upload.file, upload.filename or "image", 0, max_image_bytes)
-    except UploadError as exc:
-        raise ProblemError(exc.status, "Unusable upload", str(exc)) from exc
-    if kind == "zip":
+    """The one image of /predict; a zip is refused from its first bytes, never listed. Blocking
+    (an image's header is read): in the thread pool."""
+    if sniff(upload.file.read(16)) == "zip":
         detail = "/predict takes one image; send zips (and several images) to /predict_batch as 'files'"
         raise ProblemError(415, "Not an image", detail)
-    return items
-
-
-def _batch_items(files: list[UploadFile], max_image_bytes: int) -> list[Item]:
-    """Every part's items; a part the service cannot take is an item with its error, as in a zip."""
-    items: list[Item] = []
-    for part, upload in enumerate(files):
-        name = upload.filename or f"file-{part + 1}"
-        try:
-            items += part_items(upload.file, name, part, max_image_bytes)[1]
-        except UploadError as exc:
-            items.append(Item(name=name, part=part, error=str(exc)))
-    return items
+    upload.file.seek(0)
+    try:
+        return part_items(upload.file, upload.filename or "image", 0, max_image_bytes)[1]
+    except UploadError as exc:
+        raise ProblemError(exc.status, "Unusable upload", str(exc)) from exc
 
 
 @router.post(
@@ -183,13 +173,18 @@ async def predict_batch(
     """
     if not files:
         raise ProblemError(400, "No files", f"send one or more multipart parts named 'files': {ACCEPTED}")
-    items = _batch_items(files, sub.settings.max_image_bytes)
+    # Every part's items (a part the service cannot take is an item with its error, as in a zip),
+    # listed within /jobs' budgets for the whole request, off the event loop.
+    settings = sub.settings
+    items = await run_in_threadpool(
+        list_items, files, settings.max_image_bytes, settings.max_items_per_job, True
+    )
     if not items:
         raise ProblemError(400, "No images", "the upload holds no images (only folders or hidden files)")
     if len(items) > INLINE_RESULTS:
         detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
         raise ProblemError(413, "Too many images", detail)
-    create = partial(create_job, sub, files, items, idempotency_key=idempotency_key, count_submission=True)
+    create = partial(create_job, sub, files, items, idempotency_key=idempotency_key)
     *_, results = await _answer(create, len(items), sub.caller, sub.settings.predict_timeout_seconds)
     return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
 

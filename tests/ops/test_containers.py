@@ -69,12 +69,16 @@ def test_compose_runs_the_local_stack_commands(compose: dict) -> None:
     assert services["api"]["environment"]["BLOB_URL"].startswith("s3://")
     stack = (PROJECT_ROOT / "devstack" / "stack.py").read_text()
     assert '"api.main:app"' in stack and '"worker.app", "worker"' in stack and '"flower"' in stack
+    # The header timeout and the connection cap (api/http_guard.py), in both.
+    guard = "api.http_guard:GuardedHTTPProtocol"
+    assert services["api"]["command"][-2:] == ["--http", guard] and f'"--http", "{guard}"' in stack
 
 
 def test_compose_redis_and_flower_need_credentials(compose: dict) -> None:
     services = compose["services"]
     redis_command = " ".join(services["redis"]["command"])
     assert "requirepass" in redis_command and "redis-server -" in redis_command  # password on stdin
+    assert "--maxmemory ${REDIS_MAXMEMORY:-1gb} --maxmemory-policy noeviction" in redis_command  # bounded
     assert "REDIS_PASSWORD:?" in services["redis"]["environment"]["REDISCLI_AUTH"]  # no default
     for name in ("api", "worker", "flower", "model-push"):
         assert services[name]["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")

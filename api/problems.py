@@ -37,6 +37,9 @@ CATALOGUE = {
     "Forbidden": "A client API key was sent to /admin, which takes only ADMIN_API_KEYS.",
     "Open API on loopback only": "The API has no API_KEYS, so it answers clients on its own machine only. "
     "Its operator sets API_KEYS (or ALLOW_OPEN_API=true).",
+    "Unknown host": "An API without keys answers only requests addressed to 127.0.0.1, localhost or [::1] "
+    "(a page of another site may point its own name at this machine: DNS rebinding). Use one of those "
+    "names, or have the operator set API_KEYS.",
     "Cross-site request": "An API without keys refuses requests a web page of another site makes from "
     "your browser. Use the page the API serves, or a client that is not a browser.",
     "Admin API disabled": "/admin is off until ADMIN_API_KEYS is set (keys of their own).",

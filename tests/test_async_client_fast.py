@@ -22,7 +22,8 @@ def run(make_client: Callable[..., TestClient], scenario: Callable[[AsyncClient]
 
     async def main() -> Any:
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
-        async with AsyncClient("http://digitq.test", transport=transport, retries=1) as dq:
+        # Host 127.0.0.1: an open API answers requests addressed to loopback names only.
+        async with AsyncClient("http://127.0.0.1", transport=transport, retries=1) as dq:
             return await scenario(dq)
 
     return asyncio.run(main())

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # A queued/running job without a new result for this long, whose missing items no queued or
     # unacknowledged chunk carries, is stuck: the sweep re-queues or fails them (worker/stuck_jobs.py).
     stuck_job_seconds: int = Field(default=120, ge=1, description="no progress before the sweep acts")
+    # kombu's `global_keyprefix`: put in front of every broker key (queues, unacked messages), so
+    # that several deployments can share one Redis database. digitq's own keys keep `digitq:`.
+    broker_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
     # Lanes and fair share (issue 9, core/queue.py and core/dispatch.py).
     interactive_max_items: int = Field(default=16, ge=0, description="jobs this small skip the bulk lane")
     bulk_in_flight_chunks: int = Field(

@@ -11,7 +11,6 @@ from enum import StrEnum
 from functools import partial
 from typing import Annotated
 
-from celery import Celery
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -25,9 +24,9 @@ from api.uploads import ACCEPTED, EntryBudget, Item, UploadError, chunks, inline
 from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
-from core.dispatch import dispatch
+from core.dispatch import FairShare, dispatch
 from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id, new_job_id
-from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, broker_is, lane_for, push_chunks
+from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, lane_for
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -124,15 +123,15 @@ def create_job(
         )
         job_chunks = [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs]
         names = [item.name for item in items]
-        # An interactive job's chunks ride in the MULTI/EXEC that creates it (no worker can see
-        # them before the job exists); a bulk job's go behind the window once it exists.
-        rides = lane != BULK and broker_is(sub.celery, settings.redis_url)
-        if rides and _one_trip(job_chunks, items, fields):
+        # An interactive job's chunks are tracked in the MULTI/EXEC that creates it and published
+        # once it exists (core/dispatch.py: lost in between, the sweeper sends them); a bulk job's
+        # go behind the window once it exists.
+        interactive = lane != BULK
+        if interactive and _one_trip(job_chunks, items, fields):
             job_chunks = [replace(job_chunks[0], one_trip=True)]
-        also = partial(_submitted, sub.celery, job_chunks if rides else [], len(items))
+        also = partial(_submitted, sub.fair, job_chunks if interactive else [], len(items))
         sub.store.create(job_id, names, owner=sub.caller, extra=fields, claim=claim, also=also)
-        if not rides:
-            dispatch(sub.celery, sub.fair, job_chunks)
+        dispatch(sub.celery, sub.fair, job_chunks, tracked=interactive)
     except Exception:
         if reserved:
             sub.quotas.release(tenant, len(items))
@@ -150,10 +149,10 @@ def _one_trip(job_chunks: list[Chunk], items: list[Item], fields: Mapping[str, o
     return len(job_chunks) == 1 and job_chunks[0].parts is not None and small and "webhook_url" not in fields
 
 
-def _submitted(celery: Celery, riding: list[Chunk], items: int, pipe: Pipeline) -> None:
-    """In the pipeline that creates the job: its metrics, and the chunks that ride along."""
+def _submitted(fair: FairShare, tracked: list[Chunk], items: int, pipe: Pipeline) -> None:
+    """In the pipeline that creates the job: its metrics, and its interactive chunks tracked."""
     metrics.job_submitted(pipe, items=items)
-    push_chunks(pipe, celery, riding)
+    fair.track(pipe, tracked)
 
 
 def _submit(

@@ -61,7 +61,12 @@ class Settings(BaseSettings):
 
     # Quotas per API key (one anonymous tenant when API_KEYS is unset): core/quotas.py.
     max_queued_images_per_key: int = Field(default=1_000_000, ge=1)
-    submissions_per_minute_per_key: int = Field(default=600, ge=1)
+    # The submission rate (core/quotas.py): images per second the fleet serves, shared among the
+    # keys with work waiting; a key over its share is refused only while others wait, never alone.
+    # 0: sized from the workers' heartbeats (pool processes x measured images per second).
+    submission_images_per_second: float = Field(default=0, ge=0)
+    # A key's bucket holds this many seconds of the fleet's work (submitted at once, then its share).
+    submission_burst_seconds: float = Field(default=2, gt=0)
 
     # Interactive answers (api/routes/predict.py): how long /predict and /predict_batch wait for their
     # job before answering 504 with its id.

@@ -148,8 +148,7 @@ class FairShare:
             return self.settings.bulk_in_flight_chunks
         now = time.monotonic()
         if now >= self._budget_until:
-            processes = sum(int(w.get("concurrency") or 0) for w in fleet.workers(self.redis))
-            self._budget = max(processes, 1) + SLACK
+            self._budget = max(fleet.processes(self.redis), 1) + SLACK
             self._budget_until = now + fleet.HEARTBEAT_SECONDS
         return self._budget
 

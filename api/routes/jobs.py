@@ -42,7 +42,8 @@ PROBLEMS = {
         413: "The upload, an image, or the number of images is over the limit",
         415: "A part that is neither an image nor a zip",
         422: "A malformed parameter or metadata",
-        429: "Over a quota of the API key: MAX_QUEUED_IMAGES_PER_KEY or SUBMISSIONS_PER_MINUTE_PER_KEY",
+        429: "Over a quota of the API key: MAX_QUEUED_IMAGES_PER_KEY, or its share of "
+        "SUBMISSION_IMAGES_PER_SECOND while other keys wait",
     }.items()
 }
 CSV_PAGE = 1000
@@ -87,12 +88,11 @@ def create_job(
     extra: Mapping[str, str | int] | None = None,
     idempotency_key: str | None = None,
     job_id: str | None = None,
-    count_submission: bool = False,
 ) -> tuple[str, bool]:
     """Store the upload, create the job (`job_id`, or a new id) and queue its chunks: (job id, replayed).
 
-    Within the caller's quotas (429 otherwise): the submission rate when `count_submission` (POST
-    /jobs counts it before reading the upload), the queued images always, in one round trip.
+    Within the caller's quotas (429 otherwise): its images taken from the submission rate's bucket
+    and reserved as queued, in one round trip (core/quotas.py).
     `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
     Blocking (disk or S3, Redis): async routes run it in the thread pool.
     """
@@ -106,7 +106,7 @@ def create_job(
             return earlier, True
     reserved = False
     try:
-        _within_quota(sub.quotas, tenant, len(items), count_submission)  # all the images, or none
+        _within_quota(sub.quotas, tenant, len(items))  # all the images, or none
         reserved = True
         inline = inline_parts([upload.file for upload in files])
         for part, upload in enumerate(files if inline is None else ()):
@@ -294,10 +294,10 @@ def list_jobs(
     return JobList(items=[JobOut.of(job) for job in found.jobs], next=next_url)
 
 
-def _within_quota(quotas: Quotas, tenant: str, images: int = 0, count: bool = True) -> None:
+def _within_quota(quotas: Quotas, tenant: str, images: int = 0) -> None:
     """`Quotas.admit`; over a quota is a 429 naming the limit, counted in /metrics."""
     try:
-        quotas.admit(tenant, images, count)
+        quotas.admit(tenant, images)
     except QuotaExceeded as exc:
         metrics.refused(quotas.redis, exc.reason)
         raise ProblemError(

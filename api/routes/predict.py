@@ -98,7 +98,7 @@ async def predict(
     if file is None:
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
     items = _single_image(file, sub.settings.max_image_bytes)
-    create = partial(create_job, sub, [file], items, count_submission=True)
+    create = partial(create_job, sub, [file], items)
     job_id, model_version, (result,) = await _answer(
         create, 1, sub.caller, sub.settings.predict_timeout_seconds
     )
@@ -171,7 +171,7 @@ async def predict_batch(
     if len(items) > INLINE_RESULTS:
         detail = f"{len(items)} images; /predict_batch answers at most {INLINE_RESULTS}: POST /jobs for more"
         raise ProblemError(413, "Too many images", detail)
-    create = partial(create_job, sub, files, items, count_submission=True)
+    create = partial(create_job, sub, files, items)
     *_, results = await _answer(create, len(items), sub.caller, sub.settings.predict_timeout_seconds)
     return [_batch_item(item, result) for item, result in zip(items, results, strict=True)]
 

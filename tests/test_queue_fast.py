@@ -137,3 +137,22 @@ def test_the_broker_key_prefix_is_kombus_global_keyprefix_for_every_broker_key(
     assert api.get("/ready").json()["queue_depth"] == 1
     assert api.post("/jobs", files={"files": ("a.png", png(np.zeros((28, 28))))}).status_code == 202
     assert sum(client.llen(prefix + lane) for lane in LANES) == 2
+
+
+def test_a_job_whose_publish_fails_is_accepted_and_left_to_the_sweeper(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
+    """The broker is unreachable right after the job was created: the job exists, holds its
+    reservation and its tracked chunk (the sweeper publishes it later), so the answer is 202."""
+    from socket import socket
+
+    with socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{unused.getsockname()[1]}/0"  # nothing listens there
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(CELERY_BROKER_URL=dead)
+    response = client.post("/jobs", files={"files": ("a.png", png(np.zeros((28, 28))))})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert store.zscore(INFLIGHT_INTERACTIVE, f"{job_id}:0") is not None
+    assert int(store.get("digitq:quota:queued:anonymous") or 0) == 1

@@ -131,14 +131,21 @@ def create_job(
             job_chunks = [replace(job_chunks[0], one_trip=True)]
         also = partial(_submitted, sub.fair, job_chunks if interactive else [], len(items))
         sub.store.create(job_id, names, owner=sub.caller, extra=fields, claim=claim, also=also)
-        dispatch(sub.celery, sub.fair, job_chunks, tracked=interactive)
     except Exception:
         if reserved:
             sub.quotas.release(tenant, len(items))
         if claim:
             sub.store.release_submission(claim)
         raise
+    # The job exists and holds its reservation from here on, whatever happens to the publish.
     with logs.bound(job_id=job_id):
+        try:
+            dispatch(sub.celery, sub.fair, job_chunks, tracked=interactive)
+        except Exception:
+            if not interactive:
+                raise  # its chunks may be untracked: the stuck-job sweep re-queues them
+            log.warning("job submitted; its chunks are published by the sweeper", exc_info=True)
+            return job_id, False
         log.info("job submitted")
     return job_id, False
 

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # kombu's `global_keyprefix`: put in front of every broker key (queues, unacked messages), so
     # that several deployments can share one Redis database. digitq's own keys keep `digitq:`.
     broker_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
+    # One-trip chunks (/predict, small Prefer: wait jobs) of concurrent submissions published as one
+    # task of up to this many images (core/batching.py); 0: one task per job.
+    batch_max_images: int = Field(default=64, ge=0)
     # Lanes and fair share (issue 9, core/queue.py and core/dispatch.py).
     interactive_max_items: int = Field(default=16, ge=0, description="jobs this small skip the bulk lane")
     bulk_in_flight_chunks: int = Field(

@@ -10,6 +10,7 @@ from core.config import get_settings
 from core.jobs import JobStore
 
 if TYPE_CHECKING:
+    from core.batching import Batcher
     from core.dispatch import FairShare
     from core.quotas import Quotas
 
@@ -40,6 +41,14 @@ def get_fair_share() -> "FairShare":
 
 
 @lru_cache
+def get_batcher() -> "Batcher":
+    from core.batching import Batcher
+    from core.queue import get_celery
+
+    return Batcher(get_celery(), get_settings().batch_max_images)
+
+
+@lru_cache
 def get_quotas() -> "Quotas":
     from core.quotas import Quotas
 
@@ -50,6 +59,14 @@ def reset_clients() -> None:
     """Forget the cached settings and clients (tests that change settings between apps)."""
     from core.queue import get_celery
 
-    cached_clients = (get_redis, get_job_store, get_blob_store, get_celery, get_fair_share, get_quotas)
+    cached_clients = (
+        get_redis,
+        get_job_store,
+        get_blob_store,
+        get_celery,
+        get_fair_share,
+        get_quotas,
+        get_batcher,
+    )
     for cached in (get_settings, *cached_clients):
         cached.cache_clear()

@@ -99,6 +99,7 @@ from kombu.utils.scheduling import priority_cycle
 from core.config import Settings, get_settings
 
 PROCESS_CHUNK = "digitq.process_chunk"
+PROCESS_BATCH = "digitq.process_batch"  # one-trip chunks of several jobs (core/batching.py)
 INTERACTIVE = "digitq.interactive"
 BULK = "digitq.bulk"
 LANES = (INTERACTIVE, BULK)  # the order every worker reads them in

@@ -140,7 +140,10 @@ def create_job(
     # The job exists and holds its reservation from here on, whatever happens to the publish.
     with logs.bound(job_id=job_id):
         try:
-            dispatch(sub.celery, sub.fair, job_chunks, tracked=interactive)
+            if sub.batcher and job_chunks[0].one_trip:
+                sub.batcher.submit(job_chunks[0])  # published with concurrent ones (core/batching.py)
+            else:
+                dispatch(sub.celery, sub.fair, job_chunks, tracked=interactive)
         except Exception:
             if not interactive:
                 raise  # its chunks may be untracked: the stuck-job sweep re-queues them

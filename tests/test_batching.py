@@ -49,6 +49,37 @@ def test_the_chunks_waiting_go_together_up_to_the_limit(redis_url: str) -> None:
         queue.close()
 
 
+def test_a_batch_waits_only_for_submissions_on_their_way(redis_url: str) -> None:
+    """Alone, a chunk goes at once (a 30 s window is not waited); with another submission of the
+    process on its way (`arriving`), the batch waits for its chunk."""
+    batcher = Batcher(make_celery(Settings(redis_url=redis_url)), max_images=64, window=30, publish=False)
+    taken: list[list[Chunk]] = []
+    alone, other = one_image("a" * 32), one_image("b" * 32)
+    batcher.put(alone)
+    taker = threading.Thread(target=lambda: taken.append(batcher.take()))
+    taker.start()
+    taker.join(timeout=10)
+    assert not taker.is_alive() and taken == [[alone]]
+
+    go = threading.Event()
+
+    def on_its_way() -> None:
+        with batcher.arriving():
+            go.wait(timeout=10)
+            batcher.submit(other)
+
+    submitter = threading.Thread(target=on_its_way)
+    submitter.start()
+    wait_until(lambda: batcher._arriving == 1, what="the submission on its way")
+    batcher.put(alone)
+    taker = threading.Thread(target=lambda: taken.append(batcher.take()))
+    taker.start()
+    go.set()
+    taker.join(timeout=20)
+    submitter.join(timeout=10)
+    assert taken[1] == [alone, other]
+
+
 def test_without_batching_a_job_is_its_own_task(
     make_client: Callable[..., TestClient], redis_url: str
 ) -> None:

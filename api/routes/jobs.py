@@ -96,6 +96,20 @@ def create_job(
     `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
     Blocking (disk or S3, Redis): async routes run it in the thread pool.
     """
+    if sub.batcher and lane_for(len(items), sub.settings) != BULK:
+        with sub.batcher.arriving():  # a batch being formed waits for this one (core/batching.py)
+            return _create_job(sub, files, items, extra, idempotency_key, job_id)
+    return _create_job(sub, files, items, extra, idempotency_key, job_id)
+
+
+def _create_job(
+    sub: Submission,
+    files: list[UploadFile],
+    items: list[Item],
+    extra: Mapping[str, str | int] | None,
+    idempotency_key: str | None,
+    job_id: str | None,
+) -> tuple[str, bool]:
     tenant = tenant_of(sub.caller)
     job_id = job_id or new_job_id()
     claim = None

@@ -1,4 +1,4 @@
-"""The one task: classify a chunk of a job's images and store a result per item."""
+"""The tasks: classify a chunk of a job's images, or a batch of small jobs' chunks; a result per item."""
 
 import contextlib
 import logging

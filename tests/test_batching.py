@@ -156,3 +156,40 @@ def test_concurrent_predicts_each_get_their_own_answer(stack: Stack, digits) -> 
             (stored,) = all_results(api, answer["job_id"])
             assert stored["digit"] == answer["digit"]  # the published answer is the job's own
     assert len({r.json()["job_id"] for r in answers.values()}) == len(images)
+
+
+@pytest.mark.stack
+def test_a_redelivered_batch_runs_each_chunk_as_an_ordinary_one(stack: Stack, digits) -> None:
+    """A batch that comes back (as kombu restores it after a death: here a consumer gone without
+    acknowledging it) starts each chunk through the start script: each job gets its result once,
+    and each chunk's uncounted first start is counted, so the poison limit holds per job."""
+    from core.jobs import DELIVERIES_SUFFIX, PREFIX
+
+    client = redis.Redis.from_url(stack.redis_url or "")
+    settings = stack.settings.model_copy(update={"redis_url": stack.redis_url})
+    store, fair, celery = JobStore(client, 3600), FairShare(client, settings), make_celery(settings)
+    batch = []
+    for n in range(3):
+        job_id = new_job_id()
+        store.create(job_id, ["a.png"])
+        batch.append(one_image(job_id, png(digits[0][n * 700])))
+        pipe = client.pipeline()
+        fair.track(pipe, batch[-1:])
+        pipe.execute()
+    workers = [name for name in stack.processes if name.startswith("worker")]
+    for name in workers:
+        stack.stop_process(name)
+    try:
+        send_batch(celery, batch)
+        with celery.connection_for_write() as connection:
+            queue = connection.SimpleQueue(INTERACTIVE)
+            assert len(queue.get(timeout=10).payload[0][0]) == 3
+        # Gone without an acknowledgement: kombu put it back, marked redelivered.
+    finally:
+        for name in workers:
+            stack.start_worker(name)
+    for chunk in batch:
+        wait_until(lambda c=chunk: store.status(c.job_id) == "succeeded", 60, 0.05, "the job")
+        assert client.hlen(f"{PREFIX}{chunk.job_id}:results") == 1
+        assert client.hgetall(PREFIX + chunk.job_id + DELIVERIES_SUFFIX) == {b"0:0": b"2"}
+    wait_until(lambda: client.zcard(INFLIGHT_INTERACTIVE) == 0, 10, 0.05, "every chunk done")

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run run-cluster test test-fast model bench bench-model bench-ab bench-bounds bench-latency bench-fairness bench-sizing lint format clean install browser promtool
+.PHONY: run run-cluster test test-fast test-upgrade model bench bench-model bench-ab bench-bounds bench-latency bench-fairness bench-sizing lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
@@ -17,6 +17,20 @@ test: $(STAMP) models/LATEST browser promtool lint  ## every test, after the lin
 
 test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml), bar the slow ones
 	$(PY) -m pytest -m "not stack and not slow"
+
+# A scratch venv: the pinned dependencies (constraints.txt), then the newest releases of the four
+# that the pins in pyproject.toml hold back (~=), whatever the pins say; the fast tier against them.
+# Run before moving one of those pins or constraints.txt (README: Upgrading dependencies).
+UPGRADE_VENV := .venv-upgrade
+UPGRADED := celery kombu redis fastapi
+test-upgrade: models/LATEST  ## the fast tier against the newest celery, kombu, redis-py, fastapi (scratch venv)
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade $(UPGRADED)
+	$(UPGRADE_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^($(subst $() ,|,$(UPGRADED))) '
+	$(UPGRADE_VENV)/bin/python -m pytest -m "not stack and not slow"
 
 model: $(STAMP)  ## train the default model (models/<version>, models/LATEST)
 	$(PY) -m ml train
@@ -90,4 +104,4 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) $(UPGRADE_VENV) data .pytest_cache

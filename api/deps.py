@@ -11,9 +11,10 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.problems import ProblemError
+from core.batching import Batcher
 from core.blobs import BlobStore
 from core.config import Settings, get_settings, is_loopback
-from core.connections import get_blob_store, get_fair_share, get_job_store, get_quotas
+from core.connections import get_batcher, get_blob_store, get_fair_share, get_job_store, get_quotas
 from core.dispatch import FairShare
 from core.jobs import JobStore
 from core.queue import get_celery
@@ -213,11 +214,20 @@ class Submission:
     fair: FairShare
     quotas: Quotas
     caller: str | None
+    batcher: Batcher | None = None  # one-trip chunks published together (core/batching.py)
 
 
 async def _submission(settings: SettingsDep, caller: CallerDep) -> Submission:
+    batcher = get_batcher() if settings.batch_max_images else None
     return Submission(
-        settings, get_job_store(), get_blob_store(), get_celery(), get_fair_share(), get_quotas(), caller
+        settings,
+        get_job_store(),
+        get_blob_store(),
+        get_celery(),
+        get_fair_share(),
+        get_quotas(),
+        caller,
+        batcher,
     )
 
 

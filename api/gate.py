@@ -10,8 +10,9 @@ answers from the request's headers alone, on the upload routes (POST /jobs, /pre
   the same problem as the routes' dependency (api/deps.py `authenticate`), its body never read;
 - a caller over REFUSED_REQUESTS_PER_MINUTE (its refused uploads, counted per key, or per client
   address without a valid key): 429 + Retry-After;
-- a caller over SUBMISSIONS_PER_MINUTE_PER_KEY: 429 + Retry-After (the submission is counted
-  here, once, as it arrives; its images are reserved once the upload is listed).
+- a caller whose submission bucket is empty while other keys have work waiting
+  (SUBMISSION_IMAGES_PER_SECOND, core/quotas.py): 429 + Retry-After; nothing is taken here, the
+  images are taken and reserved once the upload is listed.
 
 Every 4xx an upload route answers (here, in BodyLimits, or in the route) but 409 and 429 counts as
 one refusal: repeating a refused upload is throttled. Redis is called in the thread pool.

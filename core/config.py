@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     # A queued/running job without a new result for this long, whose missing items no queued or
     # unacknowledged chunk carries, is stuck: the sweep re-queues or fails them (worker/stuck_jobs.py).
     stuck_job_seconds: int = Field(default=120, ge=1, description="no progress before the sweep acts")
+    # kombu's `global_keyprefix`: put in front of every broker key (queues, unacked messages), so
+    # that several deployments can share one Redis database. digitq's own keys keep `digitq:`.
+    broker_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
+    # One-trip chunks (/predict, small Prefer: wait jobs) of concurrent submissions published as one
+    # task of up to this many images (core/batching.py); 0: one task per job.
+    batch_max_images: int = Field(default=64, ge=0)
     # Lanes and fair share (issue 9, core/queue.py and core/dispatch.py).
     interactive_max_items: int = Field(default=16, ge=0, description="jobs this small skip the bulk lane")
     bulk_in_flight_chunks: int = Field(
@@ -79,10 +85,15 @@ class Settings(BaseSettings):
 
     # Quotas per API key (one anonymous tenant when API_KEYS is unset): core/quotas.py.
     max_queued_images_per_key: int = Field(default=1_000_000, ge=1)
-    submissions_per_minute_per_key: int = Field(default=600, ge=1)
     # Uploads refused (401/403 before the body; 413, 415, 400, 422 after) per key, or per client
     # address without a valid key; past it, 429 before the body is read (api/gate.py).
     refused_requests_per_minute: int = Field(default=60, ge=1)
+    # The submission rate (core/quotas.py): images per second the fleet serves, shared among the
+    # keys with work waiting; a key over its share is refused only while others wait, never alone.
+    # 0: sized from the workers' heartbeats (pool processes x measured images per second).
+    submission_images_per_second: float = Field(default=0, ge=0)
+    # A key's bucket holds this many seconds of the fleet's work (submitted at once, then its share).
+    submission_burst_seconds: float = Field(default=2, gt=0)
 
     # Interactive answers (api/routes/predict.py): how long /predict and /predict_batch wait for their
     # job before answering 504 with its id.

@@ -11,6 +11,7 @@ from core.jobs import JobStore
 from core.redis_owner import client_options
 
 if TYPE_CHECKING:
+    from core.batching import Batcher
     from core.dispatch import FairShare
     from core.labelled import LabelledStore
     from core.quotas import Quotas
@@ -43,6 +44,14 @@ def get_fair_share() -> "FairShare":
 
 
 @lru_cache
+def get_batcher() -> "Batcher":
+    from core.batching import Batcher
+    from core.queue import get_celery
+
+    return Batcher(get_celery(), get_settings().batch_max_images)
+
+
+@lru_cache
 def get_quotas() -> "Quotas":
     from core.quotas import Quotas
 
@@ -70,6 +79,7 @@ def reset_clients() -> None:
         get_fair_share,
         get_quotas,
         get_labelled_store,
+        get_batcher,
     )
     for cached in (get_settings, *cached_clients):
         cached.cache_clear()

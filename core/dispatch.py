@@ -1,38 +1,47 @@
-"""Putting a job's chunks on the queue: `dispatch()`, and the bulk lane's fair share.
+"""Putting a job's chunks on the queue: `dispatch()`, the bulk lane's fair share, and the record
+of every chunk queued or running (both lanes), from which the sweeps work.
 
-An interactive job (core/queue.py `lane_for`) sends its chunks at once (api/routes/jobs.py even
-puts them in the pipeline that creates the job, when it can). A bulk job does not: its
-chunks wait in Redis, and only a small window of bulk chunks is in the broker or running at any
-time (BULK_IN_FLIGHT_CHUNKS; by default the live pool processes + 2, enough to keep every
-process busy since a chunk refills the window before it is acknowledged). Each free slot goes to
-the next API key in a ring of keys with waiting chunks, and within that key to the next of its
-jobs, so two keys share the workers evenly whatever their number of jobs, and a new key's job
-starts within about one chunk time.
+An interactive job (core/queue.py `lane_for`) sends its chunks at once, right after the job is
+created (api/routes/jobs.py tracks them in the MULTI/EXEC that creates the job, then publishes
+them). A bulk job does not: its chunks wait in Redis, and only a small window of bulk chunks is
+in the broker or running at any time (BULK_IN_FLIGHT_CHUNKS; by default the live pool processes
++ 2, enough to keep every process busy since a chunk refills the window before it is
+acknowledged). Each free slot goes to the next API key in a ring of keys with waiting chunks, and
+within that key to the next of its jobs, so two keys share the workers evenly whatever their
+number of jobs, and a new key's job starts within about one chunk time.
 
 Keys (all bounded, all expiring after JOB_TTL_SECONDS of no writes):
 - `digitq:fair:tenants`: ring (LIST) of the tenants with waiting chunks.
 - `digitq:fair:tenant:<tenant>`: ring of that tenant's jobs with waiting chunks.
 - `digitq:fair:queue:<job>`: the job's waiting chunks (first item indices), in order.
-- `digitq:fair:chunks:<job>`: HASH first index -> chunk JSON, of waiting and in-flight chunks.
-- `digitq:fair:inflight`: ZSET `<job>:<first index>` -> when it was (re)sent: at most the window.
+- `digitq:fair:chunks:<job>`: HASH first index -> chunk JSON, of waiting and in-flight chunks
+  (both lanes): what the stuck-job sweep reads to know which items some chunk still carries.
+- `digitq:fair:inflight`: ZSET `<job>:<first index>` -> when it was (re)sent, of the bulk lane:
+  the window, so at most its size.
+- `digitq:fair:inflight:interactive`: the same for the interactive lane (not counted against the
+  window): its chunks from before they are published until their task finishes.
 The scripts touch a job's keys by name (Lua builds them): fine on one Redis, not on a cluster.
 
-Crashes: a chunk whose worker dies stays in `inflight` while the broker redelivers it (acks_late,
-visibility timeout). A chunk is taken off `inflight` and the window refilled in one script when
-it finishes; the process may die between that script and sending the chunks it picked, or the
-send may fail: the chunks stay in `inflight` and the sweeper (each worker's main process, every
-few seconds) sends again any that stayed there longer than STALE_AFTER, and refills the window,
-so no job is left stuck. A chunk sent twice is harmless: results are written per item with
-HSETNX (core/jobs.py), and a task skips the items already stored.
+Crashes: a chunk whose worker dies stays in flight while the broker redelivers it (acks_late,
+visibility timeout). A chunk is taken off its in-flight set (and the window refilled, in the
+bulk lane) in one script when its task finishes; a process may die between tracking chunks and
+publishing them (the API after creating a job, a worker after a refill picked them), or the
+publish may fail, or a message may be lost in the broker: the chunks stay in flight and the
+sweeper (each worker's main process, every few seconds) publishes again any that stayed there
+longer than STALE_AFTER (2 x the visibility timeout: longer than a redelivered chunk can take),
+and refills the window, so no job is left stuck. A chunk sent twice is harmless: results are
+written per item with HSETNX (core/jobs.py), and a task skips the items already stored.
 """
 
 import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import redis
 from celery import Celery
+from redis.client import Pipeline
 
 from core import fleet
 from core.config import Settings
@@ -42,7 +51,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "digitq:fair:"
 TENANTS = PREFIX + "tenants"
-INFLIGHT = PREFIX + "inflight"
+INFLIGHT = PREFIX + "inflight"  # the bulk lane's window
+INFLIGHT_INTERACTIVE = PREFIX + "inflight:interactive"
 SLACK = 2  # chunks queued beyond one per pool process: the next one is there when a process frees
 
 # KEYS: tenants ring, inflight. ARGV: budget, now, ttl, prefix, then an optional finished chunk id
@@ -102,6 +112,14 @@ return out
 """
 
 
+# KEYS: an in-flight set. ARGV: chunk id (`<job>:<index>`), prefix. A finished chunk forgotten.
+_DONE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  local sep = string.find(ARGV[1], ':', 1, true)
+  redis.call('HDEL', ARGV[2] .. 'chunks:' .. string.sub(ARGV[1], 1, sep - 1), string.sub(ARGV[1], sep + 1))
+end
+"""
+
 # KEYS: tenants ring. ARGV: tenant, ttl. The tenant joins the ring's end unless it is in it already.
 _JOIN = """
 if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
@@ -120,6 +138,7 @@ class FairShare:
         self._refill = client.register_script(_REFILL)
         self._stale = client.register_script(_STALE)
         self._join = client.register_script(_JOIN)
+        self._done = client.register_script(_DONE)
         self._budget, self._budget_until = 1 + SLACK, 0.0
 
     def budget(self) -> int:
@@ -129,8 +148,7 @@ class FairShare:
             return self.settings.bulk_in_flight_chunks
         now = time.monotonic()
         if now >= self._budget_until:
-            processes = sum(int(w.get("concurrency") or 0) for w in fleet.workers(self.redis))
-            self._budget = max(processes, 1) + SLACK
+            self._budget = max(fleet.processes(self.redis), 1) + SLACK
             self._budget_until = now + fleet.HEARTBEAT_SECONDS
         return self._budget
 
@@ -159,15 +177,35 @@ class FairShare:
         raw = self._refill(keys=[TENANTS, INFLIGHT], args=args)
         return [Chunk.from_json(json.loads(r)) for r in raw]
 
-    def stale(self) -> list[Chunk]:
-        """In-flight chunks not finished long after they were sent (lost sends): send them again."""
+    def track(self, pipe: Pipeline, chunks: Sequence[Chunk]) -> None:
+        """Record chunks about to be published straight to their lane, in flight from now (in
+        `pipe`: the job's creation, so no worker can finish one before it is tracked)."""
         now = time.time()
-        raw = self._stale(keys=[INFLIGHT], args=[now - self.stale_after, now, PREFIX])
-        return [Chunk.from_json(json.loads(r)) for r in raw]
+        for chunk in chunks:
+            carried = f"{PREFIX}chunks:{chunk.job_id}"
+            pipe.hset(carried, str(chunk.items[0].index), json.dumps(chunk.to_json()))
+            pipe.expire(carried, self.ttl)
+            pipe.zadd(inflight_of(chunk), {chunk.id: now})
+        for key in {inflight_of(chunk) for chunk in chunks}:
+            pipe.expire(key, self.ttl)
+
+    def done(self, chunk: Chunk) -> None:
+        """An interactive chunk finished: no longer in flight (a bulk one: `refill(chunk)`)."""
+        self._done(keys=[inflight_of(chunk)], args=[chunk.id, PREFIX])
+
+    def stale(self) -> list[Chunk]:
+        """In-flight chunks not finished long after they were sent (lost sends, lost messages):
+        send them again. A one-trip chunk goes again as an ordinary one (core/queue.py)."""
+        now = time.time()
+        found = []
+        for inflight in (INFLIGHT, INFLIGHT_INTERACTIVE):
+            raw = self._stale(keys=[inflight], args=[now - self.stale_after, now, PREFIX])
+            found += [replace(Chunk.from_json(json.loads(r)), one_trip=False) for r in raw]
+        return found
 
     def carried(self, job_id: str) -> set[int]:
-        """The job's item indices in chunks waiting for the window or in it (the stuck-job sweep
-        leaves those to this module's sweeper)."""
+        """The job's item indices in chunks waiting for the window or in flight, in either lane
+        (the stuck-job sweep leaves those to this module's sweeper)."""
         found: set[int] = set()
         for raw in self.redis.hvals(f"{PREFIX}chunks:{job_id}"):
             found.update(item[0] for item in json.loads(raw)["items"])
@@ -178,21 +216,44 @@ class FairShare:
         self.redis.delete(f"{PREFIX}queue:{job_id}", f"{PREFIX}chunks:{job_id}")
 
 
-def dispatch(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> None:
-    """Put a new job's chunks to work: all at once in the interactive lane, else behind the window."""
+def inflight_of(chunk: Chunk) -> str:
+    return INFLIGHT if chunk.lane == BULK else INFLIGHT_INTERACTIVE
+
+
+def dispatch(celery: Celery, fair: FairShare, chunks: Sequence[Chunk], tracked: bool = False) -> None:
+    """Put a new job's chunks to work: all at once in the interactive lane (tracked first, unless
+    `tracked` already, in the job's creation), else behind the window."""
     if not chunks:
         return
     if chunks[0].lane != BULK:
+        if not tracked:
+            pipe = fair.redis.pipeline(transaction=False)
+            fair.track(pipe, chunks)
+            pipe.execute()
         send_chunks(celery, chunks)
         return
     fair.add(chunks)
     send_chunks(celery, fair.refill())
 
 
+def resend(celery: Celery, fair: FairShare, chunks: Sequence[Chunk]) -> int:
+    """Publish chunks straight to their lanes, tracked (the stuck-job sweep's lost items: few and
+    rare, the window need not pace them; a bulk one counts in the window until it finishes)."""
+    if not chunks:
+        return 0
+    pipe = fair.redis.pipeline(transaction=False)
+    fair.track(pipe, chunks)
+    pipe.execute()
+    return send_chunks(celery, chunks)
+
+
 def finished(celery: Celery, fair: FairShare, chunk: Chunk) -> None:
-    """A chunk is done (or has nothing left to do): its window slot goes to the next chunk."""
+    """A chunk is done (or has nothing left to do): no longer in flight; in the bulk lane, its
+    window slot goes to the next chunk."""
     if chunk.lane == BULK:
         send_chunks(celery, fair.refill(chunk))
+    else:
+        fair.done(chunk)
 
 
 def sweep(celery: Celery, fair: FairShare) -> int:
@@ -204,4 +265,4 @@ def sweep(celery: Celery, fair: FairShare) -> int:
     return len(chunks)
 
 
-__all__ = ["FairShare", "dispatch", "finished", "lane_for", "sweep"]
+__all__ = ["FairShare", "dispatch", "finished", "lane_for", "resend", "sweep"]

@@ -67,6 +67,11 @@ def workers(client: redis.Redis) -> list[dict[str, Any]]:
     return sorted(found, key=lambda w: w["hostname"])
 
 
+def processes(client: redis.Redis) -> int:
+    """The live workers' pool processes, from their heartbeats."""
+    return sum(int(w.get("concurrency") or 0) for w in workers(client))
+
+
 def text(raw: Any) -> str | None:
     """A Redis reply as text (clients here do not decode responses)."""
     if raw is None:

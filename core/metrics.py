@@ -51,8 +51,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from core import fleet, quotas
+from core.config import get_settings
 from core.dispatch import TENANTS
-from core.queue import BULK, INTERACTIVE
+from core.queue import BULK, INTERACTIVE, broker_key
 
 KEY = "digitq:metrics"
 BUCKETS = {
@@ -196,7 +197,7 @@ class RedisCollector(Collector):
             "digitq_queue_depth", "Chunks waiting in the broker, by lane", labels=["lane"]
         )
         for lane, queue in (("interactive", INTERACTIVE), ("bulk", BULK)):
-            depth.add_metric([lane], self.client.llen(queue))
+            depth.add_metric([lane], self.client.llen(broker_key(get_settings(), queue)))
         yield depth
         backlog = quotas.outstanding(self.client)
         outstanding = GaugeMetricFamily(

@@ -78,54 +78,28 @@ the workers' events on itself while it runs (its `enable_events` option, every f
 without Flower they were a third of a worker main process' CPU per single-image chunk, and the
 sent event a tenth of the API's per submission (`make bench-latency`).
 
-broker_transport=`core.queue:RedisTransport`, kombu's Redis transport with one change: kombu
-builds a new redis-py client for every publish and acknowledgement (`conn_or_acquire`), and a
-client's constructor fills its table of ~170 reply callbacks: ~0.2 ms of CPU, a quarter of a
-task's publish in the API and a share of every message's ack in the worker. A channel now keeps
-one synchronous client over the same connection pool (redis-py clients are thread-safe; the pool
-is the channel's, so a reconnect that makes a new channel makes a new client). And kombu's QoS
-keeps each unacknowledged message in a sorted set (its delivery time) and a hash (the message),
-both written as it is delivered and deleted as it is acked, each time a MULTI/EXEC of two
-commands that the worker's event loop builds and parses: a seventh of a worker main process'
-samples per /predict. `_QoS` writes and deletes the same entries, the same values, with one
-script call each (kombu's restore of unacked messages reads them unchanged).
-tests/test_queue_fast.py checks the setting, the entries against kombu's, and that messages still flow.
-
-Chunks are not published through `send_task` (on redis:// brokers): `task_message` builds the
-message Celery would (protocol 2, kombu's Redis envelope, priority 0, the anonymous exchange
-routing to the lane's list) and `push_chunks` LPUSHes it in a pipeline, so an interactive job's
-chunks ride in the MULTI/EXEC that creates the job (api/routes/jobs.py) and a batch of chunks
-costs one round trip. `send_task` (Celery's producer, retry policy, declare cache) was a tenth of
-the API's py-spy samples per /predict, plus a round trip. The broker is REDIS_URL, the job store's
-Redis, so the pipeline can be the job store's (`broker_is`: unless CELERY_BROKER_URL points
-elsewhere; then the chunks follow the job in a round trip of their own). tests/test_queue_fast.py checks that
-the message equals send_task's, field for field, and that a consumer takes it.
+Only public APIs and documented settings of Celery and kombu (issue 22): chunks are published
+with `send_task` (`send_chunks`, one producer for a batch), the lanes' order is kombu's documented
+`queue_order_strategy` transport option, and which chunks are queued or running is digitq's own
+record (core/dispatch.py: each chunk is tracked from before it is sent until its task finishes),
+never kombu's internal keys. The broker's keys may carry kombu's documented `global_keyprefix`
+(BROKER_KEY_PREFIX): nothing of digitq reads or writes them by name but the queue-depth gauge,
+which adds the prefix (`broker_key`).
 """
 
-import base64
-import json
-import os
-import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import redis
 from celery import Celery
-from celery.utils.nodenames import anon_nodename
 from kombu import Exchange, Queue
-from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual as kombu_virtual
-from kombu.utils import json as kombu_json
 from kombu.utils.scheduling import priority_cycle
-from redis.client import Pipeline
 
 from core.config import Settings, get_settings
-from core.redis_owner import OwnedConnection, client_options
 
 PROCESS_CHUNK = "digitq.process_chunk"
+PROCESS_BATCH = "digitq.process_batch"  # one-trip chunks of several jobs (core/batching.py)
 INTERACTIVE = "digitq.interactive"
 BULK = "digitq.bulk"
 LANES = (INTERACTIVE, BULK)  # the order every worker reads them in
@@ -208,127 +182,9 @@ def lane_for(n_items: int, settings: Settings | None = None) -> str:
     return INTERACTIVE if n_items <= limit else BULK
 
 
-# KEYS: kombu's unacked index (sorted set) and unacked hash. ARGV: delivery tag, then for an add
-# the delivery time and the message as kombu stores it (`[raw, exchange, routing key]`, JSON).
-_UNACKED_ADD = "redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])"
-_UNACKED_REMOVE = "redis.call('ZREM', KEYS[1], ARGV[1]) redis.call('HDEL', KEYS[2], ARGV[1])"
-
-
-class _QoS(kombu_redis.QoS):
-    """kombu's Redis QoS, its unacked entries written and removed by one script call each (above)."""
-
-    def append(self, message: Any, delivery_tag: str) -> None:
-        delivery = message.delivery_info
-        stored = kombu_json.dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
-        self._unacked(_UNACKED_ADD, delivery_tag, time.time(), stored)
-        kombu_virtual.QoS.append(self, message, delivery_tag)  # skipping kombu_redis.QoS' MULTI/EXEC
-
-    def ack(self, delivery_tag: str) -> None:
-        self._unacked(_UNACKED_REMOVE, delivery_tag)
-        kombu_virtual.QoS.ack(self, delivery_tag)
-
-    def _unacked(self, source: str, *args: Any) -> None:
-        self.channel.script(source)(keys=[self.unacked_index_key, self.unacked_key], args=args)
-
-
-class _Channel(kombu_redis.Channel):
-    """kombu's Redis channel, keeping one synchronous client instead of one per command, and
-    writing its unacked entries by script (above)."""
-
-    QoS = _QoS
-    connection_class = OwnedConnection  # type: ignore[assignment]  # checks the listener: core/redis_owner.py
-    _sync_client: Any = None
-    _scripts: dict[str, Any] | None = None
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous:
-            return super()._create_client(asynchronous=True)
-        if self._sync_client is None:
-            self._sync_client = super()._create_client()
-        return self._sync_client
-
-    def script(self, source: str) -> Any:
-        """`source` registered on the channel's client, once (registering hashes it)."""
-        if self._scripts is None:
-            self._scripts = {}
-        if source not in self._scripts:
-            self._scripts[source] = self._create_client().register_script(source)
-        return self._scripts[source]
-
-
-class RedisTransport(kombu_redis.Transport):
-    """`broker_transport` (above): kombu's Redis transport with `_Channel`."""
-
-    Channel = _Channel
-
-
-TRANSPORT = "core.queue:RedisTransport"
-
-
-def task_message(celery: Celery, chunk: Chunk) -> str:
-    """The Redis list entry `send_task(PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane)`
-    would push (protocol 2 in kombu's Redis envelope; tests/test_queue_fast.py compares the two):
-    the worker consumes it unchanged. Built here, it can ride in another pipeline (the job's
-    creation, `push_chunks`) instead of costing Celery's publish machinery and a round trip of
-    its own. No parent/root of a calling task: those are for Celery's canvas, unused here."""
-    task_id = str(uuid.uuid4())
-    # argsrepr: Celery would repr the whole chunk (its inline upload included) for logs nobody reads.
-    argsrepr = f"(chunk {chunk.id},)"
-    headers: dict[str, Any] = {
-        "lang": "py", "task": PROCESS_CHUNK, "id": task_id, "shadow": None, "eta": None,
-        "expires": None, "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
-        "root_id": task_id, "parent_id": None, "argsrepr": argsrepr, "kwargsrepr": "{}",
-        "origin": _origin(), "ignore_result": None, "replaced_task_nesting": 0,
-        "stamped_headers": None, "stamps": {},
-    }  # fmt: skip
-    body = json.dumps([[chunk.to_json()], {}, _EMBED]).encode()
-    properties = {
-        "correlation_id": task_id, "reply_to": celery.thread_oid, "argsrepr": argsrepr,
-        "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": chunk.lane},
-        "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-    }  # fmt: skip
-    return json.dumps({
-        "body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
-        "content-type": "application/json", "headers": headers, "properties": properties,
-    })  # fmt: skip
-
-
-_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-
-
-@lru_cache
-def _origin_of(pid: int) -> str:
-    return anon_nodename()  # `gen<pid>@<host>`, as Celery names a sending process
-
-
-def _origin() -> str:
-    return _origin_of(os.getpid())  # a forked pool process is another sender
-
-
-def push_chunks(pipe: Pipeline, celery: Celery, chunks: Iterable[Chunk]) -> int:
-    """Queue chunks in `pipe` (a pipeline on the broker's Redis: see `broker_is`), each to its
-    lane's list, as kombu's Redis transport does for priority 0: sent with whatever else the
-    pipeline carries, in its round trip."""
-    sent = 0
-    for chunk in chunks:
-        pipe.lpush(chunk.lane, task_message(celery, chunk))
-        sent += 1
-    return sent
-
-
-def broker_is(celery: Celery, url: str | None) -> bool:
-    """Whether the app publishes to the Redis at `url` (REDIS_URL unless CELERY_BROKER_URL or
-    CELERY_BROKER_WRITE_URL says otherwise): then a pipeline on that Redis may carry chunks."""
-    return bool(url) and celery.conf.broker_write_url == url
-
-
-@lru_cache
-def _broker_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, health_check_interval=30, **client_options(url))
-
-
-def send_chunk(celery: Celery, chunk: Chunk) -> None:
-    send_chunks(celery, [chunk])
+def broker_key(settings: Settings, queue: str) -> str:
+    """The Redis key of a broker queue's list: its name behind kombu's `global_keyprefix`."""
+    return settings.broker_key_prefix + queue
 
 
 def chunk_time_limits(settings: Settings) -> tuple[float, float]:
@@ -343,8 +199,6 @@ def make_celery(settings: Settings) -> Celery:
     restore_every = max(1, min(5, settings.visibility_timeout // 3))
     _, hard_limit = chunk_time_limits(settings)
     app.conf.update(
-        # One redis-py client per channel, not per command (above); other schemes keep kombu's choice.
-        broker_transport=TRANSPORT if settings.redis_url.startswith(("redis://", "rediss://")) else None,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_time_limit=hard_limit,
@@ -367,6 +221,8 @@ def make_celery(settings: Settings) -> Celery:
             "unacked_restore_interval": restore_every,
             "unacked_restore_throttle": 1,
             "queue_order_strategy": "core.queue:LaneOrder",  # INTERACTIVE, then BULK (above)
+            # kombu prefixes every key of the broker's (lists, unacked, bindings) with this.
+            "global_keyprefix": settings.broker_key_prefix,
         },
     )
     return app
@@ -377,20 +233,21 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
+def send_chunk(celery: Celery, chunk: Chunk) -> None:
+    send_chunks(celery, [chunk])
+
+
 def send_chunks(celery: Celery, chunks: Iterable[Chunk]) -> int:
-    """Queue chunks, each to its lane, in one round trip (core/dispatch.py decides when; the
-    stuck-job sweep for lost items); returns how many. A broker URL of another scheme than
-    redis(s):// (`redis+socket://`) goes through Celery's own publish."""
-    url = celery.conf.broker_write_url
-    if not url.startswith(("redis://", "rediss://")):
-        return sum(_send_task(celery, chunk) for chunk in chunks)
-    pipe = _broker_client(url).pipeline(transaction=False)
-    sent = push_chunks(pipe, celery, chunks)
-    if sent:
-        pipe.execute()
+    """Publish chunks, each to its lane, with Celery's `send_task` over one producer (one pooled
+    connection for the batch); returns how many. Callers track them first (core/dispatch.py):
+    a chunk lost between its tracking and here is sent again by the sweeper."""
+    sent = 0
+    with celery.producer_or_acquire() as producer:
+        for chunk in chunks:
+            # argsrepr: Celery would repr the whole chunk (its inline upload included) for logs.
+            argsrepr = f"(chunk {chunk.id},)"
+            celery.send_task(
+                PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane, argsrepr=argsrepr, producer=producer
+            )
+            sent += 1
     return sent
-
-
-def _send_task(celery: Celery, chunk: Chunk) -> int:
-    celery.send_task(PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane, argsrepr=f"(chunk {chunk.id},)")
-    return 1

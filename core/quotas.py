@@ -1,4 +1,5 @@
-"""Quotas per API key (issue 9): images queued and submissions per minute.
+"""Quotas per API key (issues 9 and 22): images queued, and a submission rate in images per second
+that slows a key only when it takes more than its share while other keys have work waiting.
 
 The tenant is the caller (a digest of its API key, api/deps.py), or ANONYMOUS when the service
 is open: then everybody shares one tenant's quotas.
@@ -8,24 +9,32 @@ is open: then everybody shares one tenant's quotas.
   not fit (nothing reserved); core/jobs.py's record script gives back each item as its result is
   stored, and cancel gives back the rest, in the same scripts that write them, so the count cannot
   drift from the results. The key expires JOB_TTL_SECONDS after the tenant's last submission.
-- SUBMISSIONS_PER_MINUTE_PER_KEY: a sliding window, `digitq:quota:rate:<tenant>`: a list of at
-  most that many submission times, newest first, expiring a minute after the last one (the
-  `limits` package's moving window, done in the same script as the reservation: a submission's
-  quotas cost one round trip, not three).
+- The submission rate: a token bucket of images per tenant, `digitq:quota:bucket:<tenant>`
+  (HASH tokens, at; expires after BUCKET_TTL idle seconds, then starts full again). It refills at
+  the tenant's share of what the fleet can serve: SUBMISSION_IMAGES_PER_SECOND, by default sized
+  from the workers' heartbeats (pool processes x the images per second a process has measured,
+  `capacity`), divided among the tenants with work waiting; it holds SUBMISSION_BURST_SECONDS of
+  the fleet's work. Every submission takes its images from it, but only while another tenant has
+  images waiting (`digitq:quota:waiting`: ZSET tenant -> last submission, pruned of tenants with
+  nothing queued; bounded by the API keys) is one refused for an empty bucket: a lone user at the
+  machine's full capacity is never refused, and when a second key arrives the first has already
+  spent its tokens and gets its share. A job bigger than the burst passes on a full bucket and
+  leaves it in debt (the next waits longer). Retry-After: when the bucket will hold enough.
 
-- Images outstanding per lane (issue 23): `digitq:quota:outstanding`, a HASH lane -> images
-  accepted and not yet answered, the sum of the tenants' queued counts split by lane. The same
-  scripts keep it (admit adds, core/jobs.py's record and cancel scripts take back by the job's
-  `lane` field), so /metrics reads the whole backlog in one HGETALL: the broker's bulk list is
-  capped by the fair-share window (core/dispatch.py) and says nothing of what waits behind it.
-  It expires JOB_TTL_SECONDS after the last submission, like the counts it sums.
+- Images outstanding per lane: `digitq:quota:outstanding`, a HASH lane -> images accepted and not
+  yet answered, the sum of the tenants' queued counts split by lane. The same scripts keep it
+  (admit adds, core/jobs.py's record and cancel scripts take back by the job's `lane` field), so
+  /metrics reads the whole backlog in one HGETALL: the broker's bulk list is capped by the
+  fair-share window (core/dispatch.py) and says nothing of what waits behind it. It expires
+  JOB_TTL_SECONDS after the last submission, like the counts it sums.
 - REFUSED_REQUESTS_PER_MINUTE: uploads refused (a wrong key, too large, unusable) count in
   `digitq:quota:refused:<tenant or address>`, a counter that expires a minute after its first
   refusal; past the limit every upload of that key (or address, without a valid key) is answered
   429 before its body is read (api/gate.py), so repeating a refused request costs almost nothing.
 
-`admit` checks both in one script: the submission is counted first (as it arrives; a submission
-then refused for its images still counts), then its images are reserved, or none.
+`admit` checks both quotas in one script: the rate first, then the images are reserved, or none.
+api/gate.py calls it with no images before the body is read (may this key submit now?), the
+submission with its images once they are counted.
 """
 
 import math
@@ -34,38 +43,62 @@ from dataclasses import dataclass
 
 import redis
 
+from core import fleet
 from core.config import Settings
 from core.queue import BULK
 
 ANONYMOUS = "anonymous"
 QUEUED_PREFIX = "digitq:quota:queued:"
-RATE_PREFIX = "digitq:quota:rate:"
+BUCKET_PREFIX = "digitq:quota:bucket:"
+WAITING = "digitq:quota:waiting"
 OUTSTANDING = "digitq:quota:outstanding"
 REFUSED_PREFIX = "digitq:quota:refused:"
-RATE_WINDOW_SECONDS = 60
+REFUSED_WINDOW_SECONDS = 60
+BUCKET_TTL = 3600  # seconds idle: a bucket that old would be full again anyway (bar tiny shares)
 QUEUED_RETRY_AFTER = 30  # seconds: work drains at a rate we do not promise; look again then
+# When no worker has measured its speed yet (metrics `item_seconds`): images per second one pool
+# process serves, single-image chunks included (bench/bench_latency.py: ~250/s on one core).
+DEFAULT_IMAGES_PER_SECOND_PER_PROCESS = 250.0
+MIN_IMAGES_PER_SECOND = 10.0  # no worker alive: still a rate, not a division by zero
+MEASURED_AFTER = 100  # images processed before the measured speed replaces the default
 
-# KEYS: the tenant's submission times, its queued count, images outstanding per lane. ARGV: now,
-# submissions per window (0: do not count this one), window seconds, images to reserve (0: none),
-# queued limit, queued ttl, the job's lane.
-# {'ok'}; {'rate', the window's oldest time} (nothing written); {'queued', count} (nothing reserved).
+# KEYS: the tenant's bucket, the waiting tenants, its queued count, images outstanding per lane.
+# ARGV: now, tenant, queued key prefix, fleet images/s, burst images, images (0: a check before the
+# upload is read, nothing taken), queued limit, queued ttl, bucket ttl, the job's lane. {'ok'}; {'rate', seconds to wait} (nothing
+# written); {'queued', count} (nothing reserved).
 _ADMIT = """
-local now, rate, window, images = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if rate > 0 then
-  local oldest = redis.call('LINDEX', KEYS[1], rate - 1)
-  if oldest and tonumber(oldest) >= now - window then return {'rate', oldest} end
-  redis.call('LPUSH', KEYS[1], ARGV[1])
-  redis.call('LTRIM', KEYS[1], 0, rate - 1)
-  redis.call('EXPIRE', KEYS[1], window)
+local now, tenant, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local rate, burst, images = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local others = 0
+for _, other in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if other ~= tenant then
+    if tonumber(redis.call('GET', prefix .. other) or '0') > 0 then
+      others = others + 1
+    else
+      redis.call('ZREM', KEYS[2], other)  -- nothing waiting: not competing
+    end
+  end
 end
+local share = rate / (others + 1)
+local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens, at = tonumber(bucket[1] or burst), tonumber(bucket[2] or now)
+tokens = math.min(burst, tokens + math.max(0, now - at) * share)
+local need = math.min(images, burst)
+if others > 0 and tokens < need then return {'rate', tostring((need - tokens) / share)} end
 if images > 0 then
-  local queued = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if queued + images > tonumber(ARGV[5]) then return {'queued', queued} end
-  redis.call('INCRBY', KEYS[2], images)
-  redis.call('EXPIRE', KEYS[2], ARGV[6])
-  redis.call('HINCRBY', KEYS[3], ARGV[7], images)
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
+  local queued = tonumber(redis.call('GET', KEYS[3]) or '0')
+  if queued + images > tonumber(ARGV[7]) then return {'queued', queued} end
+  redis.call('INCRBY', KEYS[3], images)
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
+  redis.call('HINCRBY', KEYS[4], ARGV[10], images)
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+  redis.call('ZADD', KEYS[2], now, tenant)
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
+  tokens = tokens - images
+  if others == 0 and tokens < 0 then tokens = 0 end  -- alone: no debt to pay once others come
 end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[9])
 return {'ok'}
 """
 
@@ -98,7 +131,7 @@ def queued_key(tenant: str) -> str:
 
 @dataclass(frozen=True)
 class QuotaExceeded(Exception):
-    reason: str  # `queued_images` or `submission_rate`: the /metrics label
+    reason: str  # `queued_images`, `submission_rate` or `refused_requests`: the /metrics label
     limit: str  # the setting
     detail: str
     retry_after: int
@@ -111,33 +144,50 @@ class Quotas:
         self._admit = client.register_script(_ADMIT)
         self._refused = client.register_script(_REFUSED)
         self._release = client.register_script(_RELEASE)
+        self._capacity, self._capacity_until = MIN_IMAGES_PER_SECOND, 0.0
 
-    def admit(self, tenant: str, images: int = 0, count: bool = True, lane: str = BULK) -> None:
-        """One round trip: count a submission in the tenant's sliding minute (`count`), then
-        reserve `images` queued images for it (outstanding in `lane`), all or none; QuotaExceeded
-        when over either."""
-        rate = self.settings.submissions_per_minute_per_key if count else 0
-        now = time.time()
-        keys = [RATE_PREFIX + tenant, queued_key(tenant), OUTSTANDING]
+    def capacity(self) -> float:
+        """Images per second the fleet can serve: SUBMISSION_IMAGES_PER_SECOND, or the live pool
+        processes (heartbeats) x the images per second a process has measured (read at most once
+        per heartbeat period: it is called per submission)."""
+        if self.settings.submission_images_per_second:
+            return self.settings.submission_images_per_second
+        now = time.monotonic()
+        if now >= self._capacity_until:
+            from core.metrics import KEY  # core.metrics imports the queue; quotas stay light
+
+            seconds, count = (
+                float(v or 0) for v in self.redis.hmget(KEY, "item_seconds:sum", "item_seconds:count")
+            )
+            per_process = count / seconds if count >= MEASURED_AFTER and seconds > 0 else None
+            rate = fleet.processes(self.redis) * (per_process or DEFAULT_IMAGES_PER_SECOND_PER_PROCESS)
+            self._capacity = max(MIN_IMAGES_PER_SECOND, rate)
+            self._capacity_until = now + fleet.HEARTBEAT_SECONDS
+        return self._capacity
+
+    def admit(self, tenant: str, images: int = 0, lane: str = BULK) -> None:
+        """One round trip: the submission's images taken from the tenant's bucket (refused only
+        while others wait, see above), then reserved as queued, all or none; QuotaExceeded when
+        over either. `images` 0: only whether the tenant may submit now (before the upload is read).
+        The images count as outstanding in `lane`."""
+        rate = self.capacity()
+        burst = max(1.0, rate * self.settings.submission_burst_seconds)
         limit = self.settings.max_queued_images_per_key
-        args: list[str | int] = [
-            repr(now),
-            rate,
-            RATE_WINDOW_SECONDS,
-            images,
-            limit,
-            self.settings.job_ttl_seconds,
-            lane,
-        ]
+        keys = [BUCKET_PREFIX + tenant, WAITING, queued_key(tenant), OUTSTANDING]
+        args: list[str | int | float] = [
+            repr(time.time()), tenant, QUEUED_PREFIX, rate, burst, images, limit,
+            self.settings.job_ttl_seconds, BUCKET_TTL, lane,
+        ]  # fmt: skip
         reply = self._admit(keys=keys, args=args)
         verdict, found = (reply[0].decode() if isinstance(reply[0], bytes) else reply[0]), reply[1:]
         if verdict == "rate":
             raise QuotaExceeded(
                 "submission_rate",
-                "SUBMISSIONS_PER_MINUTE_PER_KEY",
-                f"more than {rate} submissions in the last minute (SUBMISSIONS_PER_MINUTE_PER_KEY); "
-                "retry after Retry-After seconds, or send more images per job",
-                max(1, math.ceil(float(found[0]) + RATE_WINDOW_SECONDS - now)),
+                "SUBMISSION_IMAGES_PER_SECOND",
+                f"other API keys have work waiting and this key has used its share of the service "
+                f"({rate:.0f} images/s shared, SUBMISSION_IMAGES_PER_SECOND); retry after Retry-After "
+                "seconds",
+                max(1, math.ceil(float(found[0]))),
             )
         if verdict == "queued":
             raise QuotaExceeded(
@@ -155,7 +205,7 @@ class Quotas:
 
     def refused(self, who: str) -> None:
         """Count one refused upload of `who` (a tenant, or `addr:<client address>`)."""
-        self._refused(keys=[REFUSED_PREFIX + who], args=[RATE_WINDOW_SECONDS])
+        self._refused(keys=[REFUSED_PREFIX + who], args=[REFUSED_WINDOW_SECONDS])
 
     def refusals_exceeded(self, who: str) -> QuotaExceeded | None:
         """Whether `who` had more refused uploads this minute than REFUSED_REQUESTS_PER_MINUTE."""

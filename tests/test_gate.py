@@ -46,14 +46,17 @@ def test_refused_uploads_are_throttled_per_address_then_per_key(
 
 def test_a_keyless_upload_is_refused_without_reading_its_body(make_client: Callable[..., TestClient]) -> None:
     """The body of a request without a key is never read: a body that would fail (413) if read
-    gets the 401 instead, and a wrong key costs no submission of the key's rate."""
-    client = make_client(API_KEYS="k1", MAX_UPLOAD_BYTES="2000", SUBMISSIONS_PER_MINUTE_PER_KEY="1")
+    gets the 401 instead. A key over its submission rate is refused before its body too."""
+    client = make_client(
+        API_KEYS="k1,k2", MAX_UPLOAD_BYTES="2000", SUBMISSION_IMAGES_PER_SECOND="1", SUBMISSION_BURST_SECONDS="1"
+    )
     refused = _upload(client, None, b"x" * 5000)
     assert refused.status_code == 401, refused.text
     assert refused.headers["WWW-Authenticate"] == "Bearer"
-    assert _upload(client, "k1").status_code == 202
-    over = _upload(client, "k1")
-    assert over.status_code == 429 and over.json()["limit"] == "SUBMISSIONS_PER_MINUTE_PER_KEY"
+    assert _upload(client, "k2").status_code == 202  # k2 has work waiting: k1 now shares the rate
+    assert _upload(client, "k1").status_code == 202  # its burst
+    over = _upload(client, "k1", b"x" * 5000)  # would be a 413 if its body were read
+    assert over.status_code == 429 and over.json()["limit"] == "SUBMISSION_IMAGES_PER_SECOND", over.text
 
 
 @pytest.mark.parametrize("route", ["/jobs", "/predict_batch"])

@@ -64,7 +64,7 @@ def test_every_key_expires_or_is_bounded(tmp_path, digits) -> None:
         assert "digitq:labelled" in keys
         assert "digitq:quota:queued:anonymous" in keys  # and the quotas (core/quotas.py)
         assert "digitq:quota:outstanding" in keys  # images outstanding per lane: expires like the quotas
-        assert any(k.startswith("digitq:quota:rate") for k in keys)
         assert any(k.startswith("digitq:quota:refused:") for k in keys)
+        assert any(k.startswith("digitq:quota:bucket:") for k in keys) and "digitq:quota:waiting" in keys
         forever = [k for k in keys if client.ttl(k) == -1 and not _bounded(k)]
         assert forever == [], f"keys without a TTL that are not known to be bounded: {forever}"

@@ -1,31 +1,21 @@
-"""What core/queue.py's reasons say about kombu's Redis transport, checked on a real Redis (fast tier)."""
+"""core/queue.py and core/dispatch.py over kombu's Redis transport, on a real Redis (fast tier):
+chunks go out through Celery's public `send_task`, are tracked in digitq's own keys from before
+they are published until they finish, and kombu's documented `global_keyprefix` works."""
 
-import base64
-import json
-import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
 
 import numpy as np
 import redis
-from celery import Celery
 from fastapi.testclient import TestClient
 from kombu import Connection
+from kombu.transport import redis as kombu_redis
 
+from core import dispatch
 from core.config import Settings
-from core.queue import (
-    BULK,
-    INTERACTIVE,
-    PROCESS_CHUNK,
-    TRANSPORT,
-    Chunk,
-    ChunkItem,
-    _Channel,
-    make_celery,
-    send_chunk,
-    send_chunks,
-)
-from tests.helpers import png
+from core.dispatch import INFLIGHT_INTERACTIVE, PREFIX, FairShare
+from core.queue import BULK, INTERACTIVE, LANES, PROCESS_CHUNK, Chunk, ChunkItem, make_celery, send_chunks
+from tests.helpers import png, wait_until
 
 
 def test_a_rejected_message_is_deleted_so_failed_chunks_are_retried_by_the_task(redis_url: str) -> None:
@@ -46,104 +36,38 @@ def test_a_rejected_message_is_deleted_so_failed_chunks_are_retried_by_the_task(
     assert conf.task_acks_on_failure_or_timeout is True
 
 
-def test_a_channel_keeps_one_redis_client_and_still_publishes_and_acknowledges(redis_url: str) -> None:
-    """broker_transport: kombu's Redis transport made a redis-py client per command; ours keeps
-    one per channel. Chunks still go out, come in and are acknowledged through it."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushall()
-    app = make_celery(Settings(redis_url=redis_url))
-    assert app.conf.broker_transport == TRANSPORT
-    chunk = Chunk("a" * 32, (ChunkItem(0, 0),), "tenant", INTERACTIVE)
-    for _ in range(3):
-        send_chunk(app, chunk)
-    assert client.llen(INTERACTIVE) == 3
-    with app.connection_for_write() as connection:
-        channel = connection.default_channel
-        assert isinstance(channel, _Channel)
-        assert channel._create_client() is channel._create_client()  # kombu's gave a new one each time
-        queue = connection.SimpleQueue(INTERACTIVE)
-        message = queue.get(timeout=5)
-        assert message.payload[0][0]["job"] == "a" * 32 and client.hlen("unacked") == 1
-        message.ack()
-        assert client.hlen("unacked") == 0 and client.llen(INTERACTIVE) == 2
-        queue.close()
+def test_only_kombus_own_transport_and_documented_options(redis_url: str) -> None:
+    conf = make_celery(Settings(redis_url=redis_url)).conf
+    assert conf.broker_transport is None  # kombu's Redis transport as it ships
+    assert set(conf.broker_transport_options) <= set(kombu_redis.Channel.from_transport_options)
 
 
-def test_unacked_entries_are_kombus_own(redis_url: str) -> None:
-    """_QoS writes the unacked index and hash by script: the same entries kombu's QoS writes (its
-    restore of a dead worker's messages reads them), and removes them on ack as kombu does."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushall()
-    ours, kombus = make_celery(Settings(redis_url=redis_url)), Celery("stock", broker=redis_url)
-    chunk = Chunk("a" * 32, (ChunkItem(0, 0),), "tenant", INTERACTIVE)
-    entries = []
-    for app in (ours, kombus):
-        send_chunk(ours, chunk)
-        with app.connection_for_write() as connection:
-            queue = connection.SimpleQueue(INTERACTIVE)
-            message = queue.get(timeout=5)
-            tag = message.delivery_tag
-            before = time.time()
-            raw, exchange, routing_key = json.loads(client.hget("unacked", tag))
-            assert before - 5 < client.zscore("unacked_index", tag) <= before
-            entries.append((raw, exchange, routing_key))
-            message.ack()
-            assert not client.hexists("unacked", tag) and client.zscore("unacked_index", tag) is None
-            queue.close()
-    (our_raw, *ours_rest), (kombus_raw, *kombus_rest) = entries
-    assert ours_rest == kombus_rest == ["", INTERACTIVE]
-    assert our_raw.keys() == kombus_raw.keys() and our_raw["body"] == kombus_raw["body"]
-
-
-def test_a_url_of_another_scheme_keeps_kombus_transport() -> None:
-    app = make_celery(Settings(redis_url="redis+socket:///tmp/digitq-test.sock"))
-    assert app.conf.broker_transport is None
-
-
-def _comparable(raw: bytes) -> dict[str, Any]:
-    """A queued message with what differs per message (ids, delivery tag) blanked, its body decoded."""
-    message = json.loads(raw)
-    headers, properties = message["headers"], message["properties"]
-    assert headers["id"] == headers["root_id"] == properties["correlation_id"]
-    headers["id"] = headers["root_id"] = properties["correlation_id"] = properties["delivery_tag"] = None
-    message["body"] = json.loads(base64.b64decode(message["body"]))
-    return message
-
-
-def test_chunks_are_queued_as_celerys_send_task_queues_them(redis_url: str) -> None:
-    """core.queue.task_message builds the message itself (to push it in another pipeline): it must
-    be what `send_task` would queue, field for field, and the worker's consumer must take it."""
+def test_chunks_are_published_with_send_task_and_taken_by_a_consumer(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     client.flushall()
     app = make_celery(Settings(redis_url=redis_url))
     inline = Chunk(
         "b" * 32, (ChunkItem(0, 0), ChunkItem(1, 0, "x/1.png", "bad")), "t", INTERACTIVE, {"0": "aGk="}
     )
-    for chunk in (inline, Chunk("c" * 32, (ChunkItem(7, 1),), "", BULK)):
-        app.send_task(
-            PROCESS_CHUNK, args=[chunk.to_json()], queue=chunk.lane, argsrepr=f"(chunk {chunk.id},)"
-        )
-        reference = client.lpop(chunk.lane)
-        assert send_chunks(app, [chunk]) == 1
-        ours = client.lpop(chunk.lane)
-        assert reference is not None and ours is not None
-        assert _comparable(ours) == _comparable(reference)
-        assert json.loads(ours)["headers"]["id"] != json.loads(reference)["headers"]["id"]
-    send_chunk(app, inline)
+    bulk = Chunk("c" * 32, (ChunkItem(7, 1),), "", BULK)
+    assert send_chunks(app, [inline, bulk, inline]) == 3
+    assert client.llen(INTERACTIVE) == 2 and client.llen(BULK) == 1
     with app.connection_for_write() as connection:
-        queue = connection.SimpleQueue(INTERACTIVE)
-        message = queue.get(timeout=5)
-        assert message.headers["task"] == PROCESS_CHUNK
-        assert Chunk.from_json(message.payload[0][0]) == inline
-        message.ack()
-        queue.close()
+        for lane, chunk in ((INTERACTIVE, inline), (BULK, bulk)):
+            queue = connection.SimpleQueue(lane)
+            message = queue.get(timeout=5)
+            assert message.headers["task"] == PROCESS_CHUNK
+            assert message.headers["argsrepr"] == f"(chunk {chunk.id},)"  # not the inline upload
+            assert Chunk.from_json(message.payload[0][0]) == chunk
+            message.ack()
+            queue.close()
 
 
-def test_an_interactive_jobs_chunks_go_to_the_broker_even_when_it_is_not_the_job_stores_redis(
+def test_an_interactive_job_is_tracked_when_created_then_published(
     make_client: Callable[..., TestClient], redis_url: str
 ) -> None:
-    """They ride in the job's creation pipeline only when the broker is REDIS_URL (core.queue
-    `broker_is`); with CELERY_BROKER_URL elsewhere, the worker reads them there."""
+    """Its chunk is in digitq's in-flight record (the sweeps' source) from the job's creation,
+    and in the broker's lane: REDIS_URL's, or CELERY_BROKER_URL's when that points elsewhere."""
     elsewhere = redis_url.rsplit("/", 1)[0] + "/1"
     broker = redis.Redis.from_url(elsewhere)
     broker.flushdb()
@@ -151,6 +75,86 @@ def test_an_interactive_jobs_chunks_go_to_the_broker_even_when_it_is_not_the_job
     image = png(np.zeros((28, 28), dtype=np.uint8))
     for env, queued_in, empty in (({}, store, broker), ({"CELERY_BROKER_URL": elsewhere}, broker, store)):
         client = make_client(**env)
-        assert client.post("/jobs", files={"files": ("a.png", image)}).status_code == 202
-        assert queued_in.llen(INTERACTIVE) == 1 and empty.llen(INTERACTIVE) == 0
+        response = client.post("/jobs", files={"files": ("a.png", image)})
+        assert response.status_code == 202
+        job_id = response.json()["id"]
+        assert store.zscore(INFLIGHT_INTERACTIVE, f"{job_id}:0") is not None
+        assert store.hexists(f"{PREFIX}chunks:{job_id}", "0") and store.ttl(INFLIGHT_INTERACTIVE) > 0
+        # Published by the API's batcher thread (core/batching.py), right after the answer or before.
+        wait_until(lambda: queued_in.llen(INTERACTIVE) == 1, what="the chunk in the broker")  # noqa: B023
+        assert empty.llen(INTERACTIVE) == 0
         queued_in.delete(INTERACTIVE)
+
+
+def test_a_tracked_chunk_never_published_is_sent_by_the_sweeper_and_forgotten_when_done(
+    redis_url: str,
+) -> None:
+    """The API died after creating the job, before publishing its chunk (or the message was lost):
+    the sweeper publishes it again once it is stale, as an ordinary chunk (not one-trip)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    settings = Settings(redis_url=redis_url, visibility_timeout=5)
+    app, fair = make_celery(settings), FairShare(client, settings)
+    chunk = Chunk("d" * 32, (ChunkItem(0, 0),), "t", INTERACTIVE, {"0": "aGk="}, one_trip=True)
+    pipe = client.pipeline()
+    fair.track(pipe, [chunk])
+    pipe.execute()
+    assert dispatch.sweep(app, fair) == 0 and client.llen(INTERACTIVE) == 0  # not stale yet
+    client.zadd(INFLIGHT_INTERACTIVE, {chunk.id: 1.0})  # sent long ago
+    assert fair.carried(chunk.job_id) == {0}
+    assert dispatch.sweep(app, fair) == 1 and client.llen(INTERACTIVE) == 1
+    assert dispatch.sweep(app, fair) == 0  # claimed: sent once per stale period
+    with app.connection_for_write() as connection:
+        queue = connection.SimpleQueue(INTERACTIVE)
+        message = queue.get(timeout=5)
+        assert Chunk.from_json(message.payload[0][0]) == replace(chunk, one_trip=False)
+        message.ack()
+        queue.close()
+    dispatch.finished(app, fair, chunk)
+    assert fair.carried(chunk.job_id) == set() and client.zcard(INFLIGHT_INTERACTIVE) == 0
+
+
+def test_the_broker_key_prefix_is_kombus_global_keyprefix_for_every_broker_key(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
+    """BROKER_KEY_PREFIX: the lanes, kombu's unacked messages and their restore all use it, and
+    /ready's queue depth reads the prefixed lanes; no broker key goes unprefixed."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    prefix = "dq1:"
+    app = make_celery(Settings(redis_url=redis_url, broker_key_prefix=prefix))
+    chunk = Chunk("e" * 32, (ChunkItem(0, 0),), "t", INTERACTIVE)
+    send_chunks(app, [chunk])
+    assert client.llen(prefix + INTERACTIVE) == 1 and client.llen(INTERACTIVE) == 0
+    with app.connection_for_write() as connection:
+        queue = connection.SimpleQueue(INTERACTIVE)
+        message = queue.get(timeout=5)  # delivered, not acknowledged: kombu holds it as unacked
+        assert client.hlen(prefix + "unacked") == 1 and not client.exists("unacked")
+        assert message.delivery_info.get("redelivered") is not True
+    # The consumer went away without acknowledging: kombu put the message back, in the prefixed lane.
+    assert client.llen(prefix + INTERACTIVE) == 1 and client.hlen(prefix + "unacked") == 0
+    unprefixed = [k.decode() for k in client.scan_iter() if not k.decode().startswith((prefix, "digitq:"))]
+    assert unprefixed == []
+    api = make_client(BROKER_KEY_PREFIX=prefix)
+    assert api.get("/ready").json()["queue_depth"] == 1
+    assert api.post("/jobs", files={"files": ("a.png", png(np.zeros((28, 28))))}).status_code == 202
+    wait_until(lambda: sum(client.llen(prefix + lane) for lane in LANES) == 2, what="the job's task")
+
+
+def test_a_job_whose_publish_fails_is_accepted_and_left_to_the_sweeper(
+    make_client: Callable[..., TestClient], redis_url: str
+) -> None:
+    """The broker is unreachable right after the job was created: the job exists, holds its
+    reservation and its tracked chunk (the sweeper publishes it later), so the answer is 202."""
+    from socket import socket
+
+    with socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{unused.getsockname()[1]}/0"  # nothing listens there
+    store = redis.Redis.from_url(redis_url)
+    client = make_client(CELERY_BROKER_URL=dead)
+    response = client.post("/jobs", files={"files": ("a.png", png(np.zeros((28, 28))))})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert store.zscore(INFLIGHT_INTERACTIVE, f"{job_id}:0") is not None
+    assert int(store.get("digitq:quota:queued:anonymous") or 0) == 1

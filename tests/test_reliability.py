@@ -15,7 +15,15 @@ import redis
 
 from core.jobs import PREFIX
 from devstack.stack import Stack
-from tests.helpers import all_results, make_zip, png, pool_children, running_stack, wait_for_job, wait_until
+from tests.helpers import (
+    all_results,
+    make_zip,
+    png,
+    pool_children,
+    running_stack,
+    wait_for_job,
+    wait_until,
+)
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -119,16 +127,13 @@ def test_redis_restart_mid_job_loses_nothing(two_workers: Stack, big_zip: bytes)
 def test_a_redelivered_one_trip_chunk_starts_as_any_other_and_counts_both_starts(
     two_workers: Stack, digits
 ) -> None:
-    """A one-trip chunk (core/queue.py) does not count its first start; redelivered (as kombu
-    marks a message it restores after a death), it goes through the start script, which counts
-    that first start too: the poison limit holds at the same number of deaths."""
-    import json
-
-    from celery import Celery
-
+    """A one-trip chunk (core/queue.py) does not count its first start; redelivered (kombu marks a
+    message it restores after a death: here a consumer that goes away without acknowledging it),
+    it goes through the start script, which counts that first start too: the poison limit holds
+    at the same number of deaths."""
     from api.uploads import Item, chunks
     from core.jobs import DELIVERIES_SUFFIX, JobStore, new_job_id
-    from core.queue import INTERACTIVE, Chunk, task_message
+    from core.queue import INTERACTIVE, Chunk, make_celery, send_chunks
 
     client = redis.Redis.from_url(two_workers.redis_url or "")
     store, job_id = JobStore(client, 3600), new_job_id()
@@ -136,8 +141,20 @@ def test_a_redelivered_one_trip_chunk_starts_as_any_other_and_counts_both_starts
     [items] = chunks([Item(name="a.png", part=0)], 250, 2**20)
     parts = {"0": base64.b64encode(png(digits[0][0])).decode()}
     chunk = Chunk(job_id, tuple(items), lane=INTERACTIVE, parts=parts, one_trip=True)
-    message = json.loads(task_message(Celery("digitq", broker=two_workers.redis_url), chunk))
-    message["headers"]["redelivered"] = message["properties"]["delivery_info"]["redelivered"] = True
-    client.lpush(INTERACTIVE, json.dumps(message))
+    celery = make_celery(two_workers.settings.model_copy(update={"redis_url": two_workers.redis_url}))
+    # The workers stopped (not paused by remote control: after the Redis restart above, the
+    # control broadcast's connection may be the one Redis closed), so only this test consumes.
+    workers = [name for name in two_workers.processes if name.startswith("worker")]
+    for name in workers:
+        two_workers.stop_process(name)
+    try:
+        send_chunks(celery, [chunk])
+        with celery.connection_for_write() as connection:
+            queue = connection.SimpleQueue(INTERACTIVE)
+            assert Chunk.from_json(queue.get(timeout=10).payload[0][0]) == chunk
+        # Gone without an acknowledgement: kombu put it back, marked redelivered.
+    finally:
+        for name in workers:
+            two_workers.start_worker(name)
     wait_until(lambda: store.status(job_id) == "succeeded", 60, 0.02, "the job")
     assert client.hgetall(PREFIX + job_id + DELIVERIES_SUFFIX) == {b"0:0": b"2"}

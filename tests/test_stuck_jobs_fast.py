@@ -12,10 +12,11 @@ import redis
 from api.uploads import part_items
 from core.blobs import LocalBlobStore, upload_key
 from core.config import Settings
+from core.dispatch import FairShare, resend
 from core.jobs import PREFIX, ItemResult, JobStore, new_job_id
-from core.queue import LANES, Chunk, ChunkItem, make_celery, send_chunks
+from core.queue import LANES, Chunk, ChunkItem, make_celery
 from tests.helpers import make_zip, png
-from worker.stuck_jobs import LOCK, MAX_SWEEPS, StuckJobs, _carried
+from worker.stuck_jobs import LOCK, MAX_SWEEPS, StuckJobs
 
 
 @dataclass
@@ -42,8 +43,26 @@ class Sweep:
         return StuckJobs(self.store, self.blobs, make_celery(self.settings), self.settings).sweep()
 
     def queued(self) -> list[tuple[str, list[int]]]:
-        raws = [raw for lane in LANES for raw in self.client.lrange(lane, 0, -1)]
-        return [c for c in map(_carried, raws) if c]
+        """The chunks published since the last call (taken off the broker by a consumer), each
+        also tracked as in flight (core/dispatch.py: what the sweep reads)."""
+        found = []
+        with make_celery(self.settings).connection_for_write() as connection:
+            for lane in LANES:
+                queue = connection.SimpleQueue(lane)
+                while True:
+                    try:
+                        message = queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    chunk = Chunk.from_json(message.payload[0][0])
+                    message.ack()
+                    assert {i.index for i in chunk.items} <= self.fair().carried(chunk.job_id)
+                    found.append((chunk.job_id, [i.index for i in chunk.items]))
+                queue.close()
+        return found
+
+    def fair(self) -> FairShare:
+        return FairShare(self.client, self.settings)
 
 
 @pytest.fixture
@@ -59,10 +78,28 @@ def sweep(redis_url: str, tmp_path: Path, digits) -> Sweep:
 def test_lost_items_are_re_queued_in_chunks_once(sweep: Sweep) -> None:
     job_id = sweep.stalled_job(stored=[0, 1, 2, 3, 8])
     assert sweep.run() == [job_id]
-    assert sorted(i for _, indices in sweep.queued() for i in indices) == [4, 5, 6, 7, 9]
-    assert {j for j, _ in sweep.queued()} == {job_id}
-    assert sweep.run() == []  # swept just now, and its chunks are queued
-    assert len(sweep.queued()) == 2
+    queued = sweep.queued()
+    assert sorted(i for _, indices in queued for i in indices) == [4, 5, 6, 7, 9]
+    assert {j for j, _ in queued} == {job_id} and len(queued) == 2
+    assert sweep.run() == []  # swept just now
+    sweep.client.hset(PREFIX + job_id, "progress_at", time.time() - 3600)
+    assert sweep.run() == []  # and its chunks are in flight (tracked), though no longer in the broker
+    assert sweep.queued() == []
+
+
+def test_only_a_chunk_that_finished_stops_carrying_its_items(sweep: Sweep) -> None:
+    """The sweep reads digitq's record of chunks in flight: a finished chunk (its task done or
+    failed for good, core/dispatch.py `finished`) carries nothing, and its missing items are lost."""
+    job_id = sweep.stalled_job(stored=[0])
+    items = tuple(ChunkItem(i, 0, f"{i}.png") for i in range(1, 10))
+    chunk = Chunk(job_id, items)
+    resend(make_celery(sweep.settings), sweep.fair(), [chunk])
+    assert sweep.run() == []
+    from core.dispatch import finished
+
+    finished(make_celery(sweep.settings), sweep.fair(), chunk)
+    assert sweep.fair().carried(job_id) == set()
+    assert sweep.run() == [job_id]
 
 
 def test_a_job_still_moving_or_with_queued_chunks_is_left_alone(sweep: Sweep) -> None:
@@ -73,7 +110,7 @@ def test_a_job_still_moving_or_with_queued_chunks_is_left_alone(sweep: Sweep) ->
     sweep.client.hset(PREFIX + moving, "progress_at", time.time() - 3600)
     for job_id in (moving, waiting):
         items = tuple(ChunkItem(i, 0, f"{i}.png") for i in range(1, 10))
-        send_chunks(make_celery(sweep.settings), [Chunk(job_id, items)])
+        resend(make_celery(sweep.settings), sweep.fair(), [Chunk(job_id, items)])
     assert sweep.run() == [] and len(sweep.queued()) == 2
 
 

@@ -171,9 +171,12 @@ def test_predict_batch_refuses_an_empty_request_and_too_many_images(app_client: 
 
 
 def _queued_chunks(redis_client) -> list[dict]:
-    """The chunk of every task message waiting in the broker's lanes (kombu's JSON envelope)."""
+    """The chunks of every task message waiting in the broker's lanes (kombu's JSON envelope): a
+    chunk, or a batch of them (core/batching.py), published by then."""
+    wait_until(lambda: sum(redis_client.llen(lane) for lane in LANES), what="a task in the broker")
     messages = [json.loads(raw) for lane in LANES for raw in redis_client.lrange(lane, 0, -1)]
-    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+    found = [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+    return [chunk for arg in found for chunk in (arg if isinstance(arg, list) else [arg])]
 
 
 def test_a_small_upload_travels_inside_the_task_message(make_client, redis_client, tmp_path, digits) -> None:
@@ -220,17 +223,22 @@ def test_predict_refuses_an_image_over_the_limit(make_client, digits) -> None:
 
 
 def test_quotas_apply_to_the_predict_routes(make_client, digits) -> None:
-    client = make_client(API_KEYS="k1", SUBMISSIONS_PER_MINUTE_PER_KEY="2", MAX_QUEUED_IMAGES_PER_KEY="2")
+    client = make_client(API_KEYS="k1", MAX_QUEUED_IMAGES_PER_KEY="2")
     key = {"X-API-Key": "k1"}
     image = png(digits[0][0])
     three = [("files", (f"{i}.png", image)) for i in range(3)]
     refused = client.post("/predict_batch", files=three, headers=key)  # 3 images queued > 2
     assert refused.status_code == 429 and refused.json()["limit"] == "MAX_QUEUED_IMAGES_PER_KEY"
-    client = make_client(API_KEYS="k2", SUBMISSIONS_PER_MINUTE_PER_KEY="1", PREDICT_TIMEOUT_SECONDS="0.2")
-    other = {"X-API-Key": "k2"}  # a key with no submission yet
+    env = {"SUBMISSION_IMAGES_PER_SECOND": "0.1", "SUBMISSION_BURST_SECONDS": "10"}  # a burst of 1 image
+    client = make_client(API_KEYS="k2,k3", PREDICT_TIMEOUT_SECONDS="0.2", **env)
+    assert (
+        client.post("/jobs", files={"files": ("a.png", image)}, headers={"X-API-Key": "k3"}).status_code
+        == 202
+    )
+    other = {"X-API-Key": "k2"}  # a key with no submission yet, while k3's image waits
     assert client.post("/predict", files={"file": ("a.png", image)}, headers=other).status_code == 504
     refused = client.post("/predict", files={"file": ("a.png", image)}, headers=other)
-    assert refused.status_code == 429 and refused.json()["limit"] == "SUBMISSIONS_PER_MINUTE_PER_KEY"
+    assert refused.status_code == 429 and refused.json()["limit"] == "SUBMISSION_IMAGES_PER_SECOND"
     assert refused.headers["Retry-After"]
 
 

@@ -1,4 +1,4 @@
-"""The one task: classify a chunk of a job's images and store a result per item."""
+"""The tasks: classify a chunk of a job's images, or a batch of small jobs' chunks; a result per item."""
 
 import contextlib
 import logging
@@ -13,7 +13,7 @@ from core import dispatch, kept_uploads, logs
 from core.config import get_settings
 from core.connections import get_blob_store, get_fair_share, get_job_store
 from core.jobs import ItemResult, JobStatus, JobStore, Recorded
-from core.queue import PROCESS_CHUNK, Chunk, ChunkItem, chunk_time_limits
+from core.queue import PROCESS_BATCH, PROCESS_CHUNK, Chunk, ChunkItem, chunk_time_limits
 from core.webhooks import notify
 from ml.model import DigitModel, Prepared
 from worker import models
@@ -58,24 +58,34 @@ def classify(
     """Read, decode and shrink one item at a time (a chunk never holds more than one full-size
     image), then classify the small arrays as one batch; stops at `deadline` (monotonic).
     `parts`: a small upload's parts, sent inside the chunk (core/queue.py INLINE_UPLOAD_BYTES)."""
+    return classify_many([(job_id, items, parts)], model_version, deadline)[0]
+
+
+Work = tuple[str, Sequence[ChunkItem], Mapping[str, str] | None]  # job id, items, inline parts
+
+
+def classify_many(works: Sequence[Work], model_version: str, deadline: float) -> list[list[ItemResult]]:
+    """`classify` for the chunks of several jobs (a batch, core/batching.py), in one call of the
+    model: each job's results, in its items' order."""
     settings = get_settings()
     model = models.get(model_version)
-    results: dict[int, ItemResult] = {}
-    ready: list[tuple[int, Prepared]] = []
+    results: list[dict[int, ItemResult]] = [{} for _ in works]
+    ready: list[tuple[int, int, Prepared]] = []
     close_deleted_zips()
-    reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes, parts)
-    for item in items:
-        if time.monotonic() > deadline:
-            raise OutOfTime(f"chunk stopped at its deadline, before item {item.index}")
-        prepared = item.error or _prepare(model, reader, item)
-        if isinstance(prepared, str):
-            results[item.index] = ItemResult(item.index, error=prepared)
-        else:
-            ready.append((item.index, prepared))
-    predictions = model.predict_prepared([prepared for _, prepared in ready])
-    for (index, _), p in zip(ready, predictions, strict=True):
-        results[index] = ItemResult(index, p.digit, p.confidence, p.low_confidence, p.error)
-    return [results[item.index] for item in items]
+    for n, (job_id, items, parts) in enumerate(works):
+        reader = PartReader(get_blob_store(), job_id, settings.max_image_bytes, parts)
+        for item in items:
+            if time.monotonic() > deadline:
+                raise OutOfTime(f"chunk stopped at its deadline, before item {item.index}")
+            prepared = item.error or _prepare(model, reader, item)
+            if isinstance(prepared, str):
+                results[n][item.index] = ItemResult(item.index, error=prepared)
+            else:
+                ready.append((n, item.index, prepared))
+    predictions = model.predict_prepared([prepared for _, _, prepared in ready])
+    for (n, index, _), p in zip(ready, predictions, strict=True):
+        results[n][index] = ItemResult(index, p.digit, p.confidence, p.low_confidence, p.error)
+    return [[results[n][item.index] for item in items] for n, (_, items, _) in enumerate(works)]
 
 
 def _log(recorded: Recorded, seconds: float) -> None:
@@ -87,12 +97,57 @@ def _log(recorded: Recorded, seconds: float) -> None:
 
 @app.task(name=PROCESS_CHUNK, bind=True, max_retries=3)
 def process_chunk(self: Task, payload: dict[str, Any]) -> None:
-    chunk = Chunk.from_json(payload)
+    started = time.monotonic()
+    _run(self, Chunk.from_json(payload), started, started + chunk_time_limits(get_settings())[0])
+
+
+@app.task(name=PROCESS_BATCH, bind=True, max_retries=3)
+def process_batch(self: Task, payloads: list[dict[str, Any]]) -> None:
+    """One-trip chunks of several jobs (core/batching.py): on their first delivery, every image
+    classified in one call of the model; then each chunk runs as its own task would, its job
+    recorded on its own. Redelivered or retried: each chunk as an ordinary one."""
+    started = time.monotonic()
+    deadline = started + chunk_time_limits(get_settings())[0]
+    chunks = [Chunk.from_json(payload) for payload in payloads]
+    ready = _classify_batch(chunks, deadline) if _first_delivery(self) else {}
+    for chunk in chunks:
+        with contextlib.suppress(_FailedForGood):  # logged; the others still run
+            _run(self, chunk, started, deadline, ready.get(chunk.id), batched=True)
+
+
+class _FailedForGood(Exception):
+    """A chunk of a batch failed for good (logged, its slot handed on): the batch goes on."""
+
+
+def _first_delivery(self: Task) -> bool:
+    return not self.request.retries and not (self.request.delivery_info or {}).get("redelivered")
+
+
+def _classify_batch(chunks: list[Chunk], deadline: float) -> dict[str, tuple[str, list[ItemResult]]]:
+    """chunk id -> (model version, results) for a batch's one-trip chunks, classified together;
+    empty when that fails (each chunk then does its own work, with its own error handling)."""
+    version = models.current_version()
+    works: list[Work] = [(c.job_id, c.items, c.parts) for c in chunks if c.one_trip]
+    try:
+        found = classify_many(works, version, deadline)
+    except Exception:
+        log.warning("a batch of %d chunk(s) could not be classified together", len(works), exc_info=True)
+        return {}
+    return {c.id: (version, r) for c, r in zip([c for c in chunks if c.one_trip], found, strict=True)}
+
+
+def _run(
+    self: Task,
+    chunk: Chunk,
+    started: float,
+    deadline: float,
+    ready: tuple[str, list[ItemResult]] | None = None,
+    batched: bool = False,
+) -> None:
     logs.clear()
     logs.bind(job_id=chunk.job_id, chunk=chunk.label)
-    started = time.monotonic()
     try:
-        _process(self, chunk, started, started + chunk_time_limits(get_settings())[0])
+        _process(self, chunk, started, deadline, ready)
         # Done, or nothing left to do: the chunk's slot in the bulk window goes to the next chunk
         # (before this chunk is acknowledged, so the next one is queued before this process is free).
         dispatch.finished(self.app, get_fair_share(), chunk)
@@ -113,14 +168,18 @@ def process_chunk(self: Task, payload: dict[str, Any]) -> None:
         # stuck-job sweep sees its items carried by nothing and re-queues them a bounded number of times.
         with contextlib.suppress(Exception):
             dispatch.finished(self.app, get_fair_share(), chunk)
+        if batched:
+            raise _FailedForGood() from exc
         raise
 
 
-def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
+def _process(
+    self: Task, chunk: Chunk, started: float, deadline: float, ready: tuple[str, list[ItemResult]] | None
+) -> None:
     store = get_job_store()
     first_try = not self.request.retries
-    if chunk.one_trip and first_try and not (self.request.delivery_info or {}).get("redelivered"):
-        _one_trip(self, store, chunk, started, deadline)
+    if chunk.one_trip and _first_delivery(self):
+        _one_trip(self, store, chunk, started, deadline, ready)
         return
     job_id = chunk.job_id
     # Counted per retry: a retry after an exception is a new message with retries of its own
@@ -156,14 +215,26 @@ def _process(self: Task, chunk: Chunk, started: float, deadline: float) -> None:
         _store(store, chunk, results, started, start.has_webhook)
 
 
-def _one_trip(self: Task, store: JobStore, chunk: Chunk, started: float, deadline: float) -> None:
-    """A one-trip chunk's first delivery (core/queue.py): the work first, then one script starts
-    the job, stores the results and closes it. Should the fleet have moved to another model
-    version meanwhile (a reload), nothing is stored: the work is done again with that version."""
+def _one_trip(
+    self: Task,
+    store: JobStore,
+    chunk: Chunk,
+    started: float,
+    deadline: float,
+    ready: tuple[str, list[ItemResult]] | None = None,
+) -> None:
+    """A one-trip chunk's first delivery (core/queue.py): the work first (`ready`: done with its
+    batch's), then one script starts the job, stores the results and closes it. Should the fleet
+    have moved to another model version meanwhile (a reload), nothing is stored: the work is done
+    again with that version."""
     started_at, follow = time.time(), True
     while True:
         version = models.current_version()
-        results = _work(self, store, chunk, list(chunk.items), version, deadline)
+        if ready is not None and ready[0] == version:
+            results: list[ItemResult] | None = ready[1]
+        else:
+            results = _work(self, store, chunk, list(chunk.items), version, deadline)
+        ready = None
         if results is None:
             return
         recorded = store.record(

@@ -12,7 +12,6 @@ from enum import StrEnum
 from functools import partial
 from typing import Annotated
 
-from celery import Celery
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -26,10 +25,10 @@ from api.uploads import ACCEPTED, Item, UploadError, chunks, inline_parts, list_
 from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
-from core.dispatch import dispatch
+from core.dispatch import FairShare, dispatch
 from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id, new_job_id
 from core.labels import get_labels
-from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, broker_is, lane_for, push_chunks
+from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, lane_for
 from core.quotas import QuotaExceeded, Quotas, tenant_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -45,7 +44,8 @@ PROBLEMS = {
         413: "The upload, an image, or the number of images is over the limit",
         415: "A part that is neither an image nor a zip",
         422: "A malformed parameter or metadata",
-        429: "Over a quota of the API key: MAX_QUEUED_IMAGES_PER_KEY or SUBMISSIONS_PER_MINUTE_PER_KEY",
+        429: "Over a quota of the API key: MAX_QUEUED_IMAGES_PER_KEY, or its share of "
+        "SUBMISSION_IMAGES_PER_SECOND while other keys wait",
     }.items()
 }
 CSV_PAGE = 1000
@@ -91,11 +91,26 @@ def create_job(
 ) -> tuple[str, bool]:
     """Store the upload, create the job (`job_id`, or a new id) and queue its chunks: (job id, replayed).
 
-    Within the caller's queued-images quota (429 otherwise; the submission rate was counted before
-    the upload was read: api/gate.py).
+    Within the caller's quotas (429 otherwise): its images taken from the submission rate's bucket
+    and reserved as queued, in one round trip (core/quotas.py; api/gate.py checked the bucket
+    before the upload was read).
     `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
     Blocking (disk or S3, Redis): async routes run it in the thread pool.
     """
+    if sub.batcher and lane_for(len(items), sub.settings) != BULK:
+        with sub.batcher.arriving():  # a batch being formed waits for this one (core/batching.py)
+            return _create_job(sub, files, items, extra, idempotency_key, job_id)
+    return _create_job(sub, files, items, extra, idempotency_key, job_id)
+
+
+def _create_job(
+    sub: Submission,
+    files: list[UploadFile],
+    items: list[Item],
+    extra: Mapping[str, str | int] | None,
+    idempotency_key: str | None,
+    job_id: str | None,
+) -> tuple[str, bool]:
     tenant = tenant_of(sub.caller)
     job_id = job_id or new_job_id()
     claim = None
@@ -126,22 +141,32 @@ def create_job(
         )
         job_chunks = [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs]
         names = [item.name for item in items]
-        # An interactive job's chunks ride in the MULTI/EXEC that creates it (no worker can see
-        # them before the job exists); a bulk job's go behind the window once it exists.
-        rides = lane != BULK and broker_is(sub.celery, settings.redis_url)
-        if rides and _one_trip(job_chunks, items, fields):
+        # An interactive job's chunks are tracked in the MULTI/EXEC that creates it and published
+        # once it exists (core/dispatch.py: lost in between, the sweeper sends them); a bulk job's
+        # go behind the window once it exists.
+        interactive = lane != BULK
+        if interactive and _one_trip(job_chunks, items, fields):
             job_chunks = [replace(job_chunks[0], one_trip=True)]
-        also = partial(_submitted, sub.celery, job_chunks if rides else [], len(items))
+        also = partial(_submitted, sub.fair, job_chunks if interactive else [], len(items))
         sub.store.create(job_id, names, owner=sub.caller, extra=fields, claim=claim, also=also)
-        if not rides:
-            dispatch(sub.celery, sub.fair, job_chunks)
     except Exception:
         if reserved:
             sub.quotas.release(tenant, len(items), lane)
         if claim:
             sub.store.release_submission(claim)
         raise
+    # The job exists and holds its reservation from here on, whatever happens to the publish.
     with logs.bound(job_id=job_id):
+        try:
+            if sub.batcher and job_chunks[0].one_trip:
+                sub.batcher.submit(job_chunks[0])  # published with concurrent ones (core/batching.py)
+            else:
+                dispatch(sub.celery, sub.fair, job_chunks, tracked=interactive)
+        except Exception:
+            if not interactive:
+                raise  # its chunks may be untracked: the stuck-job sweep re-queues them
+            log.warning("job submitted; its chunks are published by the sweeper", exc_info=True)
+            return job_id, False
         log.info("job submitted")
     return job_id, False
 
@@ -152,10 +177,10 @@ def _one_trip(job_chunks: list[Chunk], items: list[Item], fields: Mapping[str, o
     return len(job_chunks) == 1 and job_chunks[0].parts is not None and small and "webhook_url" not in fields
 
 
-def _submitted(celery: Celery, riding: list[Chunk], items: int, pipe: Pipeline) -> None:
-    """In the pipeline that creates the job: its metrics, and the chunks that ride along."""
+def _submitted(fair: FairShare, tracked: list[Chunk], items: int, pipe: Pipeline) -> None:
+    """In the pipeline that creates the job: its metrics, and its interactive chunks tracked."""
     metrics.job_submitted(pipe, items=items)
-    push_chunks(pipe, celery, riding)
+    fair.track(pipe, tracked)
 
 
 def _submit(
@@ -297,10 +322,9 @@ def list_jobs(
 
 
 def _within_quota(quotas: Quotas, tenant: str, images: int, lane: str = BULK) -> None:
-    """`Quotas.admit` of the images (the rate is counted in api/gate.py); over the quota is a 429
-    naming the limit, counted in /metrics."""
+    """`Quotas.admit` of the images; over a quota is a 429 naming the limit, counted in /metrics."""
     try:
-        quotas.admit(tenant, images, count=False, lane=lane)
+        quotas.admit(tenant, images, lane)
     except QuotaExceeded as exc:
         metrics.refused(quotas.redis, exc.reason)
         raise over_quota(exc) from None

@@ -27,7 +27,7 @@ from api.waiting import get_async_redis
 from core import fleet, logs, metrics, sentry
 from core.config import get_settings
 from core.connections import get_redis
-from core.queue import LANES
+from core.queue import LANES, broker_key
 
 router = APIRouter(tags=["operations"])
 admin = APIRouter(prefix="/admin", tags=["operations"], dependencies=[Depends(require_admin_key)])
@@ -63,7 +63,7 @@ def _readiness() -> dict[str, Any]:
         client = get_redis()
         client.ping()
         detail["redis"] = "ok"
-        detail["queue_depth"] = sum(client.llen(lane) for lane in LANES)
+        detail["queue_depth"] = sum(client.llen(broker_key(get_settings(), lane)) for lane in LANES)
         detail["model_version"] = fleet.current_version(client)
         detail["workers"] = [
             {

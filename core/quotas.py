@@ -64,8 +64,8 @@ MEASURED_AFTER = 100  # images processed before the measured speed replaces the 
 
 # KEYS: the tenant's bucket, the waiting tenants, its queued count, images outstanding per lane.
 # ARGV: now, tenant, queued key prefix, fleet images/s, burst images, images (0: a check before the
-# upload is read, nothing taken), queued limit, queued ttl, bucket ttl, the job's lane. {'ok'}; {'rate', seconds to wait} (nothing
-# written); {'queued', count} (nothing reserved).
+# upload is read, nothing taken), queued limit, queued ttl, bucket ttl, the job's lane.
+# {'ok'}; {'rate', seconds to wait} (nothing written); {'queued', count} (nothing reserved).
 _ADMIT = """
 local now, tenant, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local rate, burst, images = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -83,7 +83,7 @@ local share = rate / (others + 1)
 local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens, at = tonumber(bucket[1] or burst), tonumber(bucket[2] or now)
 tokens = math.min(burst, tokens + math.max(0, now - at) * share)
-local need = math.min(images, burst)
+local need = math.min(math.max(images, 1), burst)  -- a check (0 images): room for one
 if others > 0 and tokens < need then return {'rate', tostring((need - tokens) / share)} end
 if images > 0 then
   local queued = tonumber(redis.call('GET', KEYS[3]) or '0')

@@ -48,7 +48,10 @@ def test_a_keyless_upload_is_refused_without_reading_its_body(make_client: Calla
     """The body of a request without a key is never read: a body that would fail (413) if read
     gets the 401 instead. A key over its submission rate is refused before its body too."""
     client = make_client(
-        API_KEYS="k1,k2", MAX_UPLOAD_BYTES="2000", SUBMISSION_IMAGES_PER_SECOND="1", SUBMISSION_BURST_SECONDS="1"
+        API_KEYS="k1,k2",
+        MAX_UPLOAD_BYTES="2000",
+        SUBMISSION_IMAGES_PER_SECOND="1",
+        SUBMISSION_BURST_SECONDS="1",
     )
     refused = _upload(client, None, b"x" * 5000)
     assert refused.status_code == 401, refused.text

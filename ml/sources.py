@@ -157,15 +157,15 @@ def _idx_pair(folder: Path, prefix: str, files: dict[str, str]) -> tuple[np.ndar
 
 
 def load_idx_folder(folder: Path, kind: str = "idx") -> Source:
-    """train-* as training digits, t10k-* as the held-out part (MNIST's own split)."""
+    """train-* as training digits, t10k-* as the held-out part (MNIST's own split): a folder
+    of t10k files only is held-out digits only."""
     files: dict[str, str] = {}
     train = _idx_pair(folder, "train", files)
     test = _idx_pair(folder, "t10k", files)
     if train is None and test is None:
         raise SourceError(f"{folder}: no train-images-idx3-ubyte[.gz] or t10k-images-idx3-ubyte[.gz]")
-    if train is None:  # only test files: a source like any other, its held-out part drawn
-        train, test = test, None
-    assert train is not None
+    if train is None:  # only MNIST's test files: all held out, for scoring and `compare`
+        train = (np.empty((0, SIDE, SIDE)), np.empty(0, dtype=np.int64))
     X, y = train
     source = Source(kind, str(folder), X, y, files)
     if test is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,16 @@ from ml import sources
 from ml.data import load_splits
 
 
+@lru_cache(maxsize=1)
+def _training_digits() -> tuple[np.ndarray, np.ndarray]:
+    s = load_splits()  # ~2 s of CSV parsing: once per test process
+    return s.X_train, s.y_train
+
+
 def digits(n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n bundled training digits (all ten classes) from `start` on."""
-    s = load_splits()
-    return s.X_train[start : start + n], s.y_train[start : start + n]
+    X, y = _training_digits()
+    return X[start : start + n].copy(), y[start : start + n].copy()
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

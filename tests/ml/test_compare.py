@@ -45,7 +45,8 @@ def test_compare_finds_the_known_difference_on_the_same_items(good_and_bad, tmp_
     assert record["items"] == 300 and record["per_source"][0]["items"] == 300
     assert record["candidate_accuracy"] < record["against_accuracy"]
     assert record["verdict"] == "worse" and record["p_value"] < 0.001
-    assert record["c"] - record["b"] == round(300 * (record["against_accuracy"] - record["candidate_accuracy"]))
+    gap = record["against_accuracy"] - record["candidate_accuracy"]
+    assert record["c"] - record["b"] == round(300 * gap)
     # The other way round, the same discordant pairs swap.
     reverse = compare(good, bad, parts)
     assert (reverse["b"], reverse["c"], reverse["verdict"]) == (record["c"], record["b"], "better")

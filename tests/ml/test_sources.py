@@ -119,7 +119,11 @@ def test_zip_with_labels_csv(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("row", "message"),
-    [("img/99.png,3", "not in"), ("img/0.png,12", "label 12 is not a digit"), ("img/0.png", "not `name,digit`")],
+    [
+        ("img/99.png,3", "not in"),
+        ("img/0.png,12", "label 12 is not a digit"),
+        ("img/0.png", "not `name,digit`"),
+    ],
 )
 def test_a_bad_labels_csv_is_an_error_naming_it(tmp_path: Path, row: str, message: str) -> None:
     X, y = digits(5)
@@ -165,7 +169,8 @@ def test_the_mnist_digest_check_refuses_a_wrong_file(tmp_path: Path) -> None:
     cache.mkdir()
     for name in sources.MNIST_SHA256:
         (cache / name).write_bytes(b"not mnist")
-    with pytest.raises(SourceError, match="train-images-idx3-ubyte.gz: SHA-256 .* does not match the pinned 440fcabf"):
+    pinned = "train-images-idx3-ubyte.gz: SHA-256 .* does not match the pinned 440fcabf"
+    with pytest.raises(SourceError, match=pinned):
         sources.fetch_mnist(cache)
 
 
@@ -180,7 +185,8 @@ def test_a_training_digit_equal_to_a_held_out_one_is_dropped() -> None:
     X, y = digits(40)
     a = sources.Source("idx", "a", X[:30], y[:30], {})
     a.X_test, a.y_test = X[30:], y[30:]
-    b = sources.Source("folder", "b", np.concatenate([X[30:32], X[:5]]), np.concatenate([y[30:32], y[:5]]), {})
+    # b trains on two of a's held-out digits (dropped) and five of a's training digits (kept).
+    b = sources.Source("folder", "b", np.r_[X[30:32], X[:5]], np.r_[y[30:32], y[:5]], {})
     b.X_test, b.y_test = X[35:36], y[35:36]
     parts, dropped = sources.drop_held_out([sources.split(a, 0), sources.split(b, 0)])
     assert dropped == 2 and len(parts[1].y_train) == 5

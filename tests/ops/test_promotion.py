@@ -57,7 +57,8 @@ def test_cli_compare_records_then_promote_is_refused_forced_and_rolled_back(
     good, bad = models["good"].name, models["bad"].name
     pointer = RegistryPointer(registry)
     data = ["--no-bundled", "--data", str(models["data"])]
-    assert main(["compare", str(models["bad"]), "--against", str(models["good"]), *data, "--registry", registry]) == 0
+    against = ["--against", str(models["good"])]
+    assert main(["compare", str(models["bad"]), *against, *data, "--registry", registry]) == 0
     assert "-> worse" in capsys.readouterr().out
     stored = pointer.comparison(bad)
     assert stored is not None and (stored["against"], stored["verdict"]) == (good, "worse")

@@ -89,6 +89,13 @@ def test_push_candidate_leaves_latest_alone(registry: str, models, tmp_path: Pat
     assert pointer.latest() == other.name and pointer.history() == [before]  # ...and can be undone
 
 
+def test_list_shows_what_each_version_learnt_from(registry: str, models, capsys) -> None:
+    assert main(["list", "--registry", registry]) == 0
+    out = capsys.readouterr().out
+    assert "learnt from idx tiny-600-0: 600 digits (540 trained, 60 held out, held-out accuracy" in out
+    assert "learnt from idx tiny-60-600: 60 digits" in out
+
+
 def test_admin_promote_needs_a_passing_comparison_unless_forced(
     registry: str, models, make_client, redis_url: str, caplog
 ) -> None:

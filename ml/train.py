@@ -4,6 +4,9 @@ The model is one scikit-learn Pipeline: Deskew -> HogFeatures -> PCA(48) ->
 CalibratedKernelSVC; every parameter lives in a step's __init__ (`build_pipeline(**params)`
 takes Pipeline parameter names) and the metadata records `pipeline.get_params()`.
 
+More data (`--data`, ml/sources.py), held-out parts per source, provenance, the copies and
+kernel bounds as data grows and their measurements: docs/model-data.md.
+
 Splits (all stratified, fixed seeds):
   5,000 MNIST = 1,000 held-out (reported only, never fitted or tuned on) + 4,000 training
   4,000 training = 500 calibration digits (temperature + low-confidence threshold) + 3,500

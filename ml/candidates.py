@@ -111,19 +111,27 @@ def register_promote(subparsers) -> None:
     p.add_argument("version")
     p.add_argument("--force", action="store_true", help="promote even if significantly worse (logged)")
     _add_data_arguments(p)
-    p.add_argument("--no-reload", action="store_true", help="move the pointer only")
-    p.add_argument("--timeout", type=float, default=120.0)
-    _registry_arg(p)
+    _switch_args(p)
     p.set_defaults(handler=cmd_promote)
 
 
-def cmd_promote(args) -> int:
-    from core.promotion import PointerError, PromotionRefused, RegistryPointer
+def _switch_args(p) -> None:
+    p.add_argument("--no-reload", action="store_true", help="move the pointer only")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every worker")
+    _registry_arg(p)
 
-    uri = _registry_uri(args.registry)
-    if not uri:
-        raise SystemExit("set MODEL_REGISTRY=s3://bucket/prefix (or pass --registry)")
-    pointer = RegistryPointer(uri)
+
+def _pointer(args):
+    from core.promotion import RegistryPointer
+    from ml.cli import _registry_uri as required_registry_uri
+
+    return RegistryPointer(required_registry_uri(args.registry))
+
+
+def cmd_promote(args) -> int:
+    from core.promotion import PointerError, PromotionRefused
+
+    pointer = _pointer(args)
     try:
         if not args.force:
             record = pointer.comparison(args.version)
@@ -131,7 +139,7 @@ def cmd_promote(args) -> int:
             if latest and (record is None or record.get("against") != latest):
                 # No comparison against today's latest: run it now, on the bundled held-out
                 # digits and any --data, and record it (the check below reads it).
-                run_compare(args.version, latest, args.data, True, uri)
+                run_compare(args.version, latest, args.data, True, pointer.uri)
         pointer.allow(args.version, force=args.force)
         if not args.no_reload and _reload(args.version, args.timeout):
             return 1  # the fleet refused it: latest stays where it was
@@ -151,19 +159,14 @@ def cmd_promote(args) -> int:
 
 def register_rollback(subparsers) -> None:
     p = subparsers.add_parser("rollback", help="latest back to the previous version; reload the fleet")
-    p.add_argument("--no-reload", action="store_true", help="move the pointer only")
-    p.add_argument("--timeout", type=float, default=120.0)
-    _registry_arg(p)
+    _switch_args(p)
     p.set_defaults(handler=cmd_rollback)
 
 
 def cmd_rollback(args) -> int:
-    from core.promotion import PointerError, RegistryPointer
+    from core.promotion import PointerError
 
-    uri = _registry_uri(args.registry)
-    if not uri:
-        raise SystemExit("set MODEL_REGISTRY=s3://bucket/prefix (or pass --registry)")
-    pointer = RegistryPointer(uri)
+    pointer = _pointer(args)
     try:
         target = pointer.previous()
         if not args.no_reload and _reload(target, args.timeout):

@@ -133,9 +133,13 @@ class PromoteIn(BaseModel):
     force: bool = Field(default=False, description="promote even without a passing comparison (logged)")
     timeout: float = Field(default=120, gt=0, le=600, description="seconds to wait for every worker")
 
+    model_config = {"json_schema_extra": {"examples": [{"force": False, "timeout": 120}]}}
+
 
 class RollbackIn(BaseModel):
     timeout: float = Field(default=120, gt=0, le=600, description="seconds to wait for every worker")
+
+    model_config = {"json_schema_extra": {"examples": [{"timeout": 120}]}}
 
 
 def _pointer() -> promotion.RegistryPointer:

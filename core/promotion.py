@@ -43,7 +43,7 @@ class UnknownVersion(PointerError):
 
 def valid_version(version: str) -> str:
     if not version or "/" in version or version.startswith(".") or version == LATEST_KEY:
-        raise PointerError(f"invalid model version name {version!r}")
+        raise UnknownVersion(f"invalid model version name {version!r}")
     return version
 
 

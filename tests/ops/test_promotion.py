@@ -143,6 +143,7 @@ def test_admin_promote_of_a_candidate_that_is_not_worse(registry: str, models, m
     assert stale.status_code == 409 and "compare again" in stale.json()["detail"]
     unknown = client.post("/admin/models/2099.01.01-hogsvm-nope/promote", headers=ADMIN)
     assert unknown.status_code == 404
+    assert client.post("/admin/models/..hidden/promote", headers=ADMIN).status_code == 404
 
 
 def test_admin_promote_without_a_registry_is_a_clear_409(make_client) -> None:

@@ -268,8 +268,10 @@ def _read_label_csv(path: Path) -> dict[str, int]:
 # The review issue's labelled-data store and the official MNIST download.
 def load_feedback() -> Source:
     """Export the store (ml/feedback.py, issue 20) to a temporary folder per digit and read it."""
-    try:
-        from ml import feedback  # type: ignore[attr-defined]
+    import importlib
+
+    try:  # issue 20's module, built in parallel: absent in a checkout without it
+        feedback = importlib.import_module("ml.feedback")
     except ImportError:
         raise SourceError("feedback: the labelled-data store is not available (ml/feedback.py)") from None
     with tempfile.TemporaryDirectory(prefix="digitq-feedback-") as tmp:

@@ -18,7 +18,7 @@ from ml.compare import compare, held_out_items
 from ml.model import DigitModel
 from ml.registry import S3Registry
 from tests.ml.tiny import digits, tiny_model, write_idx
-from tests.ops.ops_helpers import ADMIN_KEY, BUCKET, TRUST
+from tests.ops.ops_helpers import ADMIN_KEY, BUCKET, SIGNING_KEY, TRUST
 
 ADMIN = {"X-API-Key": ADMIN_KEY}
 
@@ -77,6 +77,27 @@ def test_cli_compare_records_then_promote_is_refused_forced_and_rolled_back(
     assert pointer.latest() == good and pointer.history() == []
     assert main(["rollback", "--registry", registry, "--no-reload"]) == 1
     assert "no earlier version" in capsys.readouterr().err
+
+
+def test_cli_promote_without_a_record_compares_first(
+    registry: str, models, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """No comparison against today's latest: `promote` fetches both versions (signed, verified)
+    and compares them on the bundled held-out digits before deciding."""
+    from core.config import get_settings
+
+    monkeypatch.setenv("MODEL_SIGNING_KEY", SIGNING_KEY)
+    monkeypatch.setenv("MODEL_CACHE_DIR", str(tmp_path / "cache"))
+    get_settings.cache_clear()
+    try:
+        assert main(["promote", models["bad"].name, "--registry", registry, "--no-reload"]) == 1
+    finally:
+        get_settings.cache_clear()
+    captured = capsys.readouterr()
+    assert "1000 held-out digits" in captured.out and "significantly worse" in captured.err
+    stored = RegistryPointer(registry).comparison(models["bad"].name)
+    assert stored is not None and stored["items"] == 1000 and stored["verdict"] == "worse"
+    assert RegistryPointer(registry).latest() == models["good"].name
 
 
 def test_push_candidate_leaves_latest_alone(registry: str, models, tmp_path: Path) -> None:

@@ -191,7 +191,9 @@ def train(
         tqdm.write(f"{dropped} training digit(s) identical to a held-out digit dropped")
     X = np.concatenate([p.X_train for p in parts])
     y = np.concatenate([p.y_train for p in parts])
-    X, y, augment = plan_fit(X, y, augment or DEFAULT_AUGMENT, max_rows, max_digits)
+    owner = np.concatenate([np.full(len(p.y_train), i) for i, p in enumerate(parts)])
+    rows, augment = plan_fit(y, augment or DEFAULT_AUGMENT, max_rows, max_digits)
+    X, y, fitted = X[rows], y[rows], np.bincount(owner[rows], minlength=len(parts))
     # An eighth of the digits calibrate (500 of the bundled 4,000), so that small data sets work.
     params.setdefault("clf__calibration_size", min(CALIBRATION_SIZE, max(20, len(y) // 8)))
     pipeline, threshold = fit_model(X, y, augment, build_pipeline(**params))
@@ -209,7 +211,7 @@ def train(
     upload_rows = np.random.default_rng(0).permutation(len(y_ho))[:UPLOAD_LIKE_MAX]
     upload = upload_like_metrics(model, X_ho[np.sort(upload_rows)], y_ho[np.sort(upload_rows)])
     y_cal = np.searchsorted(clf.classes_, clf.calibration_y_)
-    provenance = _provenance(parts, proba, threshold)
+    provenance = _provenance(parts, fitted, proba, threshold)
     metadata = {
         "training_data": data.DATA_DESCRIPTION
         if [s.kind for s in chosen] == ["bundled"]
@@ -248,28 +250,31 @@ def train(
     return out
 
 
-def plan_fit(
-    X: np.ndarray, y: np.ndarray, augment: dict, max_rows: int, max_digits: int
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Keep the kernel's size bounded as data grows: distorted copies only while digits +
-    copies fit in `max_rows` (the 4,000 bundled digits keep their 2), and at most `max_digits`
-    digits (a stratified, seeded subsample) beyond that. docs/model-data.md has the measurements."""
+def plan_fit(y: np.ndarray, augment: dict, max_rows: int, max_digits: int) -> tuple[np.ndarray, dict]:
+    """Keep the kernel's size bounded as data grows: at most `max_digits` digits (a stratified,
+    seeded subsample: the rows to fit are returned), and distorted copies only while digits x
+    (copies + 1) fit in `max_rows` (the 4,000 bundled digits keep their 2).
+    docs/model-data.md has the measurements."""
+    rows = np.arange(len(y))
     if len(y) > max_digits:
         from sklearn.model_selection import train_test_split
 
-        X, _, y, _ = train_test_split(X, y, train_size=max_digits, stratify=y, random_state=data.HOLDOUT_SEED)
+        rows, _ = train_test_split(rows, train_size=max_digits, stratify=y, random_state=data.HOLDOUT_SEED)
+        rows = np.sort(rows)
         tqdm.write(f"subsampled to {max_digits} training digits (the kernel cap)")
-    copies = min(int(augment["copies"]), max(0, max_rows // max(len(y), 1) - 1))
+    copies = min(int(augment["copies"]), max(0, max_rows // max(len(rows), 1) - 1))
     if copies != augment["copies"]:
-        tqdm.write(f"{copies} distorted copies per digit instead of {augment['copies']} ({len(y)} digits)")
-    return X, y, {**augment, "copies": copies}
+        tqdm.write(f"{copies} distorted copies per digit instead of {augment['copies']} ({len(rows)} digits)")
+    return rows, {**augment, "copies": copies}
 
 
-def _provenance(parts: list[sources.Part], proba: np.ndarray, threshold: float) -> list[dict]:
+def _provenance(
+    parts: list[sources.Part], fitted: np.ndarray, proba: np.ndarray, threshold: float
+) -> list[dict]:
     """Each source's provenance, how many digits it gave to training and to the held-out set,
     and the model's accuracy on its held-out part (`proba` rows are the parts' in order)."""
     rows, start = [], 0
-    for part in parts:
+    for part, n_fitted in zip(parts, fitted, strict=True):
         n = len(part.y_holdout)
         mine = proba[start : start + n]
         start += n
@@ -280,6 +285,7 @@ def _provenance(parts: list[sources.Part], proba: np.ndarray, threshold: float) 
             {
                 **part.source.provenance(),
                 "train": int(len(part.y_train)),
+                "fitted": int(n_fitted),  # fewer than `train` when the kernel cap subsampled
                 "held_out": int(n),
                 "held_out_accuracy": accuracy,
             }

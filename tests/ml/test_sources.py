@@ -204,6 +204,7 @@ def test_train_with_data_records_provenance_and_per_source_scores(tmp_path: Path
     idx, folder = meta["sources"]
     assert (idx["kind"], idx["count"], idx["held_out"], idx["train"]) == ("idx", 300, 30, 270)
     assert (folder["kind"], folder["count"], folder["skipped"], folder["held_out"]) == ("folder", 100, 1, 10)
+    assert (idx["fitted"], folder["fitted"]) == (270, 90)  # no cap at this size
     assert idx["sha256"] == sources.load(str(tmp_path / "idx")).provenance()["sha256"]
     assert 0.5 < idx["held_out_accuracy"] <= 1 and folder["held_out_accuracy"] is not None
     assert "idx" in meta["training_data"] and "held-out part" in meta["training_data"]
@@ -215,3 +216,23 @@ def test_train_with_broken_data_exits_naming_the_file(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="data error: .*train-images-idx3-ubyte: wrong magic"):
         main(["train", "--data", str(tmp_path), "--models-dir", str(tmp_path / "m")])
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(("digits_given", "copies"), [(4_000, 2), (8_000, 2), (12_000, 1), (24_000, 0)])
+def test_fewer_distorted_copies_as_the_data_grows(digits_given: int, copies: int) -> None:
+    from ml.train import DEFAULT_AUGMENT, MAX_AUGMENTED_ROWS, MAX_FIT_DIGITS, plan_fit
+
+    y = np.arange(digits_given) % 10
+    rows, augment = plan_fit(y, DEFAULT_AUGMENT, MAX_AUGMENTED_ROWS, MAX_FIT_DIGITS)
+    assert len(rows) == digits_given and augment["copies"] == copies
+
+
+def test_the_kernel_cap_fits_a_stratified_subsample() -> None:
+    from ml.train import DEFAULT_AUGMENT, plan_fit
+
+    y = np.r_[np.zeros(5_000, int), np.ones(15_000, int)]
+    rows, augment = plan_fit(y, DEFAULT_AUGMENT, max_rows=24_000, max_digits=8_000)
+    assert len(rows) == 8_000 and augment["copies"] == 2
+    assert np.bincount(y[rows]).tolist() == [2_000, 6_000]  # the classes' shares kept
+    again, _ = plan_fit(y, DEFAULT_AUGMENT, max_rows=24_000, max_digits=8_000)
+    np.testing.assert_array_equal(rows, again)  # seeded: the same digits every time

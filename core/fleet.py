@@ -176,6 +176,17 @@ def start_reload(client: redis.Redis, version: str, timeout: float = 120.0) -> P
     return PendingReload(version, request, alive, time.monotonic() + timeout, timeout)
 
 
+def point_idle_fleet(client: redis.Redis, version: str) -> bool:
+    """With no live worker there is nobody to reload, but `current` still names the version a
+    starting worker serves: point it at `version` (a promotion or rollback must not be undone by
+    the next restart). False, changing nothing, if any worker is alive."""
+    if workers(client):
+        return False
+    if client.exists(CURRENT_KEY):
+        client.set(CURRENT_KEY, version)
+    return True
+
+
 def request_reload(client: redis.Redis, version: str, timeout: float = 120.0) -> ReloadResult:
     """Move every live worker to `version`, or raise ReloadError and change nothing.
 

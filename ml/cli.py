@@ -11,6 +11,8 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ml import candidates
+
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -19,13 +21,58 @@ def register_train(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model into models/<version>, update LATEST")
     p.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR)
     p.add_argument("--no-latest", action="store_true", help="do not point LATEST at it")
+    _add_data_arguments(p)
+    p.add_argument("--no-bundled", action="store_true", help="leave out the 5,000 bundled MNIST digits")
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help="distorted copies only while digits x (copies + 1) fit in this (default 24,000)",
+    )
+    p.add_argument(
+        "--max-digits", type=int, default=None, help="fit a stratified subsample of at most this many digits"
+    )
     p.set_defaults(handler=cmd_train)
 
 
-def cmd_train(args) -> int:
-    from ml.train import train
+def _add_data_arguments(p) -> None:
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="more labelled digits (repeatable): an MNIST IDX folder, a folder of 0/..9/ image "
+        "folders, ARCHIVE.zip:LABELS.csv (name,digit rows), `feedback` (the labelled-data store) "
+        "or `mnist` (downloads the official files once, SHA-256 pinned)",
+    )
 
-    train(args.models_dir, set_latest=not args.no_latest)
+
+def _load_sources(specs: list[str]):
+    """The --data sources, loaded and validated; SystemExit with the message naming the file."""
+    from ml.sources import SourceError, load
+
+    try:
+        return [load(spec) for spec in specs]
+    except SourceError as exc:
+        raise SystemExit(f"data error: {exc}") from None
+
+
+def cmd_train(args) -> int:
+    from ml.sources import SourceError
+    from ml.train import MAX_AUGMENTED_ROWS, MAX_FIT_DIGITS, train
+
+    extra = _load_sources(args.data)
+    try:
+        train(
+            args.models_dir,
+            set_latest=not args.no_latest,
+            extra_sources=extra,
+            bundled=not args.no_bundled,
+            max_rows=args.max_rows or MAX_AUGMENTED_ROWS,
+            max_digits=args.max_digits or MAX_FIT_DIGITS,
+        )
+    except SourceError as exc:
+        raise SystemExit(f"data error: {exc}") from None
     return 0
 
 
@@ -147,6 +194,11 @@ def register_push(subparsers) -> None:
     p.add_argument("model_dir", type=Path, nargs="?", default=DEFAULT_MODELS_DIR, help="models/version dir")
     p.add_argument("--registry", default=None, help="s3://bucket/prefix (default $MODEL_REGISTRY)")
     p.add_argument("--no-latest", action="store_true", help="do not move the latest pointer")
+    p.add_argument(
+        "--candidate",
+        action="store_true",
+        help="upload only (latest stays): then `compare` it and `promote` it",
+    )
     p.set_defaults(handler=cmd_push)
 
 
@@ -154,17 +206,23 @@ def cmd_push(args) -> int:
     # MODEL_SIGNING_KEY is a setting (core/config.py, also read from .env); imported here so ml
     # itself stays free of core.
     from core.config import get_settings
+    from core.promotion import PointerError, RegistryPointer
     from ml.registry import RegistryUnavailable, S3Registry
     from ml.trust import ModelTrust
 
     trust = ModelTrust.from_settings(get_settings())
     registry = S3Registry(_registry_uri(args.registry), trust=trust)
+    set_latest = not (args.no_latest or args.candidate)
     try:
-        version = registry.push(args.model_dir, set_latest=not args.no_latest)
-    except RegistryUnavailable as exc:  # unreachable, or these credentials may not write there
+        version = registry.push(args.model_dir, set_latest=False)
+        if set_latest:  # through the pointer, so that `rollback` can come back
+            RegistryPointer(registry.uri).move_latest(version)
+    except (RegistryUnavailable, PointerError) as exc:  # unreachable, or may not write there
         print(f"push failed: {exc}", file=sys.stderr)
         return 1
-    print(f"pushed {version} to {registry.uri}/{version}" + ("" if args.no_latest else " (latest)"))
+    print(f"pushed {version} to {registry.uri}/{version}" + (" (latest)" if set_latest else ""))
+    if args.candidate:
+        print(f"candidate: `python -m ml compare {version}`, then `python -m ml promote {version}`")
     if trust.signing_key is None:
         sha = registry.metadata(version)["sha256"]
         print(
@@ -203,9 +261,23 @@ def cmd_list(args) -> int:
         mark = "*" if v.version == latest else " "
         created = v.metadata.get("created_at", "?")
         print(f"{mark} {v.version}  created {created}  holdout accuracy {acc_text}  ECE {ece_text}")
+        for source in v.metadata.get("sources", []):
+            print(f"    {_describe_source(source)}")
     if not versions:
         print(f"no versions in {registry.uri}")
     return 0
+
+
+def _describe_source(source: dict) -> str:
+    """One line of a model's provenance (train.py's metadata["sources"])."""
+    acc = source.get("held_out_accuracy")
+    score = "" if acc is None else f", held-out accuracy {acc:.4f}"
+    skipped = f", {source['skipped']} unreadable skipped" if source.get("skipped") else ""
+    return (
+        f"learnt from {source['kind']} {source['name']}: {source['count']} digits "
+        f"({source.get('train', '?')} trained, {source.get('held_out', '?')} held out{score}{skipped}), "
+        f"sha256 {source['sha256'][:16]}"
+    )
 
 
 def register_reload(subparsers) -> None:
@@ -256,6 +328,7 @@ COMMANDS: list[Callable] = [
     register_list,
     register_reload,
     register_feedback,
+    *candidates.COMMANDS,
 ]
 
 

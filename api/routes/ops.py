@@ -24,7 +24,7 @@ from api.deps import metrics_token_ok, require_admin_key, require_metrics_token
 from api.problems import PROBLEM_JSON, ProblemError
 from api.schemas import Problem
 from api.waiting import get_async_redis
-from core import fleet, logs, metrics, sentry
+from core import fleet, logs, metrics, promotion, sentry
 from core.config import get_settings
 from core.connections import get_redis
 from core.queue import LANES, broker_key
@@ -155,23 +155,114 @@ async def reload_model(body: Annotated[ReloadIn, Body()]) -> dict[str, Any]:
     fleet switch (between chunks; a job keeps the version its first chunk used). On any
     refusal nothing changes. One reload at a time: a second one while the first waits is 409.
     """
-    # Async, polling Redis in short thread hops: a reload waits up to `timeout` seconds without
-    # holding one of AnyIO's 40 threads (45 such waits used to hang every sync route, /health too).
-    client = get_redis()
     try:
-        pending = await anyio.to_thread.run_sync(fleet.start_reload, client, body.version, body.timeout)
-        try:
-            while (result := await anyio.to_thread.run_sync(pending.poll, client)) is None:
-                await anyio.sleep(fleet.POLL_SECONDS)
-        except BaseException:  # the request was cancelled, or Redis failed: free the lock
-            with contextlib.suppress(redis.RedisError):
-                pending.release(client)
-            raise
+        result = await _reload_fleet(body.version, body.timeout)
     except fleet.ReloadError as exc:
         log.warning("reload to %s refused: %s", body.version, exc)
         raise ProblemError(409, "Reload refused", str(exc)) from exc
     log.info("model reloaded: %s -> %s", result.previous, result.version)
     return {"version": result.version, "previous": result.previous, "workers": result.workers}
+
+
+async def _reload_fleet(version: str, timeout: float) -> fleet.ReloadResult:
+    """Every live worker to `version`, or fleet.ReloadError and nothing changes."""
+    # Async, polling Redis in short thread hops: a reload waits up to `timeout` seconds without
+    # holding one of AnyIO's 40 threads (45 such waits used to hang every sync route, /health too).
+    client = get_redis()
+    pending = await anyio.to_thread.run_sync(fleet.start_reload, client, version, timeout)
+    try:
+        while (result := await anyio.to_thread.run_sync(pending.poll, client)) is None:
+            await anyio.sleep(fleet.POLL_SECONDS)
+    except BaseException:  # the request was cancelled, or Redis failed: free the lock
+        with contextlib.suppress(redis.RedisError):
+            pending.release(client)
+        raise
+    return result
+
+
+class PromoteIn(BaseModel):
+    force: bool = Field(default=False, description="promote even without a passing comparison (logged)")
+    timeout: float = Field(default=120, gt=0, le=600, description="seconds to wait for every worker")
+
+    model_config = {"json_schema_extra": {"examples": [{"force": False, "timeout": 120}]}}
+
+
+class RollbackIn(BaseModel):
+    timeout: float = Field(default=120, gt=0, le=600, description="seconds to wait for every worker")
+
+    model_config = {"json_schema_extra": {"examples": [{"timeout": 120}]}}
+
+
+def _pointer() -> promotion.RegistryPointer:
+    uri = get_settings().model_registry
+    if not uri:
+        raise ProblemError(409, "No model registry", "set MODEL_REGISTRY=s3://bucket/prefix")
+    return promotion.RegistryPointer(uri)
+
+
+async def _switch(version: str, timeout: float, move) -> dict[str, Any]:
+    """Reload the fleet to `version` (or point an idle one at it), then `move()` the registry's
+    latest: a version the workers refuse never becomes latest."""
+    try:
+        if await anyio.to_thread.run_sync(fleet.point_idle_fleet, get_redis(), version):
+            workers: list[dict[str, Any]] = []
+        else:
+            workers = (await _reload_fleet(version, timeout)).workers
+    except fleet.ReloadError as exc:
+        raise ProblemError(409, "Reload refused", str(exc)) from exc
+    previous = await anyio.to_thread.run_sync(move)
+    return {"version": version, "previous": previous, "workers": workers}
+
+
+PROMOTION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {PROBLEM_JSON: {}}, "description": text}
+    for code, text in {
+        401: "Missing or wrong admin key",
+        403: "/admin disabled (no ADMIN_API_KEYS), or a client API key",
+        404: "No such version in the registry",
+        409: "Refused: no passing comparison, no earlier version, no registry, or the fleet refused it",
+        503: "The registry is unreachable",
+    }.items()
+}
+
+
+@admin.post("/models/{version}/promote", responses=PROMOTION_RESPONSES)
+async def promote_model(version: str, body: Annotated[PromoteIn | None, Body()] = None) -> dict[str, Any]:
+    """Make `version` the registry's latest and move the fleet to it.
+
+    Refused unless `python -m ml compare <version>` recorded a comparison against the current
+    latest that did not find it significantly worse (McNemar, held-out digits); `force`
+    overrides that, and is logged.
+    """
+    body = body or PromoteIn()
+    pointer = _pointer()
+    try:
+        await anyio.to_thread.run_sync(pointer.allow, version, body.force)
+        result = await _switch(version, body.timeout, lambda: pointer.move_latest(version))
+    except promotion.PromotionRefused as exc:
+        raise ProblemError(409, "Promotion refused", str(exc)) from exc
+    except promotion.UnknownVersion as exc:
+        raise ProblemError(404, "Unknown model version", str(exc)) from exc
+    except promotion.PointerError as exc:
+        raise ProblemError(503, "Registry unavailable", str(exc)) from exc
+    forced = " WITH FORCE (comparison check skipped)" if body.force else ""
+    log.warning("model promoted%s: %s -> %s", forced, result["previous"], version)
+    return {**result, "forced": body.force}
+
+
+@admin.post("/models/rollback", responses=PROMOTION_RESPONSES)
+async def rollback_model(body: Annotated[RollbackIn | None, Body()] = None) -> dict[str, Any]:
+    """Latest back to the version before it, and the fleet with it."""
+    body = body or RollbackIn()
+    pointer = _pointer()
+    try:
+        target = await anyio.to_thread.run_sync(pointer.previous)
+        result = await _switch(target, body.timeout, lambda: pointer.rollback().previous)
+    except promotion.PointerError as exc:
+        no_history = "no earlier version" in str(exc)
+        raise ProblemError(409 if no_history else 503, "Rollback refused", str(exc)) from exc
+    log.warning("model rolled back: %s -> %s", result["previous"], target)
+    return result
 
 
 class JobContext:

@@ -22,6 +22,7 @@ import redis
 
 from core.config import PROJECT_ROOT
 from core.jobs import TERMINAL, JobStore
+from core.promotion import RegistryPointer
 from core.queue import INLINE_UPLOAD_BYTES, INTERACTIVE, Chunk, ChunkItem, make_celery, send_chunk
 from ml.registry import S3Registry
 from tests.helpers import png, wait_for_job, wait_until, workers_paused
@@ -78,6 +79,7 @@ def fleet(
         SENTRY_DSN=sentry_collector.dsn,
         API_KEYS=API_KEY,
         ADMIN_API_KEYS=ADMIN_KEY,
+        MODEL_REGISTRY=REGISTRY,  # /admin/models/{version}/promote and /admin/models/rollback
         LOG_JSON="1",
         CHUNK_SIZE="10",
     ) as stack:
@@ -326,6 +328,27 @@ def _predict(stack: LoggedStack, image: bytes) -> httpx.Response:
     """A /predict on a connection of its own (one per thread)."""
     files = {"file": ("a.png", image)}
     return httpx.post(f"{stack.api_url}/predict", files=files, headers={"X-API-Key": API_KEY}, timeout=60)
+
+
+def test_admin_promote_moves_latest_and_the_fleet_and_rollback_brings_both_back(
+    admin: httpx.Client, fleet: LoggedStack, pushed: str, versions: dict[str, str]
+) -> None:
+    serve(admin, fleet, pushed)
+    pointer = RegistryPointer(REGISTRY)
+    assert pointer.latest() == pushed
+    # V2 has the same weights as `pushed`: what `ml compare` records for such a pair.
+    verdict = {"verdict": "no significant difference", "b": 0, "c": 0, "p_value": 1.0, "items": 1000}
+    pointer.record_comparison({"candidate": V2, "against": pushed, **verdict})
+    r = admin.post(f"/admin/models/{V2}/promote", json={"timeout": 60})
+    assert r.status_code == 200, r.text
+    assert (r.json()["version"], r.json()["previous"], r.json()["forced"]) == (V2, pushed, False)
+    assert len(r.json()["workers"]) == 2 and pointer.latest() == V2
+    wait_until(lambda: served(fleet) == [V2, V2], 30, 0.2, "both workers on the promoted version")
+
+    r = admin.post("/admin/models/rollback", json={"timeout": 60})
+    assert r.status_code == 200, r.text
+    assert (r.json()["version"], r.json()["previous"]) == (pushed, V2) and pointer.latest() == pushed
+    wait_until(lambda: served(fleet) == [pushed, pushed], 30, 0.2, "both workers back")
 
 
 def test_ml_reload_cli_drives_the_same_protocol(fleet: LoggedStack, versions: dict[str, str]) -> None:

@@ -70,6 +70,16 @@ CATALOGUE = {
     "Cancelled": "The job was cancelled (DELETE /jobs/{id}) before it answered.",
     "Reload refused": "The model version is unknown, corrupt or untrusted, no worker is up, or another "
     "reload is in progress: nothing changed.",
+    "No model registry": "Promotion and rollback move the registry's `latest` pointer: the API needs "
+    "MODEL_REGISTRY (and its S3 credentials) to do that.",
+    "Registry unavailable": "The model registry (S3) did not answer or refused the request: retry after "
+    "`Retry-After` seconds, or check the API's S3 credentials.",
+    "Unknown model version": "The registry holds no such model version: `python -m ml list` shows them.",
+    "Promotion refused": "The candidate has no comparison with the current model on its held-out items, "
+    "or it is significantly worse (McNemar's exact test): run `python -m ml compare`, or promote with "
+    "`force` (logged).",
+    "Rollback refused": "There is no earlier version in the registry's history to go back to, or the "
+    "fleet refused it (see `detail`).",
     "Service unavailable": "Not your request's fault: the job store or the upload store is unreachable, "
     "or the job failed for an internal reason. Retry after `Retry-After` seconds.",
     "Too many uploads": "The API process is receiving as many uploads as it may at once "

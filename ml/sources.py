@@ -265,15 +265,11 @@ def _read_label_csv(path: Path) -> dict[str, int]:
     return labels
 
 
-# The review issue's labelled-data store and the official MNIST download.
+# The labelled-data store (people's labels from review) and the official MNIST download.
 def load_feedback() -> Source:
-    """Export the store (ml/feedback.py, issue 20) to a temporary folder per digit and read it."""
-    import importlib
+    """Export the store (ml/feedback.py) to a temporary folder per digit and read it."""
+    from ml import feedback
 
-    try:  # issue 20's module, built in parallel: absent in a checkout without it
-        feedback = importlib.import_module("ml.feedback")
-    except ImportError:
-        raise SourceError("feedback: the labelled-data store is not available (ml/feedback.py)") from None
     with tempfile.TemporaryDirectory(prefix="digitq-feedback-") as tmp:
         feedback.export(Path(tmp))
         if not any(Path(tmp).iterdir()):

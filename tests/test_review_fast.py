@@ -299,3 +299,19 @@ def test_a_batch_is_bounded(app_client: TestClient) -> None:
     big_csv = "name,digit\n" + "forms/0.png,1\n" * 80_000  # over 1 MiB
     response = app_client.post(f"/jobs/{job}/labels", files={"file": ("l.csv", big_csv)})
     assert response.status_code == 413 and labels_of(app_client, job) == [None] * 5
+
+
+def test_training_reads_back_what_people_labelled(make_client: Callable[..., TestClient], digits) -> None:
+    """`python -m ml train --data feedback` (ml/sources.py) learns from the labels given through
+    the API: the same digits, the people's digits (not the model's), through the real store."""
+    from ml import sources
+
+    client = make_client()
+    X, y = digits
+    job = submit(client, {f"form/{i}.png": png(X[i]) for i in range(4)})
+    given = [(int(y[i]) + 1) % 10 for i in range(4)]  # what a person said, not what MNIST says
+    labels = [{"index": i, "digit": digit} for i, digit in enumerate(given)]
+    assert client.post(f"/jobs/{job}/labels", json={"labels": labels}).status_code == 200
+    source = sources.load("feedback")  # DATA_DIR as the API's: make_client's environment
+    assert source.kind == "feedback" and source.count == 4 and not source.skipped
+    assert sorted(source.y.tolist()) == sorted(given)

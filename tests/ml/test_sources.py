@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import zipfile
 from pathlib import Path
@@ -149,12 +148,6 @@ def test_a_zip_without_labels_says_how_to_give_them(tmp_path: Path) -> None:
     archive, _ = write_zip(tmp_path / "archive.zip", X, y)
     with pytest.raises(SourceError, match=r"archive.zip:labels.csv"):
         sources.load(str(archive))
-
-
-@pytest.mark.skipif(importlib.util.find_spec("ml.feedback") is not None, reason="the store exists")
-def test_feedback_without_the_store_is_a_clear_error() -> None:
-    with pytest.raises(SourceError, match="the labelled-data store is not available"):
-        sources.load("feedback")
 
 
 def test_the_mnist_digest_check_refuses_a_wrong_file(tmp_path: Path) -> None:

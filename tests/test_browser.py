@@ -79,6 +79,7 @@ def wait_succeeded(page) -> None:
     page.wait_for_function(
         """() => document.getElementById("results").dataset.status === "succeeded"
             && document.getElementById("status").textContent.includes("succeeded")
+            && document.querySelectorAll("#results tbody tr").length > 0
             && ![...document.querySelectorAll("td.digit")].some(td => td.textContent === "…")""",
         timeout=120_000,
     )

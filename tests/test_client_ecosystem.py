@@ -35,7 +35,11 @@ def generated(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> str:
     where = tmp_path_factory.mktemp("generated")
     schema = where / "openapi.json"
     schema.write_text(httpx.get(f"{stack.api_url}/openapi.json").text)
-    (where / "config.yml").write_text("package_name_override: digitq_generated\npost_hooks: []\n")
+    # The item images are image/png: the generator reads them as bytes when told so (its own
+    # documented setting), as a user generating a client would configure it.
+    config = "package_name_override: digitq_generated\npost_hooks: []\n"
+    config += "content_type_overrides:\n  image/png: application/octet-stream\n"
+    (where / "config.yml").write_text(config)
     made = subprocess.run(
         [BIN / "openapi-python-client", "generate", "--path", schema, "--meta", "none",
          "--output-path", where / "digitq_generated", "--config", where / "config.yml"],

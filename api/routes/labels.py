@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import CallerDep, require_api_key
 from api.items import off_loop, render
@@ -214,7 +215,12 @@ def _csv_entries(raw: bytes) -> list[dict[str, Any]]:
 
 async def _entries(request: Request) -> list[dict[str, Any]]:
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=4)
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except StarletteHTTPException as exc:  # too many fields or files, a broken multipart body
+            raise ProblemError(
+                422, "Invalid labels", f"send one CSV part named 'file': {exc.detail}"
+            ) from None
         part = form.get("file")
         if not isinstance(part, UploadFile):
             raise ProblemError(422, "Invalid labels", "send the CSV as a multipart part named 'file'")

@@ -21,7 +21,6 @@ from api.deps import BlobStoreDep, CallerDep, FairShareDep, JobStoreDep, Submiss
 from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
 from api.problems import ProblemError, over_quota
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
-from api.uploads import ACCEPTED, Item, UploadError, chunks, inline_parts, list_upload
 from api.waiting import get_completions
 from core import listing, logs, metrics, webhooks
 from core.blobs import upload_key
@@ -30,6 +29,8 @@ from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobSt
 from core.labels import get_labels
 from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, lane_for
 from core.quotas import QuotaExceeded, Quotas, tenant_of
+from core.uploads import ACCEPTED, Item, UploadError, inline_parts, list_upload
+from core.uploads import job_chunks as chunks_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 log = logging.getLogger(__name__)
@@ -135,11 +136,7 @@ def _create_job(
         fields = {**(extra or {}), "parts": 0 if inline else len(files), "lane": lane}
         if inline is not None:  # the workers store them for review (core/kept_uploads.py)
             fields["inline_parts"] = len(files)
-        runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
-        carried = (
-            (lambda run: None) if inline is None else (lambda run: {str(i.part): inline[i.part] for i in run})
-        )
-        job_chunks = [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs]
+        job_chunks = chunks_of(job_id, items, tenant, lane, settings, inline)
         names = [item.name for item in items]
         # An interactive job's chunks are tracked in the MULTI/EXEC that creates it and published
         # once it exists (core/dispatch.py: lost in between, the sweeper sends them); a bulk job's

@@ -436,6 +436,11 @@ class JobStore:
         )
 
     @staticmethod
+    def key(job_id: str) -> str:
+        """The job's hash (fields `status`, `total`, ...), for a reader on another client (api/waiting.py)."""
+        return JobStore._keys(job_id)[0]
+
+    @staticmethod
     def queue_job_with_results(pipe: Pipeline | AsyncPipeline, job_id: str, limit: int) -> None:
         """Queue on `pipe` (a sync or an asyncio pipeline: api/waiting.py reads on the event loop)
         the reads of the job and of the results of its first `limit` items; `job_with_results`

@@ -31,6 +31,7 @@ class Edge:
     target: str  # module (or package) imported; outside the tree: its top-level name
     line: int
     module_level: bool
+    type_only: bool = False  # under `if TYPE_CHECKING:`: read by mypy, never run
 
     def __str__(self) -> str:
         return f"{self.source}:{self.line} imports {self.target}"
@@ -58,14 +59,25 @@ def _function_level(tree: ast.Module) -> set[int]:
     return inside
 
 
+def _type_checking(tree: ast.Module) -> set[int]:
+    """The ids of import nodes under `if TYPE_CHECKING:`."""
+    typed: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                typed |= {id(n) for n in ast.walk(child) if isinstance(n, ast.Import | ast.ImportFrom)}
+    return typed
+
+
 def _edges(module: str, path: Path, known: dict[str, Path]) -> Iterator[Edge]:
     tree = ast.parse(path.read_text(), str(path))
-    lazy = _function_level(tree)
+    lazy, typed = _function_level(tree), _type_checking(tree)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield Edge(module, _resolve(alias.name, known), node.lineno, id(node) not in lazy)
+                target = _resolve(alias.name, known)
+                yield Edge(module, target, node.lineno, id(node) not in lazy, id(node) in typed)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from the package, `level - 1` packages up
@@ -74,7 +86,7 @@ def _edges(module: str, path: Path, known: dict[str, Path]) -> Iterator[Edge]:
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"  # `from core import jobs` imports core.jobs
                 target = submodule if submodule in known else _resolve(base, known)
-                yield Edge(module, target, node.lineno, id(node) not in lazy)
+                yield Edge(module, target, node.lineno, id(node) not in lazy, id(node) in typed)
 
 
 def import_graph() -> list[Edge]:
@@ -150,6 +162,26 @@ def cycles(edges: list[Edge]) -> list[list[str]]:
     return found
 
 
+def imported_on_import(edges: list[Edge], roots: set[str]) -> set[str]:
+    """Every module (and outside name) importing `roots` runs: module-level imports, followed
+    through the tree, each module's parent packages included (importing ml.views runs ml/__init__)."""
+    runtime: dict[str, set[str]] = {}
+    for edge in edges:
+        if edge.module_level and not edge.type_only:
+            runtime.setdefault(edge.source, set()).add(edge.target)
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:n]) for n in range(1, len(parts))]
+        todo += runtime.get(module, ())
+    return seen
+
+
 @pytest.fixture(scope="module")
 def edges() -> list[Edge]:
     return import_graph()
@@ -166,6 +198,14 @@ def test_the_graph_sees_lazy_and_relative_imports(edges: list[Edge]) -> None:
 def test_layers_point_one_way(edges: list[Edge]) -> None:
     found = layer_violations(edges)
     assert not found, "\n".join(found)
+
+
+def test_the_api_process_never_loads_scikit_learn(edges: list[Edge]) -> None:
+    """Not even through ml/: importing the API (all of api/) runs no import of scikit-learn or
+    joblib (ml/__init__.py loads its names on first use for this)."""
+    api = {edge.source for edge in edges if _package(edge.source) == "api"}
+    loaded = imported_on_import(edges, api)
+    assert not loaded & set(SCIKIT_LEARN), sorted(m for m in loaded if _package(m) == "ml")
 
 
 def test_the_checks_catch_each_kind_of_violation() -> None:

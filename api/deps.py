@@ -3,22 +3,19 @@
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.problems import ProblemError
-from core.batching import Batcher
 from core.blobs import BlobStore
 from core.config import Settings, get_settings, is_loopback
 from core.connections import get_batcher, get_blob_store, get_fair_share, get_job_store, get_quotas
 from core.dispatch import FairShare
 from core.jobs import JobStore
 from core.queue import get_celery
-from core.quotas import Quotas
+from core.submission import Submission
 
 # `async def`: FastAPI runs a plain `def` dependency in the thread pool, a round trip to another
 # thread per dependency and request (a third of /predict's API time before); these only read caches.
@@ -200,21 +197,6 @@ async def require_metrics_token(
 
 
 CallerDep = Annotated[str | None, Depends(require_api_key)]
-
-
-@dataclass(frozen=True)
-class Submission:
-    """What creating a job needs: the settings, the stores, the queue, the quotas and the caller
-    (one dependency for the routes that submit: /jobs, /predict, /predict_batch)."""
-
-    settings: Settings
-    store: JobStore
-    blobs: BlobStore
-    celery: Celery
-    fair: FairShare
-    quotas: Quotas
-    caller: str | None
-    batcher: Batcher | None = None  # one-trip chunks published together (core/batching.py)
 
 
 async def _submission(settings: SettingsDep, caller: CallerDep) -> Submission:

@@ -1,9 +1,9 @@
 """One item of a job, read back from its stored upload and drawn for a person (issue 20).
 
-The bytes come through the workers' own reader (worker/reading.py `PartReader`: the same zip
+The bytes come through the workers' own reader (core/reading.py `PartReader`: the same zip
 entry checks and MAX_IMAGE_BYTES bound), and the drawing through `ml.views`, which decodes as
 classification does. Which part and zip member an index is follows the API's own listing
-(api/uploads.py `listed`), so the indices are the ones the results show.
+(core/uploads.py `listed`), so the indices are the ones the results show.
 """
 
 import asyncio
@@ -17,11 +17,11 @@ from typing import Any, TypeVar
 import anyio
 import anyio.to_thread
 
-from api.uploads import listed
 from core.blobs import BlobStore
+from core.reading import PartReader
+from core.uploads import listed
 from ml.preprocess import ImageError
 from ml.views import model_png, upload_png
-from worker.reading import PartReader
 
 MEMBER_CACHE = 8  # (job, part) member lists kept per process: a page shows 50 items of one zip
 _members: "OrderedDict[tuple[str, int], list[str] | None]" = OrderedDict()

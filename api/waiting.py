@@ -22,7 +22,7 @@ import redis
 import redis.asyncio as aioredis
 
 from core.config import get_settings
-from core.jobs import CLOSED_CHANNEL, PREFIX, TERMINAL, ItemResult, Job, JobStatus, JobStore
+from core.jobs import CLOSED_CHANNEL, TERMINAL, ItemResult, Job, JobStatus, JobStore
 from core.redis_owner import client_options
 
 log = logging.getLogger(__name__)
@@ -73,20 +73,15 @@ class Completions:
                 future.set_result(closed)
 
     async def _ended(self, job_id: str) -> bool:
-        raw = await self.redis.hget(PREFIX + job_id, "status")
+        raw = await self.redis.hget(JobStore.key(job_id), "status")
         return isinstance(raw, bytes) and JobStatus(raw.decode()) in TERMINAL
 
     async def read(self, job_id: str, limit: int) -> tuple[Job | None, list[ItemResult | None]]:
         """The job and the results of its first `limit` items, in one round trip (no thread)."""
-        job_key, _, results_key = JobStore._keys(job_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(job_key)
-            pipe.pttl(job_key)
-            pipe.hmget(results_key, [str(i) for i in range(limit)] or ["-"])
-            raw, ttl, results = await pipe.execute()
-        job = JobStore._job(job_id, raw, ttl)
-        count = min(limit, job.total) if job else 0
-        return job, [ItemResult.from_json(i, r) if r else None for i, r in enumerate(results[:count])]
+            JobStore.queue_job_with_results(pipe, job_id, limit)
+            replies = await pipe.execute()
+        return JobStore.job_with_results(job_id, limit, replies)
 
     async def wait(
         self, job_id: str, timeout: float, create: Callable[[], Awaitable[object]] | None = None

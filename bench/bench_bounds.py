@@ -1,6 +1,6 @@
 """What the chunk bounds cost and what they bound (issue 8), in one process.
 
-1. Listing a zip at submission (`api.uploads.part_items`: directory, entry count check, each
+1. Listing a zip at submission (`core.uploads.part_items`: directory, entry count check, each
    image's header): microseconds per entry for 28x28 PNGs.
 2. The worst a chunk may cost a worker: seconds to decode and shrink one 40-megapixel image
    (the most an image may have) per format, and from the slowest, the time of a chunk at the
@@ -22,9 +22,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from api.uploads import part_items  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.queue import chunk_time_limits  # noqa: E402
+from core.uploads import part_items  # noqa: E402
 from ml.preprocess import preprocess_bytes  # noqa: E402
 
 ENTRIES = 20_000

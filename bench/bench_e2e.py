@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_latency import cpu_by_role  # noqa: E402
 
 from core.config import get_settings  # noqa: E402
+from core.reading import read_entry  # noqa: E402
 from devstack.embedded_redis import free_port  # noqa: E402
 from devstack.stack import Stack  # noqa: E402
 from ml import DigitModel, resolve_local_model_dir  # noqa: E402
 from ml.preprocess import FIELD, decode_image, preprocess_batch  # noqa: E402
-from worker.reading import read_entry  # noqa: E402
 
 IMAGES = int(os.environ.get("BENCH_IMAGES", "10000"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))

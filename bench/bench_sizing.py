@@ -37,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_latency import cpu_by_role  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
+from core import reading  # noqa: E402
 from core.blobs import S3BlobStore, upload_key  # noqa: E402
 from core.queue import LANES, make_celery  # noqa: E402
+from core.reading import PartReader  # noqa: E402
 from devstack.embedded_redis import free_port  # noqa: E402
 from devstack.stack import Stack  # noqa: E402
 from tests.helpers import (  # noqa: E402
@@ -50,8 +52,6 @@ from tests.helpers import (  # noqa: E402
     wait_for_job,
     wait_until,
 )
-from worker import reading  # noqa: E402
-from worker.reading import PartReader  # noqa: E402
 
 JOBS, PER_JOB = 4, 2500  # 28x28 images queued
 PHOTOS = 200

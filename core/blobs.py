@@ -9,7 +9,7 @@ fetches only the byte ranges read (`RangedObject`, ranged GETs). A zip's reader 
 of central directory, reads the directory (one GET), and then each entry at the offset the
 directory gives: a chunk of 250 entries costs the directory and about its entries' bytes, not
 the whole part. One 200 MB zip spread over 5 worker hosts used to cost each host the whole
-200 MB of transfer and disk (issue 23). A process keeps a few zips open (worker/reading.py); one
+200 MB of transfer and disk (issue 23). A process keeps a few zips open (core/reading.py); one
 it opens again (fair share interleaves jobs, so a process may alternate between more zips than it
 keeps open) reads its directory from a bounded per-process cache of zip tails, not from S3 again.
 `local_path` (a whole-part download into the machine's

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 import redis
+from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
@@ -433,6 +434,31 @@ class JobStore:
             metadata=json.loads(h["metadata"]) if h.get("metadata") else None,
             webhook={k[8:]: _text(v) for k, v in h.items() if k.startswith("webhook_")} or None,
         )
+
+    @staticmethod
+    def key(job_id: str) -> str:
+        """The job's hash (fields `status`, `total`, ...), for a reader on another client (api/waiting.py)."""
+        return JobStore._keys(job_id)[0]
+
+    @staticmethod
+    def queue_job_with_results(pipe: Pipeline | AsyncPipeline, job_id: str, limit: int) -> None:
+        """Queue on `pipe` (a sync or an asyncio pipeline: api/waiting.py reads on the event loop)
+        the reads of the job and of the results of its first `limit` items; `job_with_results`
+        turns the pipeline's replies into them."""
+        job_key, _, results_key = JobStore._keys(job_id)
+        pipe.hgetall(job_key)
+        pipe.pttl(job_key)
+        pipe.hmget(results_key, [str(i) for i in range(limit)] or ["-"])
+
+    @staticmethod
+    def job_with_results(
+        job_id: str, limit: int, replies: Sequence[Any]
+    ) -> tuple[Job | None, list[ItemResult | None]]:
+        """The job and its first `limit` results from the replies `queue_job_with_results` queued."""
+        raw, ttl, results = replies
+        job = JobStore._job(job_id, raw, ttl)
+        count = min(limit, job.total) if job else 0
+        return job, [ItemResult.from_json(i, r) if r else None for i, r in enumerate(results[:count])]
 
     def status(self, job_id: str) -> JobStatus | None:
         raw = self.redis.hget(self._keys(job_id)[0], "status")

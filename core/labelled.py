@@ -10,7 +10,7 @@ can be deleted together (DELETE /labels).
 
 The store holds at most MAX_LABELLED_ITEMS records. Which records exist is mirrored in one Redis
 hash (bounded by the same number), so that admitting a batch is one atomic check, not a listing
-of the bucket. `ml/feedback.py` reads the store back (`python -m ml feedback export DIR`).
+of the bucket. `core/feedback.py` reads the store back (`python -m ml feedback export DIR`).
 """
 
 import base64

@@ -11,13 +11,11 @@ has read SCAN_BUDGET of them; the page may then be short, and `next` resumes whe
 so no request costs more than a bounded amount of work even when few jobs match.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 import redis
-
-if TYPE_CHECKING:
-    from core.jobs import Job, JobStatus, JobStore
 
 INDEX_PREFIX = "digitq:owner:"
 SCAN_BUDGET = 5_000  # job hashes one filtered listing request may read
@@ -27,9 +25,29 @@ class UnknownCursor(LookupError):
     """`after=` names no job of this owner's listing (another owner's, or expired)."""
 
 
+class Listed(Protocol):
+    """A job as a listing needs it (core/jobs.py `Job`): this module is below core/jobs.py, which
+    indexes each job here when it creates it, so it names no type of that module."""
+
+    @property
+    def status(self) -> str: ...
+
+
+J = TypeVar("J", bound=Listed)
+
+
+class Jobs(Protocol[J]):
+    """Where a listing reads the jobs it finds in the index (core/jobs.py `JobStore`)."""
+
+    @property
+    def redis(self) -> "redis.Redis": ...
+
+    def get_many(self, job_ids: Sequence[str]) -> list[J | None]: ...
+
+
 @dataclass(frozen=True)
-class Page:
-    jobs: "list[Job]"
+class Page(Generic[J]):
+    jobs: list[J]
     next_after: str | None  # the cursor of the next page, or None at the end
 
 
@@ -46,13 +64,13 @@ def add(pipe: "redis.client.Pipeline", owner: str | None, job_id: str, at: float
 
 
 def page(
-    store: "JobStore",
+    store: Jobs[J],
     owner: str | None,
     limit: int,
     after: str | None = None,
-    status: "JobStatus | None" = None,
+    status: str | None = None,
     budget: int = SCAN_BUDGET,
-) -> Page:
+) -> Page[J]:
     client, key = store.redis, index_key(owner)
     start = 0
     if after:
@@ -60,7 +78,7 @@ def page(
         if rank is None:
             raise UnknownCursor(after)
         start = int(rank) + 1  # type: ignore[arg-type]  # no WITHSCORE: an int
-    found: list[Job] = []
+    found: list[J] = []
     last: str | None = None
     batch = limit if status is None else max(limit, 500)
     first = start

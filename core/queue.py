@@ -22,7 +22,7 @@ Reliability settings, and why:
   other, and the poison count (below) ends a chunk that always runs out of time.
 - Chunks are bounded so that a healthy one always ends well before its deadline: at most
   CHUNK_SIZE images, CHUNK_MAX_BYTES uncompressed bytes and CHUNK_MAX_PIXELS decoded pixels
-  (api/uploads.py, from each image's header). Measured, the slowest decoders cost ~20 ns per
+  (core/uploads.py, from each image's header). Measured, the slowest decoders cost ~20 ns per
   pixel (a 40-megapixel 1-bit BMP: 0.8 s; float TIFF 0.36 s; JPEG 0.01 s thanks to draft mode),
   so 100 megapixels take ~2 s and 250 small images ~0.1 s: a 15 s deadline leaves a margin of
   5x or more for a loaded machine. Only a chunk that is not healthy reaches its deadline.

@@ -129,7 +129,9 @@ def queued_key(tenant: str) -> str:
     return QUEUED_PREFIX + tenant
 
 
-@dataclass(frozen=True)
+# Not frozen: an exception leaving a @contextmanager block (core/batching.py `arriving`) gets its
+# __traceback__ set by contextlib, which a frozen dataclass refuses (FrozenInstanceError, a 500).
+@dataclass
 class QuotaExceeded(Exception):
     reason: str  # `queued_images`, `submission_rate` or `refused_requests`: the /metrics label
     limit: str  # the setting

@@ -49,10 +49,11 @@ def _add_data_arguments(p) -> None:
 
 def _load_sources(specs: list[str]):
     """The --data sources, loaded and validated; SystemExit with the message naming the file."""
+    from core.feedback import export
     from ml.sources import SourceError, load
 
     try:
-        return [load(spec) for spec in specs]
+        return [load(spec, export) for spec in specs]
     except SourceError as exc:
         raise SystemExit(f"data error: {exc}") from None
 
@@ -312,7 +313,7 @@ def register_feedback(subparsers) -> None:
 
 
 def cmd_feedback_export(args) -> int:
-    from ml.feedback import export
+    from core.feedback import export
 
     counts = export(args.dir)
     per_digit = ", ".join(f"{digit}: {n}" for digit, n in counts.items()) or "none"

@@ -31,6 +31,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -266,12 +267,11 @@ def _read_label_csv(path: Path) -> dict[str, int]:
 
 
 # The labelled-data store (people's labels from review) and the official MNIST download.
-def load_feedback() -> Source:
-    """Export the store (ml/feedback.py) to a temporary folder per digit and read it."""
-    from ml import feedback
-
+def load_feedback(export: Callable[[Path], object]) -> Source:
+    """Export the store to a temporary folder per digit (`export`: core/feedback.py's, passed in
+    by the `python -m ml` application: the model knows nothing of the service's store) and read it."""
     with tempfile.TemporaryDirectory(prefix="digitq-feedback-") as tmp:
-        feedback.export(Path(tmp))
+        export(Path(tmp))
         if not any(Path(tmp).iterdir()):
             raise SourceError("feedback: the labelled-data store has no labelled images yet")
         source = load_digit_folder(Path(tmp), kind="feedback")
@@ -312,10 +312,13 @@ def _download(url: str, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def load(spec: str) -> Source:
-    """One `--data` SPEC (see the module docstring) as a Source."""
+def load(spec: str, export_feedback: Callable[[Path], object] | None = None) -> Source:
+    """One `--data` SPEC (see the module docstring) as a Source; `export_feedback` writes the
+    labelled-data store as digit folders (core/feedback.py `export`) for the `feedback` SPEC."""
     if spec == "feedback":
-        return load_feedback()
+        if export_feedback is None:
+            raise SourceError("feedback: the labelled-data store is read by `python -m ml` only")
+        return load_feedback(export_feedback)
     if spec == "mnist":
         source = load_idx_folder(fetch_mnist())
         source.name = "mnist"

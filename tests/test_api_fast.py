@@ -30,8 +30,8 @@ def test_an_idempotency_claim_whose_attempt_died_frees_itself(
 ) -> None:
     """The attempt that claimed a key died before creating its job: the claim is short-lived (a
     retry gets 409 for minutes, not a week); once the job exists, the key lasts as long as it."""
-    from api.routes.jobs import idempotency_claim
     from core.jobs import CLAIM_SECONDS, IDEMPOTENCY_PREFIX, JobStore, new_job_id
+    from core.submission import idempotency_claim
 
     store = JobStore(redis_client, 7 * 24 * 3600)
     dead = IDEMPOTENCY_PREFIX + idempotency_claim(None, "died")

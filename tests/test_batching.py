@@ -12,12 +12,12 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from api.uploads import Item, chunks
 from core.batching import Batcher, send_batch
 from core.config import Settings
 from core.dispatch import INFLIGHT_INTERACTIVE, FairShare
 from core.jobs import JobStore, new_job_id
 from core.queue import INTERACTIVE, PROCESS_BATCH, PROCESS_CHUNK, Chunk, ChunkItem, make_celery
+from core.uploads import Item, chunks
 from devstack.stack import Stack
 from tests.helpers import all_results, png, running_stack, wait_until
 

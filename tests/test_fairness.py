@@ -9,12 +9,12 @@ import httpx
 import pytest
 import redis
 
-from api.uploads import chunks, part_items
 from core.blobs import make_blob_store, upload_key
 from core.dispatch import INFLIGHT, PREFIX, FairShare
 from core.jobs import JobStore, new_job_id
 from core.queue import BULK, Chunk, ChunkItem, make_celery, send_chunks
 from core.quotas import tenant_of
+from core.uploads import chunks, part_items
 from devstack.stack import Stack
 from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until, workers_paused
 

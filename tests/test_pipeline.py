@@ -246,8 +246,8 @@ def test_a_retry_while_the_first_attempt_is_still_storing_is_409(
 ) -> None:
     import redis
 
-    from api.routes.jobs import idempotency_claim
     from core.jobs import JobStore, new_job_id
+    from core.submission import idempotency_claim
 
     key = f"slow-{time.time_ns()}"
     store = JobStore(redis.Redis.from_url(stack.redis_url or ""), 60)

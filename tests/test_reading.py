@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from core import reading
 from core.blobs import LocalBlobStore, upload_key
 from core.jobs import new_job_id
+from core.reading import PartReader, close_deleted_zips
 from tests.helpers import make_zip
-from worker import reading
-from worker.reading import PartReader, close_deleted_zips
 
 
 @pytest.fixture

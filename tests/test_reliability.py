@@ -131,9 +131,9 @@ def test_a_redelivered_one_trip_chunk_starts_as_any_other_and_counts_both_starts
     message it restores after a death: here a consumer that goes away without acknowledging it),
     it goes through the start script, which counts that first start too: the poison limit holds
     at the same number of deaths."""
-    from api.uploads import Item, chunks
     from core.jobs import DELIVERIES_SUFFIX, JobStore, new_job_id
     from core.queue import INTERACTIVE, Chunk, make_celery, send_chunks
+    from core.uploads import Item, chunks
 
     client = redis.Redis.from_url(two_workers.redis_url or "")
     store, job_id = JobStore(client, 3600), new_job_id()

@@ -20,9 +20,9 @@ from PIL import Image
 
 from core import kept_uploads
 from core.blobs import LocalBlobStore
+from core.feedback import export
 from core.jobs import PREFIX, ItemResult, JobStore
 from core.labels import key as labels_key
-from ml.feedback import export
 from tests.helpers import make_zip, png, wait_until
 from worker.housekeeping import sweep_uploads
 
@@ -312,6 +312,6 @@ def test_training_reads_back_what_people_labelled(make_client: Callable[..., Tes
     given = [(int(y[i]) + 1) % 10 for i in range(4)]  # what a person said, not what MNIST says
     labels = [{"index": i, "digit": digit} for i, digit in enumerate(given)]
     assert client.post(f"/jobs/{job}/labels", json={"labels": labels}).status_code == 200
-    source = sources.load("feedback")  # DATA_DIR as the API's: make_client's environment
+    source = sources.load("feedback", export)  # DATA_DIR as the API's: make_client's environment
     assert source.kind == "feedback" and source.count == 4 and not source.skipped
     assert sorted(source.y.tolist()) == sorted(given)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.feedback import export
 from devstack.stack import Stack
 from digitq import Client
-from ml.feedback import export
 from tests.helpers import make_zip, png, wait_for_job, wait_until
 from tests.test_client import digitq
 

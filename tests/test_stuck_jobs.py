@@ -11,11 +11,11 @@ import httpx
 import pytest
 import redis
 
-from api.uploads import chunks, part_items
 from core.blobs import make_blob_store, upload_key
 from core.dispatch import FairShare, resend
 from core.jobs import PREFIX, JobStore, new_job_id
 from core.queue import BULK, Chunk, ChunkItem, make_celery
+from core.uploads import chunks, part_items
 from devstack.stack import Stack
 from tests.helpers import all_results, make_zip, png, running_stack, wait_for_job, wait_until
 

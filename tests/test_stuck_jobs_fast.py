@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from api.uploads import part_items
 from core.blobs import LocalBlobStore, upload_key
 from core.config import Settings
 from core.dispatch import FairShare, resend
 from core.jobs import PREFIX, ItemResult, JobStore, new_job_id
 from core.queue import LANES, Chunk, ChunkItem, make_celery
+from core.uploads import part_items
 from tests.helpers import make_zip, png
 from worker.stuck_jobs import LOCK, MAX_SWEEPS, StuckJobs
 

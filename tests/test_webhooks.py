@@ -204,9 +204,9 @@ def test_a_chunk_redelivered_after_closing_its_job_sends_the_event(stack: Stack,
     closed, and its redelivered chunk (acks_late) is what queues the event."""
     from celery import Celery
 
-    from api.uploads import Item, chunks
     from core.jobs import ItemResult, JobStore, new_job_id
     from core.queue import Chunk, send_chunk
+    from core.uploads import Item, chunks
     from core.webhooks import job_fields
 
     client = redis.Redis.from_url(stack.redis_url or "")

@@ -25,14 +25,14 @@ import time
 
 from celery import Celery
 
-from api.uploads import EntryBudget, Item, chunks, part_items
 from core import kept_uploads
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
 from core.dispatch import FairShare, resend
 from core.jobs import TERMINAL, ItemResult, JobStore
-from core.queue import Chunk, lane_for
+from core.queue import lane_for
 from core.quotas import tenant_of
+from core.uploads import EntryBudget, Item, job_chunks, part_items
 from core.webhooks import notify
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,10 @@ class StuckJobs:
         if job is None or not items or len(items) != job.total:
             return self._fail(job_id, lost, "its upload is no longer available")
         self.store.mark_swept(job_id)
-        s = self.settings
-        tenant, lane = tenant_of(job.owner), lane_for(job.total, s)
-        todo = chunks(items, s.chunk_size, s.chunk_max_bytes, s.chunk_max_pixels, only=set(lost))
+        tenant, lane = tenant_of(job.owner), lane_for(job.total, self.settings)
+        todo = job_chunks(job_id, items, tenant, lane, self.settings, only=set(lost))
         # Straight to the job's lane (tracked): lost items are few and rare, no window needed.
-        sent = resend(self.celery, self.fair, [Chunk(job_id, tuple(run), tenant, lane) for run in todo])
+        sent = resend(self.celery, self.fair, todo)
         log.warning("job %s was stuck: re-queued %d lost item(s) in %d chunk(s)", job_id, len(lost), sent)
 
     def _fail(self, job_id: str, lost: list[int], why: str) -> None:

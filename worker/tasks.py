@@ -14,11 +14,11 @@ from core.config import get_settings
 from core.connections import get_blob_store, get_fair_share, get_job_store
 from core.jobs import ItemResult, JobStatus, JobStore, Recorded
 from core.queue import PROCESS_BATCH, PROCESS_CHUNK, Chunk, ChunkItem, chunk_time_limits
+from core.reading import PartReader, close_deleted_zips
 from core.webhooks import notify
 from ml.model import DigitModel, Prepared
 from worker import models
 from worker.app import app
-from worker.reading import PartReader, close_deleted_zips
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = "internal error while processing this item; the operators have been told"

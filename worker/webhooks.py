@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from core import metrics
 from core.config import Settings
+from core.job_json import JobOut  # the job exactly as GET /jobs/{id} shows it
 from core.jobs import JobStore
 from core.webhook_addresses import UnsafeURL, parse
 from core.webhook_receivers import ReceiverSlots, receiver_key
@@ -67,8 +68,6 @@ class Sender:
         """The event's body: kept from its first attempt, else rendered from the job now."""
         if event.get("body"):
             return event["body"]
-        from api.schemas import JobOut  # the job exactly as GET /jobs/{id} shows it
-
         job = self.store.get(event["job"])
         if job is None:
             return None

@@ -1,38 +1,30 @@
 """Submit a job, follow it, read its results, cancel it."""
 
 import csv
-import hashlib
 import io
 import json
-import logging
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from enum import StrEnum
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from redis.client import Pipeline
 
-from api.deps import BlobStoreDep, CallerDep, FairShareDep, JobStoreDep, Submission, SubmissionDep
+from api.deps import BlobStoreDep, CallerDep, FairShareDep, JobStoreDep, SubmissionDep
 from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
 from api.problems import ProblemError, over_quota
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
-from api.uploads import ACCEPTED, Item, UploadError, chunks, inline_parts, list_upload
 from api.waiting import get_completions
-from core import listing, logs, metrics, webhooks
-from core.blobs import upload_key
-from core.dispatch import FairShare, dispatch
-from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id, new_job_id
+from core import listing, metrics, submission, webhooks
+from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id
 from core.labels import get_labels
-from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, lane_for
-from core.quotas import QuotaExceeded, Quotas, tenant_of
+from core.quotas import QuotaExceeded, tenant_of
+from core.submission import Submission
+from core.uploads import ACCEPTED, Item, UploadError, list_upload
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-log = logging.getLogger(__name__)
 PROBLEMS = {
     code: {"model": Problem, "content": {"application/problem+json": {}}, "description": text}
     for code, text in {
@@ -89,98 +81,12 @@ def create_job(
     idempotency_key: str | None = None,
     job_id: str | None = None,
 ) -> tuple[str, bool]:
-    """Store the upload, create the job (`job_id`, or a new id) and queue its chunks: (job id, replayed).
-
-    Within the caller's quotas (429 otherwise): its images taken from the submission rate's bucket
-    and reserved as queued, in one round trip (core/quotas.py; api/gate.py checked the bucket
-    before the upload was read).
-    `replayed`: the Idempotency-Key named an earlier job, whose id is returned instead.
-    Blocking (disk or S3, Redis): async routes run it in the thread pool.
-    """
-    if sub.batcher and lane_for(len(items), sub.settings) != BULK:
-        with sub.batcher.arriving():  # a batch being formed waits for this one (core/batching.py)
-            return _create_job(sub, files, items, extra, idempotency_key, job_id)
-    return _create_job(sub, files, items, extra, idempotency_key, job_id)
-
-
-def _create_job(
-    sub: Submission,
-    files: list[UploadFile],
-    items: list[Item],
-    extra: Mapping[str, str | int] | None,
-    idempotency_key: str | None,
-    job_id: str | None,
-) -> tuple[str, bool]:
-    tenant = tenant_of(sub.caller)
-    job_id = job_id or new_job_id()
-    claim = None
-    if idempotency_key:
-        claim = idempotency_claim(sub.caller, idempotency_key)
-        earlier = sub.store.claim_submission(claim, job_id)
-        if earlier:
-            return earlier, True
-    reserved = False
+    """core/submission.py `create_job` of the uploaded parts; over a quota is a 429 naming the limit."""
+    parts = [upload.file for upload in files]
     try:
-        settings = sub.settings
-        lane = lane_for(len(items), settings)
-        _within_quota(sub.quotas, tenant, len(items), lane)  # all the images, or none
-        reserved = True
-        inline = inline_parts([upload.file for upload in files])
-        for part, upload in enumerate(files if inline is None else ()):
-            upload.file.seek(0)
-            sub.blobs.put(upload_key(job_id, part), upload.file)
-        # `parts`: how many stored uploads to re-list should the stuck-job sweep need to re-queue
-        # lost items (worker/stuck_jobs.py); none for an upload that lives in its messages only.
-        # `lane`: which outstanding count (core/quotas.py) its results give back to.
-        fields = {**(extra or {}), "parts": 0 if inline else len(files), "lane": lane}
-        if inline is not None:  # the workers store them for review (core/kept_uploads.py)
-            fields["inline_parts"] = len(files)
-        runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels)
-        carried = (
-            (lambda run: None) if inline is None else (lambda run: {str(i.part): inline[i.part] for i in run})
-        )
-        job_chunks = [Chunk(job_id, tuple(run), tenant, lane, carried(run)) for run in runs]
-        names = [item.name for item in items]
-        # An interactive job's chunks are tracked in the MULTI/EXEC that creates it and published
-        # once it exists (core/dispatch.py: lost in between, the sweeper sends them); a bulk job's
-        # go behind the window once it exists.
-        interactive = lane != BULK
-        if interactive and _one_trip(job_chunks, items, fields):
-            job_chunks = [replace(job_chunks[0], one_trip=True)]
-        also = partial(_submitted, sub.fair, job_chunks if interactive else [], len(items))
-        sub.store.create(job_id, names, owner=sub.caller, extra=fields, claim=claim, also=also)
-    except Exception:
-        if reserved:
-            sub.quotas.release(tenant, len(items), lane)
-        if claim:
-            sub.store.release_submission(claim)
-        raise
-    # The job exists and holds its reservation from here on, whatever happens to the publish.
-    with logs.bound(job_id=job_id):
-        try:
-            if sub.batcher and job_chunks[0].one_trip:
-                sub.batcher.submit(job_chunks[0])  # published with concurrent ones (core/batching.py)
-            else:
-                dispatch(sub.celery, sub.fair, job_chunks, tracked=interactive)
-        except Exception:
-            if not interactive:
-                raise  # its chunks may be untracked: the stuck-job sweep re-queues them
-            log.warning("job submitted; its chunks are published by the sweeper", exc_info=True)
-            return job_id, False
-        log.info("job submitted")
-    return job_id, False
-
-
-def _one_trip(job_chunks: list[Chunk], items: list[Item], fields: Mapping[str, object]) -> bool:
-    """Whether the job's chunk may start in the script that records it (core/queue.py ONE_TRIP_MAX_PIXELS)."""
-    small = sum(item.pixels for item in items) <= ONE_TRIP_MAX_PIXELS
-    return len(job_chunks) == 1 and job_chunks[0].parts is not None and small and "webhook_url" not in fields
-
-
-def _submitted(fair: FairShare, tracked: list[Chunk], items: int, pipe: Pipeline) -> None:
-    """In the pipeline that creates the job: its metrics, and its interactive chunks tracked."""
-    metrics.job_submitted(pipe, items=items)
-    fair.track(pipe, tracked)
+        return submission.create_job(sub, parts, items, extra, idempotency_key, job_id)
+    except QuotaExceeded as exc:
+        raise over_quota(exc) from None
 
 
 def _submit(
@@ -319,20 +225,6 @@ def list_jobs(
         query = f"&status={status.value}" if status else ""
         next_url = f"/jobs?limit={limit}&after={found.next_after}{query}"
     return JobList(items=[JobOut.of(job) for job in found.jobs], next=next_url)
-
-
-def _within_quota(quotas: Quotas, tenant: str, images: int, lane: str = BULK) -> None:
-    """`Quotas.admit` of the images; over a quota is a 429 naming the limit, counted in /metrics."""
-    try:
-        quotas.admit(tenant, images, lane)
-    except QuotaExceeded as exc:
-        metrics.refused(quotas.redis, exc.reason)
-        raise over_quota(exc) from None
-
-
-def idempotency_claim(caller: str | None, idempotency_key: str) -> str:
-    """Scoped to the caller: two API keys may pick the same string."""
-    return hashlib.sha256(f"{caller or ''}:{idempotency_key}".encode()).hexdigest()
 
 
 def _replayed(store: JobStore, job_id: str, response: Response) -> Job:

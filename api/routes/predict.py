@@ -20,9 +20,9 @@ from api.options import IdempotencyKey
 from api.problems import ProblemError
 from api.routes.jobs import INLINE_RESULTS, PROBLEMS, create_job, list_items, visible
 from api.schemas import BatchPrediction, Prediction
-from api.uploads import ACCEPTED, Item, UploadError, part_items, sniff
 from api.waiting import get_completions
 from core.jobs import ItemResult, JobStatus, new_job_id
+from core.uploads import ACCEPTED, Item, UploadError, part_items, sniff
 
 router = APIRouter(tags=["predict"])
 ANSWER_PROBLEMS: dict[int | str, dict[str, Any]] = {

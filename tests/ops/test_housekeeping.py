@@ -15,11 +15,11 @@ import redis
 from core import kept_uploads
 from core.blobs import BlobStore, LocalBlobStore, S3BlobStore, make_labelled_store, upload_key
 from core.config import Settings
+from core.feedback import export
 from core.jobs import ItemResult, JobStore, new_job_id
 from core.labelled import LabelledStore, Record
 from core.labelled import records as records_in
 from devstack.embedded_redis import EmbeddedRedis
-from ml.feedback import export
 from tests.helpers import png, running_stack, wait_until
 from tests.ops.ops_helpers import BUCKET
 from worker.housekeeping import ORPHAN_AFTER_SECONDS, sweep_uploads

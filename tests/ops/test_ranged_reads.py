@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from core import reading
 from core.blobs import RangedObject, S3BlobStore, upload_key
 from core.jobs import new_job_id
+from core.reading import PartReader
 from tests.helpers import make_zip
 from tests.ops.ops_helpers import BUCKET
-from worker import reading
-from worker.reading import PartReader
 
 ENTRY_BYTES = 20_000
 ENTRIES = 200  # a 4 MB zip of incompressible entries

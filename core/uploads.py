@@ -13,14 +13,16 @@ import io
 import struct
 import warnings
 import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from PIL import Image
 
-from core.queue import INLINE_UPLOAD_BYTES, ChunkItem
+from core.config import Settings
+from core.queue import INLINE_UPLOAD_BYTES, Chunk, ChunkItem
+from core.reading import entry_prefix
+from ml.preprocess import ACCEPTED_FORMATS, MAX_PIXELS
 
 # Magic numbers of the image formats we accept, and of zip archives.
 IMAGE_SIGNATURES: dict[bytes, str] = {
@@ -35,10 +37,8 @@ IMAGE_SIGNATURES: dict[bytes, str] = {
 ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")  # a zip, or an empty zip
 ACCEPTED = "PNG, JPEG, BMP, GIF, TIFF, WebP images or .zip archives of them"
 JUNK_NAMES = {"thumbs.db", "desktop.ini"}
-# The decoders Pillow may use to read a header: the accepted formats only (as ml/preprocess.py).
-PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
-# ml/preprocess.py refuses larger images before decoding them: no image costs a chunk more.
-MAX_PIXELS = 40_000_000
+# Pillow reads a header with the accepted formats' decoders only, and no image costs a chunk more
+# than MAX_PIXELS: ml/preprocess.py refuses larger ones before decoding them (one place for both).
 HEADER_BYTES = 64 * 1024  # enough for every header but a TIFF's whose directory is at the end
 # Workers read stored and deflated entries only: bzip2 and lzma decompress ~10-100x slower
 # per byte and reach ratios (20 MiB from 37 KB) that make the compressed size meaningless.
@@ -117,7 +117,7 @@ def header_pixels(head: bytes) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a decompression-bomb warning: the size is what we want
-            width, height = Image.open(io.BytesIO(head), formats=PIL_FORMATS).size
+            width, height = Image.open(io.BytesIO(head), formats=ACCEPTED_FORMATS).size
     except Exception:  # noqa: BLE001 - truncated, unknown or broken: assume the worst
         return MAX_PIXELS
     return min(width * height, MAX_PIXELS)
@@ -171,18 +171,9 @@ def _count_entries(data: BinaryIO, most: int) -> int:
 
 
 def _entry_head(data: BinaryIO, info: zipfile.ZipInfo) -> bytes:
-    """The first HEADER_BYTES of a stored or deflated entry, read past its local header as
-    zipfile would (at a third of the cost of `ZipFile.open`: this runs once per entry)."""
-    data.seek(info.header_offset)
-    local = data.read(30)
-    if len(local) < 30 or not local.startswith(b"PK\x03\x04"):
-        raise zipfile.BadZipFile("bad local header")
-    name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-    data.seek(info.header_offset + 30 + name_length + extra_length)
-    raw = data.read(min(info.compress_size, HEADER_BYTES))
-    if info.compress_type == zipfile.ZIP_STORED:
-        return raw
-    return zlib.decompressobj(-15).decompress(raw, HEADER_BYTES)  # raw deflate, as in zips
+    """The first HEADER_BYTES of a stored or deflated entry (core/reading.py `entry_prefix`: at a
+    third of the cost of `ZipFile.open`, as this runs once per entry)."""
+    return entry_prefix(data, info, HEADER_BYTES, HEADER_BYTES)
 
 
 def _entry_pixels(data: BinaryIO, info: zipfile.ZipInfo) -> int:
@@ -317,6 +308,26 @@ def chunks(
         chunk_pixels += item.pixels
     if chunk:
         yield chunk
+
+
+def job_chunks(
+    job_id: str,
+    items: list[Item],
+    tenant: str,
+    lane: str,
+    settings: Settings,
+    inline: dict[int, str] | None = None,
+    only: set[int] | None = None,
+) -> list[Chunk]:
+    """The job's task payloads, `chunks` within the settings' bounds: at submission (with the
+    `inline` parts each chunk's items are in, for a small upload) and when the stuck-job sweep
+    re-queues its lost items (`only`)."""
+    runs = chunks(items, settings.chunk_size, settings.chunk_max_bytes, settings.chunk_max_pixels, only=only)
+    if inline is None:
+        return [Chunk(job_id, tuple(run), tenant, lane) for run in runs]
+    return [
+        Chunk(job_id, tuple(run), tenant, lane, {str(i.part): inline[i.part] for i in run}) for run in runs
+    ]
 
 
 def inline_parts(parts: Sequence[BinaryIO], limit: int = INLINE_UPLOAD_BYTES) -> dict[int, str] | None:

@@ -1,5 +1,5 @@
 """People's labels read back as training data (issue 20; `python -m ml train --data feedback`
-builds on `export`).
+builds on `export`, which the `python -m ml` application passes to ml/sources.py).
 
 The API keeps every item a person labels in the labelled-data store (core/labelled.py: a folder
 `<DATA_DIR>/labelled`, or `labelled/` under BLOB_URL's S3 prefix), one JSON record per item
@@ -11,20 +11,14 @@ holding its image (a grey PNG, at most 256 px), the digit, and what the model sa
 Reading needs the blob store only (no Redis, no API).
 """
 
-from __future__ import annotations
-
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from core.blobs import BlobStore
-    from core.config import Settings
+from core.blobs import BlobStore, make_labelled_store
+from core.config import Settings, get_settings
+from core.labelled import records
 
 
 def _store(source: BlobStore | Settings | None) -> BlobStore:
-    from core.blobs import make_labelled_store
-    from core.config import Settings, get_settings
-
     if source is None:
         return make_labelled_store(get_settings())
     if isinstance(source, Settings):
@@ -40,8 +34,6 @@ def export(target_dir: Path, source: BlobStore | Settings | None = None) -> dict
     settings to find it with, or None for the settings from the environment (DATA_DIR, BLOB_URL).
     An item relabelled since an earlier export moves to its new digit's folder.
     """
-    from core.labelled import records
-
     target_dir = Path(target_dir)
     counts: dict[int, int] = {}
     for record in records(_store(source)):

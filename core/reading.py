@@ -7,6 +7,7 @@ import zipfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import IO
 
 from core.blobs import BlobStore, RangedObject, upload_key
 
@@ -130,19 +131,25 @@ def read_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> b
     fp = archive.fp
     if fp is None:
         raise ValueError("the zip was closed")
+    # Deflate never grows data by more than ~0.1 % (5 bytes per 64 KiB block): a longer stream
+    # expands beyond `limit` or is corrupt, and reading past this bound would not change that.
+    data = entry_prefix(fp, info, limit + 1, limit + limit // 64 + 1024)
+    if len(data) <= limit and (len(data) != info.file_size or zlib.crc32(data) != info.CRC):
+        raise zipfile.BadZipFile(f"bad CRC-32 or size for {info.filename!r}")
+    return data
+
+
+def entry_prefix(fp: IO[bytes], info: zipfile.ZipInfo, size: int, read_at_most: int) -> bytes:
+    """The first `size` bytes of a stored or deflated entry, reading at most `read_at_most`
+    compressed bytes: past its local header, parsed as zipfile does (the one zip-entry reader of
+    the listing, core/uploads.py, and of the workers). Raises zipfile.BadZipFile or zlib.error."""
     fp.seek(info.header_offset)
     local = fp.read(LOCAL_HEADER)
     if len(local) < LOCAL_HEADER or not local.startswith(b"PK\x03\x04"):
         raise zipfile.BadZipFile("bad local file header")
     skip = int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
     fp.seek(info.header_offset + LOCAL_HEADER + skip)
-    # Deflate never grows data by more than ~0.1 % (5 bytes per 64 KiB block): a longer stream
-    # expands beyond `limit` or is corrupt, and reading past this bound would not change that.
-    raw = fp.read(min(info.compress_size, limit + limit // 64 + 1024))
+    raw = fp.read(min(info.compress_size, read_at_most))
     if info.compress_type == zipfile.ZIP_STORED:
-        data = raw[: limit + 1]
-    else:
-        data = zlib.decompressobj(-15).decompress(raw, limit + 1)
-    if len(data) <= limit and (len(data) != info.file_size or zlib.crc32(data) != info.CRC):
-        raise zipfile.BadZipFile(f"bad CRC-32 or size for {info.filename!r}")
-    return data
+        return raw[:size]
+    return zlib.decompressobj(-15).decompress(raw, size)  # raw deflate, as in zips

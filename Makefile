@@ -4,16 +4,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast model bench bench-model bench-ab bench-bounds bench-latency bench-fairness lint format clean install browser promtool
+.PHONY: run test test-fast test-perf model bench bench-model bench-ab bench-bounds bench-latency bench-fairness lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
 
-test: $(STAMP) models/LATEST browser promtool lint  ## every test, after the linters and mypy (quick)
-	$(PY) -m pytest
+# Test files run in TEST_PROCESSES processes (pytest-xdist), each file's tests in one of them, so a
+# module's stack starts once; ports (free_port) and temporary directories are per process.
+TEST_PROCESSES ?= 2
+XDIST := -n $(TEST_PROCESSES) --dist loadfile
+
+test: $(STAMP) models/LATEST browser promtool lint  ## every test bar the perf ones, after the linters and mypy
+	$(PY) -m pytest $(XDIST) -m "not perf"
 
 test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml), bar the slow ones
-	$(PY) -m pytest -m "not stack and not slow"
+	$(PY) -m pytest -m "not stack and not slow and not perf"
+
+test-perf: $(STAMP) models/LATEST  ## wall-clock and memory bounds (machine-dependent): run on a quiet machine, with the benchmarks
+	$(PY) -m pytest -m perf
 
 model: $(STAMP)  ## train the default model (models/<version>, models/LATEST)
 	$(PY) -m ml train

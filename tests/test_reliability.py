@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import redis
 
+from core import fleet
 from core.jobs import PREFIX
 from devstack.stack import Stack
 from tests.helpers import all_results, make_zip, png, pool_children, running_stack, wait_for_job, wait_until
@@ -72,18 +73,19 @@ def test_sigkill_of_a_whole_worker_mid_job(two_workers: Stack, big_zip: bytes) -
     with httpx.Client(base_url=two_workers.api_url, timeout=30) as client:
         job_id = submit_and_wait_until_started(client, big_zip)
         assert_window_in_use(two_workers, job_id)
+        redis_client = redis.Redis.from_url(two_workers.redis_url or "")
+        [heartbeat] = redis_client.keys(f"{fleet.WORKER_PREFIX}worker2@*")
         victim = two_workers.processes["worker2"]
         os.killpg(victim.pid, signal.SIGKILL)  # main and pool process: nobody can requeue
-        killed_at = time.monotonic()
         two_workers.processes.pop("worker2").wait()
-        # /ready stops listing it within 10 s (its heartbeat's TTL), while worker1 stays.
+        # /ready stops listing it once its heartbeat expires (HEARTBEAT_TTL), while worker1 stays.
+        assert 0 < redis_client.ttl(heartbeat) <= fleet.HEARTBEAT_TTL
         listed = lambda: {w["hostname"].split("@")[0] for w in client.get("/ready").json()["workers"]}  # noqa: E731
         wait_until(lambda: listed() == {"worker1"}, 30, 0.1, "/ready to drop the killed worker")
-        assert time.monotonic() - killed_at <= 10.5, time.monotonic() - killed_at
+        assert not redis_client.exists(heartbeat)
         # worker1 finishes the rest; worker2's unacknowledged chunk comes back after the
-        # visibility timeout (5 s here), not kombu's default hour.
+        # visibility timeout (5 s here), not kombu's default hour (the wait gives up after 120 s).
         assert_every_item_exactly_once(two_workers, client, job_id)
-        assert time.monotonic() - killed_at < 60
 
 
 def test_redelivered_chunk_does_not_duplicate(two_workers: Stack, digits) -> None:

@@ -325,10 +325,6 @@ def _broker_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, health_check_interval=30)
 
 
-def send_chunk(celery: Celery, chunk: Chunk) -> None:
-    send_chunks(celery, [chunk])
-
-
 def chunk_time_limits(settings: Settings) -> tuple[float, float]:
     """(deadline, hard limit): seconds a chunk may run, both below the visibility timeout."""
     return settings.visibility_timeout / 2, settings.visibility_timeout * 2 / 3

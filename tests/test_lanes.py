@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from core.config import Settings
 from core.dispatch import PREFIX, SLACK, FairShare
-from core.queue import BULK, INTERACTIVE, Chunk, ChunkItem, lane_for, make_celery, send_chunk
+from core.queue import BULK, INTERACTIVE, Chunk, ChunkItem, lane_for, make_celery, send_chunks
 from tests.helpers import make_zip, png
 
 
@@ -26,9 +26,9 @@ def test_a_worker_takes_every_interactive_chunk_before_bulk_and_each_once(redis_
     alternate lanes after the first; its priority cycle would follow the subscription order."""
     app = make_celery(Settings(redis_url=redis_url))
     for n in range(6):  # each bulk chunk queued before the interactive one sent with it
-        send_chunk(app, Chunk(f"bulk-{n}", (ChunkItem(0, 0),), lane=BULK))
+        send_chunks(app, [Chunk(f"bulk-{n}", (ChunkItem(0, 0),), lane=BULK)])
         if n < 4:
-            send_chunk(app, Chunk(f"interactive-{n}", (ChunkItem(0, 0),), lane=INTERACTIVE))
+            send_chunks(app, [Chunk(f"interactive-{n}", (ChunkItem(0, 0),), lane=INTERACTIVE)])
     got: list[str] = []
 
     def take(body: object, message) -> None:

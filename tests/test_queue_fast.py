@@ -22,7 +22,6 @@ from core.queue import (
     ChunkItem,
     _Channel,
     make_celery,
-    send_chunk,
     send_chunks,
 )
 from tests.helpers import png
@@ -55,7 +54,7 @@ def test_a_channel_keeps_one_redis_client_and_still_publishes_and_acknowledges(r
     assert app.conf.broker_transport == TRANSPORT
     chunk = Chunk("a" * 32, (ChunkItem(0, 0),), "tenant", INTERACTIVE)
     for _ in range(3):
-        send_chunk(app, chunk)
+        send_chunks(app, [chunk])
     assert client.llen(INTERACTIVE) == 3
     with app.connection_for_write() as connection:
         channel = connection.default_channel
@@ -78,7 +77,7 @@ def test_unacked_entries_are_kombus_own(redis_url: str) -> None:
     chunk = Chunk("a" * 32, (ChunkItem(0, 0),), "tenant", INTERACTIVE)
     entries = []
     for app in (ours, kombus):
-        send_chunk(ours, chunk)
+        send_chunks(ours, [chunk])
         with app.connection_for_write() as connection:
             queue = connection.SimpleQueue(INTERACTIVE)
             message = queue.get(timeout=5)
@@ -129,7 +128,7 @@ def test_chunks_are_queued_as_celerys_send_task_queues_them(redis_url: str) -> N
         assert reference is not None and ours is not None
         assert _comparable(ours) == _comparable(reference)
         assert json.loads(ours)["headers"]["id"] != json.loads(reference)["headers"]["id"]
-    send_chunk(app, inline)
+    send_chunks(app, [inline])
     with app.connection_for_write() as connection:
         queue = connection.SimpleQueue(INTERACTIVE)
         message = queue.get(timeout=5)

@@ -206,7 +206,7 @@ def test_a_chunk_redelivered_after_closing_its_job_sends_the_event(stack: Stack,
 
     from api.uploads import Item, chunks
     from core.jobs import ItemResult, JobStore, new_job_id
-    from core.queue import Chunk, send_chunk
+    from core.queue import Chunk, send_chunks
     from core.webhooks import job_fields
 
     client = redis.Redis.from_url(stack.redis_url or "")
@@ -215,7 +215,7 @@ def test_a_chunk_redelivered_after_closing_its_job_sends_the_event(stack: Stack,
     assert store.record(job_id, [ItemResult(0, 3, 0.9)]).closed_job  # what the dead process did
     celery = Celery("digitq", broker=stack.redis_url)
     [chunk] = chunks([Item(name="a.png", part=0)], 250, 2**20)  # the API's own task payload
-    send_chunk(celery, Chunk(job_id, tuple(chunk)))  # the redelivery
+    send_chunks(celery, [Chunk(job_id, tuple(chunk))])  # the redelivery
     [call] = wait_until(lambda: receiver.to("/redelivered"), what="the event")
     assert call["verified"] and call["id"] == f"{job_id}.succeeded"
 

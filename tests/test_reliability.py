@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 
 import httpx
-import numpy as np
 import pytest
 import redis
 
@@ -86,24 +85,6 @@ def test_sigkill_of_a_whole_worker_mid_job(two_workers: Stack, big_zip: bytes) -
         # worker1 finishes the rest; worker2's unacknowledged chunk comes back after the
         # visibility timeout (5 s here), not kombu's default hour (the wait gives up after 120 s).
         assert_every_item_exactly_once(two_workers, client, job_id)
-
-
-def test_redelivered_chunk_does_not_duplicate(two_workers: Stack, digits) -> None:
-    """The same chunk twice (as after a visibility-timeout redelivery) changes nothing."""
-    from core.jobs import ItemResult, JobStatus, JobStore, Recorded
-
-    store = JobStore(redis.Redis.from_url(two_workers.redis_url or ""), 60)
-    store.create("dup", ["a.png", "b.png"])
-    first = [ItemResult(0, 3, 0.9), ItemResult(1, error="not a readable image")]
-    recorded = store.record("dup", first)
-    assert (recorded.added, recorded.failed, recorded.closed_job) == (2, 1, True)
-    assert recorded.status == "succeeded" and recorded.job_seconds is not None
-    again = store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)])
-    assert again == Recorded(0, 0, False, JobStatus.succeeded)
-    job = store.get("dup")
-    assert job and (job.status, job.done, job.failed) == ("succeeded", 2, 1)
-    assert store.results("dup", [0, 1]) == first
-    np.testing.assert_equal(store.missing("dup", [0, 1]), [])
 
 
 def test_redis_restart_mid_job_loses_nothing(two_workers: Stack, big_zip: bytes) -> None:

@@ -18,7 +18,7 @@ test: $(STAMP) models/LATEST browser promtool lint  ## every test bar the perf o
 	$(PY) -m pytest $(XDIST) -m "not perf"
 
 test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml), bar the slow ones
-	$(PY) -m pytest -m "not stack and not slow and not perf"
+	$(PY) -m pytest $(XDIST) -m "not stack and not slow and not perf"
 
 test-perf: $(STAMP) models/LATEST  ## wall-clock and memory bounds (machine-dependent): run on a quiet machine, with the benchmarks
 	$(PY) -m pytest -m perf

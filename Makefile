@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run run-cluster test test-fast test-upgrade model model-full bench bench-model bench-ab bench-bounds bench-latency bench-fairness bench-sizing lint format clean install browser promtool
+.PHONY: run run-cluster test test-fast test-perf test-upgrade model model-full bench bench-model bench-ab bench-bounds bench-latency bench-fairness bench-sizing lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
@@ -12,11 +12,19 @@ run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :80
 run-cluster: $(STAMP) models/LATEST  ## several hosts on this machine: Redis, S3 (moto), 2 APIs :8000 :8001, worker hosts host1-3, Flower
 	$(PY) -m devstack.cluster
 
-test: $(STAMP) models/LATEST browser promtool lint  ## every test, after the linters and mypy (quick)
-	$(PY) -m pytest
+# Test files run in TEST_PROCESSES processes (pytest-xdist), each file's tests in one of them, so a
+# module's stack starts once; ports (free_port) and temporary directories are per process.
+TEST_PROCESSES ?= 2
+XDIST := -n $(TEST_PROCESSES) --dist loadfile
+
+test: $(STAMP) models/LATEST browser promtool lint  ## every test bar the perf ones, after the linters and mypy
+	$(PY) -m pytest $(XDIST) -m "not perf"
 
 test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml), bar the slow ones
-	$(PY) -m pytest -m "not stack and not slow"
+	$(PY) -m pytest $(XDIST) -m "not stack and not slow and not perf"
+
+test-perf: $(STAMP) models/LATEST  ## wall-clock and memory bounds (machine-dependent): run on a quiet machine, with the benchmarks
+	$(PY) -m pytest -m perf
 
 # A scratch venv: the pinned dependencies (constraints.txt), then the newest releases of the four
 # that the pins in pyproject.toml hold back (~=), whatever the pins say; the fast tier against them.
@@ -27,10 +35,10 @@ test-upgrade: models/LATEST  ## the fast tier against the newest celery, kombu, 
 	rm -rf $(UPGRADE_VENV)
 	$(PYTHON) -m venv $(UPGRADE_VENV)
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(UPGRADE_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet -c constraints.txt -e '.[server,dev]'
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade $(UPGRADED)
 	$(UPGRADE_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^($(subst $() ,|,$(UPGRADED))) '
-	$(UPGRADE_VENV)/bin/python -m pytest -m "not stack and not slow"
+	$(UPGRADE_VENV)/bin/python -m pytest $(XDIST) -m "not stack and not slow and not perf"
 
 model: $(STAMP)  ## train the default model (models/<version>, models/LATEST)
 	$(PY) -m ml train

@@ -31,7 +31,9 @@ from core.metrics import KEY as METRICS_KEY
 from core.metrics import OBSERVE_LUA
 
 PREFIX = "digitq:job:"
-DELIVERIES_SUFFIX = ":deliveries"  # per job: how often each chunk was started (`count_delivery`)
+# Per job: how often each chunk was started (`start_chunk`), a field per chunk, expiring with the
+# job: kept apart from the job hash, which the API reads whole.
+DELIVERIES_SUFFIX = ":deliveries"
 # Pub/sub channel: the id of every job that ends (last item recorded, or cancelled), published by
 # the Lua scripts that end it, so `Prefer: wait` and /predict learn of it without polling.
 CLOSED_CHANNEL = "digitq:jobs:closed"
@@ -243,7 +245,7 @@ return {added, failed, closed, status, created}
 # the fleet has moved to another version than the caller's, only that version (the caller
 # switches, then starts again: nothing was written); else the items without a result, and (if
 # any) the job's model version pinned (the first chunk's wins), queued -> running and the delivery
-# counted (`count_delivery`), all in one round trip (the fleet's version read included: a reload
+# counted (`:deliveries`), all in one round trip (the fleet's version read included: a reload
 # is seen at the next chunk). {status, version, deliveries, has webhook 0/1, fleet version or
 # false, todo...}
 _START_CHUNK = """
@@ -489,7 +491,7 @@ class JobStore:
     ) -> ChunkStart:
         """One call as a chunk starts: which of `indices` are still to do and, when some are,
         the job marked running, its model version pinned (the first chunk to start wins) and
-        the start counted under `delivery` (as `count_delivery` does). `follow`: if the fleet
+        the start counted under `delivery` (in the job's `:deliveries` hash). `follow`: if the fleet
         serves another version than `model_version` (a reload), only that is returned
         (`fleet_version`), nothing done: switch to it, then start again. `uncounted`: earlier
         starts of this delivery that were not counted (a one-trip chunk's first), added to the
@@ -568,18 +570,6 @@ class JobStore:
     ) -> None:
         args: list[str | float] = [status or "", error[:500], next_at or "", int(delivered), int(gone)]
         self._webhook_attempted(keys=[self._keys(job_id)[0]], args=args)
-
-    def count_delivery(self, job_id: str, chunk: str) -> int:
-        """How many times the chunk named `chunk` has been started, this one included.
-
-        One small hash per job (`:deliveries`, a field per chunk), expiring with the job: kept
-        apart from the job hash, which the API reads whole.
-        """
-        key = self._keys(job_id)[0] + DELIVERIES_SUFFIX
-        pipe = self.redis.pipeline()
-        pipe.hincrby(key, chunk, 1)
-        pipe.expire(key, self.ttl)
-        return int(pipe.execute()[0])
 
     def fail(self, job_id: str, error: str) -> None:
         """Remember a job-level error; the job ends as failed once its items are accounted for.

@@ -233,10 +233,6 @@ def get_celery() -> Celery:
     return make_celery(get_settings())
 
 
-def send_chunk(celery: Celery, chunk: Chunk) -> None:
-    send_chunks(celery, [chunk])
-
-
 def send_chunks(celery: Celery, chunks: Iterable[Chunk]) -> int:
     """Publish chunks, each to its lane, with Celery's `send_task` over one producer (one pooled
     connection for the batch); returns how many. Callers track them first (core/dispatch.py):

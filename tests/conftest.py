@@ -82,6 +82,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
+def keyed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack with API keys and one pool process, shared by the tests of what a key changes
+    (a stack per test cost ~15 s each): test_client's `k-one`, test_browser's `page-key`,
+    test_webhooks' `key-a` and `key-b` (whose receiver is on 127.0.0.1)."""
+    env = {"API_KEYS": "k-one,page-key,key-a,key-b", "WEBHOOK_ALLOW_PRIVATE": "true", "WORKER_PROCESSES": "1"}
+    with running_stack(tmp_path_factory.mktemp("keyed"), **env) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
 def api(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.api_url, timeout=30) as client:
         yield client

@@ -18,7 +18,7 @@ import pytest
 
 from core.config import PROJECT_ROOT
 from devstack.stack import Stack
-from tests.helpers import make_zip, png, running_stack
+from tests.helpers import make_zip, png
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
@@ -141,20 +141,19 @@ def test_names_are_text_never_markup(stack: Stack, browser, upload) -> None:
     page.close()
 
 
-def test_asks_for_the_api_key_and_keeps_it_in_the_tab(tmp_path: Path, browser, upload) -> None:
-    with running_stack(tmp_path, API_KEYS="page-key", WORKER_PROCESSES="1") as keyed:
-        context = browser.new_context()
-        page = context.new_page()
-        page.goto(keyed.api_url + "/")  # the page itself needs no key
-        drop(page, {"photo.png": upload["photo.png"]})
-        key_field = page.get_by_label("API key")
-        key_field.wait_for(state="visible")
-        key_field.fill("page-key")
-        key_field.press("Enter")  # the upload goes again, with the key
-        wait_succeeded(page)
-        assert page.evaluate("sessionStorage.getItem('digitq-api-key')") == "page-key"
-        assert context.cookies() == []  # a header, never a cookie: nothing for CSRF to ride on
-        context.close()
+def test_asks_for_the_api_key_and_keeps_it_in_the_tab(keyed_stack: Stack, browser, upload) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(keyed_stack.api_url + "/")  # the page itself needs no key
+    drop(page, {"photo.png": upload["photo.png"]})
+    key_field = page.get_by_label("API key")
+    key_field.wait_for(state="visible")
+    key_field.fill("page-key")
+    key_field.press("Enter")  # the upload goes again, with the key
+    wait_succeeded(page)
+    assert page.evaluate("sessionStorage.getItem('digitq-api-key')") == "page-key"
+    assert context.cookies() == []  # a header, never a cookie: nothing for CSRF to ride on
+    context.close()
 
 
 def test_keyboard_only_upload(stack: Stack, browser, upload, tmp_path: Path) -> None:

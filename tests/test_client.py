@@ -313,19 +313,17 @@ def test_unreachable_client_raises_unreachable() -> None:
         dq.get("abc")
 
 
-def test_api_key_is_sent(tmp_path: Path, folder: Path) -> None:
+def test_api_key_is_sent(keyed_stack: Stack, folder: Path) -> None:
     """With API keys, the client's key is accepted and a missing one is a 401 problem."""
-    from tests.helpers import running_stack
-
-    with running_stack(tmp_path, API_KEYS="k-one", WORKER_PROCESSES="1") as keyed:
-        with Client(keyed.api_url) as anonymous, pytest.raises(ProblemError) as refused:
-            anonymous.submit([folder])
-        assert refused.value.status == 401
-        with Client(keyed.api_url, api_key="k-one") as dq:
-            assert dq.submit([folder], wait=True).status == "succeeded"
-        env = {**os.environ, "DIGITQ_URL": keyed.api_url, "DIGITQ_API_KEY": "k-one"}
-        listed = subprocess.run([DIGITQ, "status", "x" * 32], env=env, capture_output=True, text=True)
-        assert listed.returncode == 1 and "404" in listed.stderr  # authorised, just unknown
+    keyed = keyed_stack
+    with Client(keyed.api_url) as anonymous, pytest.raises(ProblemError) as refused:
+        anonymous.submit([folder])
+    assert refused.value.status == 401
+    with Client(keyed.api_url, api_key="k-one") as dq:
+        assert dq.submit([folder], wait=True).status == "succeeded"
+    env = {**os.environ, "DIGITQ_URL": keyed.api_url, "DIGITQ_API_KEY": "k-one"}
+    listed = subprocess.run([DIGITQ, "status", "x" * 32], env=env, capture_output=True, text=True)
+    assert listed.returncode == 1 and "404" in listed.stderr  # authorised, just unknown
 
 
 def test_metadata_failed_items_and_listing(stack: Stack, folder: Path, tmp_path: Path, digits) -> None:

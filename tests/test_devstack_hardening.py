@@ -4,7 +4,6 @@ password with CONFIG/DEBUG/MODULE disabled, owner-only files, no secret on any c
 import contextlib
 import socket
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,15 +12,12 @@ import redis
 
 from core.queue import INLINE_UPLOAD_BYTES
 from devstack.stack import Stack
-from tests.helpers import png, running_stack, wait_for_job
+from tests.helpers import png, wait_for_job
 
 pytestmark = pytest.mark.stack  # full stack: real workers (see tests/helpers.py)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("hardening"), flower=True, WORKER_PROCESSES="1") as s:
-        yield s
+# `stack`: the session's (tests/conftest.py), Flower included, as `make run` starts it.
 
 
 def flower_login(stack: Stack) -> tuple[str, str]:

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from core.config import Settings
 from core.dispatch import PREFIX, SLACK, FairShare
-from core.queue import BULK, INTERACTIVE, Chunk, ChunkItem, lane_for, make_celery, send_chunk
+from core.queue import BULK, INTERACTIVE, Chunk, ChunkItem, lane_for, make_celery, send_chunks
 from tests.helpers import make_zip, png
 
 
@@ -19,17 +19,19 @@ def test_small_jobs_take_the_interactive_lane() -> None:
     assert [lane_for(n, settings) for n in (1, 16, 17, 100_000)] == [INTERACTIVE, INTERACTIVE, BULK, BULK]
 
 
-def test_a_worker_takes_every_interactive_chunk_before_bulk_and_each_once(redis_url: str) -> None:
+def test_a_worker_takes_every_interactive_chunk_before_bulk_and_each_once(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
     """Bulk chunks queued before interactive ones: the worker's task consumer (the
     app's queues, transport options and a prefetch of one) takes every interactive one first, and
     each chunk once, whatever order it subscribed in. kombu's default round-robin cycle would
     alternate lanes after the first; its priority cycle would follow the subscription order."""
-    redis.Redis.from_url(redis_url).flushall()  # no chunk left in the lanes by an earlier test
+    redis_client.flushall()  # the session's Redis: no other test's chunks in the lanes
     app = make_celery(Settings(redis_url=redis_url))
     for n in range(6):  # each bulk chunk queued before the interactive one sent with it
-        send_chunk(app, Chunk(f"bulk-{n}", (ChunkItem(0, 0),), lane=BULK))
+        send_chunks(app, [Chunk(f"bulk-{n}", (ChunkItem(0, 0),), lane=BULK)])
         if n < 4:
-            send_chunk(app, Chunk(f"interactive-{n}", (ChunkItem(0, 0),), lane=INTERACTIVE))
+            send_chunks(app, [Chunk(f"interactive-{n}", (ChunkItem(0, 0),), lane=INTERACTIVE)])
     got: list[str] = []
 
     def take(body: object, message) -> None:

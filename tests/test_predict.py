@@ -1,7 +1,5 @@
 """Answers in one request through the real queue: `Prefer: wait` on POST /jobs, /predict, /predict_batch."""
 
-import time
-
 import httpx
 import pytest
 
@@ -14,9 +12,8 @@ def test_prefer_wait_answers_200_with_the_results_inline(api: httpx.Client, digi
     images, labels = digits
     archive = make_zip({f"d/{i}.png": png(images[i]) for i in range(5)} | {"d/bad.png": b"not an image"})
     files = [("files", ("a.zip", archive)), ("files", ("b.png", png(images[5])))]
-    started = time.monotonic()
-    response = api.post("/jobs", files=files, headers={"Prefer": "wait=60"})
-    elapsed = time.monotonic() - started
+    # Woken by the job's close, not by the end of the wait: no answer within 30 s is a timeout.
+    response = api.post("/jobs", files=files, headers={"Prefer": "wait=60"}, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["preference-applied"] == "wait=60"
     job = response.json()
@@ -24,8 +21,6 @@ def test_prefer_wait_answers_200_with_the_results_inline(api: httpx.Client, digi
     assert job["status"] == "succeeded" and job["counts"] == {"total": 7, "done": 7, "failed": 1}
     assert job["results"] == all_results(api, job["id"])  # the results endpoint's items, all of them
     assert [r["digit"] for r in job["results"][:5]] == list(labels[:5])
-    # Woken by the job's close, not by the end of the wait (which re-reads the job once more).
-    assert elapsed < 30, f"{elapsed:.1f}s"
 
 
 def test_prefer_wait_leaves_out_the_results_of_a_big_job(api: httpx.Client, digits) -> None:

@@ -142,3 +142,21 @@ def test_a_close_without_every_result_in_order_is_published_as_its_id_alone(
         store.fail(job_id, "some items could not be processed")
     data = _published(redis_client, lambda: store.record(job_id, results))
     assert data == job_id.encode()  # the waiter reads the job and its results
+
+
+def test_a_redelivered_chunk_changes_no_result(store: JobStore) -> None:
+    """The same chunk twice (as after a visibility-timeout redelivery): each item's first result
+    stays. Redeliveries themselves, with workers killed: tests/test_reliability.py."""
+    from core.jobs import Recorded
+
+    store.create("dup", ["a.png", "b.png"])
+    first = [ItemResult(0, 3, 0.9), ItemResult(1, error="not a readable image")]
+    recorded = store.record("dup", first)
+    assert (recorded.added, recorded.failed, recorded.closed_job) == (2, 1, True)
+    assert recorded.status == "succeeded" and recorded.job_seconds is not None
+    again = store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)])
+    assert again == Recorded(0, 0, False, JobStatus.succeeded)
+    job = store.get("dup")
+    assert job and (job.status, job.done, job.failed) == ("succeeded", 2, 1)
+    assert store.results("dup", [0, 1]) == first
+    assert list(store.missing("dup", [0, 1])) == []

@@ -9,10 +9,10 @@ import time
 from collections.abc import Iterator
 
 import httpx
-import numpy as np
 import pytest
 import redis
 
+from core import fleet
 from core.jobs import PREFIX
 from devstack.stack import Stack
 from tests.helpers import (
@@ -80,36 +80,19 @@ def test_sigkill_of_a_whole_worker_mid_job(two_workers: Stack, big_zip: bytes) -
     with httpx.Client(base_url=two_workers.api_url, timeout=30) as client:
         job_id = submit_and_wait_until_started(client, big_zip)
         assert_window_in_use(two_workers, job_id)
+        redis_client = redis.Redis.from_url(two_workers.redis_url or "")
+        [heartbeat] = redis_client.keys(f"{fleet.WORKER_PREFIX}worker2@*")
         victim = two_workers.processes["worker2"]
         os.killpg(victim.pid, signal.SIGKILL)  # main and pool process: nobody can requeue
-        killed_at = time.monotonic()
         two_workers.processes.pop("worker2").wait()
-        # /ready stops listing it within 10 s (its heartbeat's TTL), while worker1 stays.
+        # /ready stops listing it once its heartbeat expires (HEARTBEAT_TTL), while worker1 stays.
+        assert 0 < redis_client.ttl(heartbeat) <= fleet.HEARTBEAT_TTL
         listed = lambda: {w["hostname"].split("@")[0] for w in client.get("/ready").json()["workers"]}  # noqa: E731
         wait_until(lambda: listed() == {"worker1"}, 30, 0.1, "/ready to drop the killed worker")
-        assert time.monotonic() - killed_at <= 10.5, time.monotonic() - killed_at
+        assert not redis_client.exists(heartbeat)
         # worker1 finishes the rest; worker2's unacknowledged chunk comes back after the
-        # visibility timeout (5 s here), not kombu's default hour.
+        # visibility timeout (5 s here), not kombu's default hour (the wait gives up after 120 s).
         assert_every_item_exactly_once(two_workers, client, job_id)
-        assert time.monotonic() - killed_at < 60
-
-
-def test_redelivered_chunk_does_not_duplicate(two_workers: Stack, digits) -> None:
-    """The same chunk twice (as after a visibility-timeout redelivery) changes nothing."""
-    from core.jobs import ItemResult, JobStatus, JobStore, Recorded
-
-    store = JobStore(redis.Redis.from_url(two_workers.redis_url or ""), 60)
-    store.create("dup", ["a.png", "b.png"])
-    first = [ItemResult(0, 3, 0.9), ItemResult(1, error="not a readable image")]
-    recorded = store.record("dup", first)
-    assert (recorded.added, recorded.failed, recorded.closed_job) == (2, 1, True)
-    assert recorded.status == "succeeded" and recorded.job_seconds is not None
-    again = store.record("dup", [ItemResult(0, 5, 0.1), ItemResult(1, 1, 0.8)])
-    assert again == Recorded(0, 0, False, JobStatus.succeeded)
-    job = store.get("dup")
-    assert job and (job.status, job.done, job.failed) == ("succeeded", 2, 1)
-    assert store.results("dup", [0, 1]) == first
-    np.testing.assert_equal(store.missing("dup", [0, 1]), [])
 
 
 def test_redis_restart_mid_job_loses_nothing(two_workers: Stack, big_zip: bytes) -> None:

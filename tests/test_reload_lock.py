@@ -7,7 +7,6 @@ prepare the candidate, so a reload waits for as long as the test wants.
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,11 +74,10 @@ def test_concurrent_reloads_hold_no_thread_and_only_one_runs(api: tuple[Stack, r
         futures = [pool.submit(reload, n) for n in range(45)]  # more than AnyIO's 40 threads
         wait_until(lambda: client.get(fleet.CANDIDATE_KEY), timeout=60, what="a reload to start")
 
-        # While 45 reloads were sent and one waits, sync routes answer at once (no thread is held).
+        # While 45 reloads were sent and one waits, sync routes answer (no thread is held: a held
+        # one would keep them waiting for the reload's 600 s, past these requests' timeout).
         for _ in range(20):
-            started = time.monotonic()
             assert httpx.get(f"{stack.api_url}/health", timeout=10).status_code == 200
-            assert time.monotonic() - started < 5
         assert httpx.get(f"{stack.api_url}/ready", timeout=10).status_code == 200
 
         wait_until(lambda: len(answers) >= 44, timeout=60, what="44 refused reloads")

@@ -26,6 +26,7 @@ def api_only(tmp_path: Path) -> Iterator[Stack]:
         yield stack
 
 
+@pytest.mark.perf  # the refusal itself: tests/test_uploads.py (fast tier)
 @pytest.mark.parametrize("declared", [None, 1], ids=["honest", "end-record-lies"])
 def test_a_zip_of_a_million_entries_is_413_before_it_is_listed(api_only: Stack, declared: int | None) -> None:
     """zipfile turned the whole central directory into objects before MAX_ITEMS_PER_JOB was
@@ -63,16 +64,15 @@ def test_a_body_sent_slowly_is_cut_off_with_408(tmp_path: Path, digits) -> None:
     with running_api(tmp_path, BODY_READ_TIMEOUT_SECONDS="2") as stack, _connect(stack) as sock:
         head, body = _multipart([("files", ("a.png", png(digits[0][0])))])
         sock.sendall(head + body[:100])
-        started = time.monotonic()
-        for byte in body[100:]:  # 5 bytes a second: the whole body would take over a minute
+        for byte in body[100:200]:  # 5 bytes a second: 20 s, ten times the deadline
             if select.select([sock], [], [], 0.2)[0]:
                 break
             sock.send(bytes([byte]))
-            assert time.monotonic() - started < 20, "no answer while the body trickled in"
+        else:
+            raise AssertionError("no answer while 100 bytes of the body trickled in")
         answer = read_response(sock)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"did not arrive within 2 seconds" in answer
-        assert time.monotonic() - started < 10
 
 
 def test_uploads_over_the_limit_are_503_until_one_ends(tmp_path: Path, digits) -> None:
@@ -96,6 +96,7 @@ def test_uploads_over_the_limit_are_503_until_one_ends(tmp_path: Path, digits) -
             wait_until(lambda: client.post("/jobs", files=image).status_code == 202, 10, 0.1, "a free slot")
 
 
+@pytest.mark.perf
 @pytest.mark.parametrize("kind", ["files", "fields"])
 def test_many_small_parts_do_not_stay_in_memory(api_only: Stack, kind: str) -> None:
     """Starlette kept every part under 1 MiB in RAM: 120 such parts held ~110 MB per request."""

@@ -62,7 +62,6 @@ class WaitingSubmission:
     """A `POST /jobs` with `Prefer: wait=60` in a thread, once it is waiting (subscribed)."""
 
     def __init__(self, client: TestClient, redis_client, image: bytes) -> None:
-        self.started = time.monotonic()
         self.answer: dict = {}
         files = [("files", ("a.png", image))]
         headers = {"Prefer": "wait=60"}
@@ -76,21 +75,21 @@ class WaitingSubmission:
         # The submission is waiting once its event loop has subscribed to job closes.
         wait_until(lambda: redis_client.pubsub_numsub(CLOSED_CHANNEL)[0][1], what="the waiter's subscription")
 
-    def result(self) -> tuple[dict, float]:
-        """Its answer (a 200: the job ended) and how long it took."""
-        self.thread.join(timeout=90)
+    def result(self) -> dict:
+        """Its answer (a 200: the job ended), given well within its 60 s wait."""
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive(), "the job's close did not wake the waiter"
         response = self.answer["response"]
         assert response.status_code == 200, response.text
-        return response.json(), time.monotonic() - self.started
+        return response.json()
 
 
 def test_a_cancel_wakes_the_waiting_submission(app_client: TestClient, redis_client, digits) -> None:
     """Without the PUBLISH in the cancel script the submission would wait its whole 60 s."""
     waiting = WaitingSubmission(app_client, redis_client, png(digits[0][0]))
     assert app_client.delete(f"/jobs/{waiting.job_id}").status_code == 200
-    job, elapsed = waiting.result()
+    job = waiting.result()
     assert job["status"] == "cancelled" and job["results"][0]["status"] == "pending"
-    assert elapsed < 30, f"the cancel did not wake the waiter ({elapsed:.1f}s)"
 
 
 def test_a_close_published_while_the_subscription_was_down_is_not_missed(
@@ -108,9 +107,8 @@ def test_a_close_published_while_the_subscription_was_down_is_not_missed(
     else:
         raise AssertionError("the job-closed subscription could not be seen down")
     assert JobStore(redis_client, 3600).cancel(waiting.job_id)  # published to no one
-    job, elapsed = waiting.result()
+    job = waiting.result()
     assert job["status"] == "cancelled"
-    assert elapsed < 30, f"{elapsed:.1f}s"
 
 
 def test_predict_times_out_with_a_504_that_names_the_job(make_client, digits) -> None:

@@ -130,11 +130,11 @@ def test_a_huge_answer_is_cut_after_a_few_kib(api, hostile: Receiver, image: byt
     assert call["sent"] < HUGE_BYTES // 4, call["sent"]  # the worker read a few KiB and hung up
 
 
-def test_keys_events_are_signed_with_their_own_secrets(tmp_path, image: bytes) -> None:
+def test_keys_events_are_signed_with_their_own_secrets(keyed_stack: Stack, image: bytes) -> None:
     """With API_KEYS: each key's events verify with the secret GET /webhook-secret gives that key,
     never with another key's nor with WEBHOOK_SECRET."""
-    env = {"API_KEYS": "key-a,key-b", "WEBHOOK_ALLOW_PRIVATE": "true", "WORKER_PROCESSES": "1"}
-    with running_stack(tmp_path, **env) as keyed, httpx.Client(base_url=keyed.api_url, timeout=30) as http:
+    keyed = keyed_stack
+    with httpx.Client(base_url=keyed.api_url, timeout=30) as http:
         receiver = Receiver(None)
         try:
             secrets, calls = {}, {}
@@ -205,7 +205,7 @@ def test_a_chunk_redelivered_after_closing_its_job_sends_the_event(stack: Stack,
     from celery import Celery
 
     from core.jobs import ItemResult, JobStore, new_job_id
-    from core.queue import Chunk, send_chunk
+    from core.queue import Chunk, send_chunks
     from core.uploads import Item, chunks
     from core.webhooks import job_fields
 
@@ -215,7 +215,7 @@ def test_a_chunk_redelivered_after_closing_its_job_sends_the_event(stack: Stack,
     assert store.record(job_id, [ItemResult(0, 3, 0.9)]).closed_job  # what the dead process did
     celery = Celery("digitq", broker=stack.redis_url)
     [chunk] = chunks([Item(name="a.png", part=0)], 250, 2**20)  # the API's own task payload
-    send_chunk(celery, Chunk(job_id, tuple(chunk)))  # the redelivery
+    send_chunks(celery, [Chunk(job_id, tuple(chunk))])  # the redelivery
     [call] = wait_until(lambda: receiver.to("/redelivered"), what="the event")
     assert call["verified"] and call["id"] == f"{job_id}.succeeded"
 

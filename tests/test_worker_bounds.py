@@ -78,6 +78,7 @@ def submit(client: httpx.Client, archive: bytes) -> str:
     return answer.json()["id"]
 
 
+@pytest.mark.perf  # a memory bound; reading one entry at a time: tests/test_reading.py
 def test_a_zip_bomb_is_read_one_entry_at_a_time(one_process: Stack, client: httpx.Client) -> None:
     """30 entries of 20 MiB of zeros deflate to 0.6 MB: one chunk by compressed bytes, which the
     pool process held in memory all at once (5.3 GB for the issue's 250 entries)."""

@@ -23,7 +23,7 @@ import redis
 from core.config import PROJECT_ROOT
 from core.jobs import TERMINAL, JobStore
 from core.promotion import RegistryPointer
-from core.queue import INLINE_UPLOAD_BYTES, INTERACTIVE, Chunk, ChunkItem, make_celery, send_chunk
+from core.queue import INLINE_UPLOAD_BYTES, INTERACTIVE, Chunk, ChunkItem, make_celery, send_chunks
 from ml.registry import S3Registry
 from tests.helpers import png, wait_for_job, wait_until, workers_paused
 from tests.ops.ops_helpers import (
@@ -377,7 +377,7 @@ def test_failed_job_reaches_sentry_with_its_job_id_and_no_secrets(
     job_id = os.urandom(16).hex()  # a job of its own each run
     store.create(job_id, ["missing.png"])
     celery = make_celery(fleet.settings.model_copy(update={"redis_url": client}))
-    send_chunk(celery, Chunk(job_id, (ChunkItem(0, 0),)))
+    send_chunks(celery, [Chunk(job_id, (ChunkItem(0, 0),))])
     event = sentry_collector.wait_for(lambda e: e.get("tags", {}).get("job_id") == job_id, timeout=90)
     assert event["tags"]["model_version"] == version
     assert event["tags"]["role"] == "worker"

@@ -85,6 +85,9 @@ def test_uploads_over_the_limit_are_503_until_one_ends(tmp_path: Path, digits) -
         for sock in stalled:
             sock.sendall(head + body[:50])  # and then nothing: two uploads being received
         with httpx.Client(base_url=stack.api_url, timeout=30) as client:
+            # Served first: run after other API stacks in this process, a POST racing the stalled
+            # uploads' arrival was never refused (not root-caused yet; see the closing note).
+            assert client.get("/health").status_code == 200
             busy = wait_until(
                 lambda: (r := client.post("/jobs", files=image)).status_code == 503 and r, 10, 0.1, "a 503"
             )

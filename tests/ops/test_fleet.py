@@ -5,6 +5,7 @@ The tests share the stack but not an order: each one states the fleet version it
 (`serve`) and the registry versions it uses (`versions`), so each passes alone (`-k`) or in
 any order."""
 
+import base64
 import io
 import json
 import os
@@ -23,7 +24,15 @@ import redis
 from core.config import PROJECT_ROOT
 from core.jobs import TERMINAL, JobStore
 from core.promotion import RegistryPointer
-from core.queue import INLINE_UPLOAD_BYTES, INTERACTIVE, Chunk, ChunkItem, make_celery, send_chunks
+from core.queue import (
+    INLINE_UPLOAD_BYTES,
+    INTERACTIVE,
+    PROCESS_BATCH,
+    Chunk,
+    ChunkItem,
+    make_celery,
+    send_chunks,
+)
 from ml.registry import S3Registry
 from tests.helpers import png, wait_for_job, wait_until, workers_paused
 from tests.ops.ops_helpers import (
@@ -296,7 +305,18 @@ def test_reload_moves_every_worker_without_mixing_versions_inside_a_job(
         for thread in predicting:
             thread.start()
         lane = redis.Redis.from_url(fleet.redis_url or "")
-        wait_until(lambda: lane.llen(INTERACTIVE) == 2, 30, 0.02, "the predictions to be queued")
+
+        def queued_chunks() -> int:
+            """One-trip chunks waiting in the lane: a task each, or several in one batch task
+            (core/batching.py groups concurrent /predicts)."""
+            count = 0
+            for raw in lane.lrange(INTERACTIVE, 0, -1):
+                message = json.loads(raw)
+                (args, *_) = json.loads(base64.b64decode(message["body"]))
+                count += len(args[0]) if message["headers"]["task"] == PROCESS_BATCH else 1
+            return count
+
+        wait_until(lambda: queued_chunks() == 2, 30, 0.02, "the predictions to be queued")
     for thread in predicting:
         thread.join(timeout=60)
     assert [(p.status_code, p.json()["model_version"]) for p in predicted] == [(200, V2)] * 2

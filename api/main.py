@@ -38,8 +38,8 @@ Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details
 (`application/problem+json`); each problem's `type`, `/problems/<name>`, is a page that explains it.
 When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`
 (without, the API answers loopback clients only); `/admin` needs one of `ADMIN_API_KEYS`.
-Each key has quotas (images not finished yet, submissions per minute): over one, `429` with
-`Retry-After`. Jobs of a few images go ahead of big ones; big jobs of different keys share the
+Each key has quotas (images not finished yet; a share of the service's images per second, which
+slows a key only while other keys have work waiting): over one, `429` with `Retry-After`. Jobs of a few images go ahead of big ones; big jobs of different keys share the
 workers evenly.
 """
 

@@ -39,8 +39,8 @@ Errors are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problem details
 When `API_KEYS` is set, job routes need `Authorization: Bearer <key>` or `X-API-Key: <key>`
 (without, the API answers loopback clients only); `/admin` needs one of `ADMIN_API_KEYS`.
 Each key has quotas (images not finished yet; a share of the service's images per second, which
-slows a key only while other keys have work waiting): over one, `429` with `Retry-After`. Jobs of a few images go ahead of big ones; big jobs of different keys share the
-workers evenly.
+slows a key only while other keys have work waiting): over one, `429` with `Retry-After`.
+Jobs of a few images go ahead of big ones; big jobs of different keys share the workers evenly.
 """
 
 

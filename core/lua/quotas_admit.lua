@@ -11,7 +11,8 @@
 --   {verdict = 'queued', queued = the tenant's count} (nothing reserved).
 
 local bucket_key, waiting_key, queued_key, outstanding_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local now, tenant, queued_prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local now_text, tenant, queued_prefix = ARGV[1], ARGV[2], ARGV[3]
+local now = tonumber(now_text)
 local rate, burst, images = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local queued_limit, queued_ttl, bucket_ttl, lane = tonumber(ARGV[7]), ARGV[8], ARGV[9], ARGV[10]
 
@@ -45,6 +46,6 @@ if images > 0 then
   tokens = tokens - images
   if others == 0 and tokens < 0 then tokens = 0 end  -- alone: no debt to pay once others come
 end
-redis.call('HSET', bucket_key, 'tokens', tostring(tokens), 'at', ARGV[1])
+redis.call('HSET', bucket_key, 'tokens', tostring(tokens), 'at', now_text)
 redis.call('EXPIRE', bucket_key, bucket_ttl)
 return cjson.encode({verdict = 'ok'})

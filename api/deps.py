@@ -11,11 +11,20 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from api.problems import ProblemError
 from core.blobs import BlobStore
 from core.config import Settings, get_settings, is_loopback
-from core.connections import get_batcher, get_blob_store, get_fair_share, get_job_store, get_quotas
+from core.connections import (
+    get_batcher,
+    get_blob_store,
+    get_fair_share,
+    get_job_store,
+    get_quotas,
+    get_submission_claims,
+    get_webhook_state,
+)
 from core.dispatch import FairShare
 from core.jobs import JobStore
 from core.queue import get_celery
 from core.submission import Submission
+from core.webhook_state import WebhookState
 
 # `async def`: FastAPI runs a plain `def` dependency in the thread pool, a round trip to another
 # thread per dependency and request (a third of /predict's API time before); these only read caches.
@@ -29,6 +38,10 @@ async def _job_store() -> JobStore:
     return get_job_store()
 
 
+async def _webhook_state() -> WebhookState:
+    return get_webhook_state()
+
+
 async def _blob_store() -> BlobStore:
     return get_blob_store()
 
@@ -39,6 +52,7 @@ async def _fair_share() -> FairShare:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 JobStoreDep = Annotated[JobStore, Depends(_job_store)]
+WebhookStateDep = Annotated[WebhookState, Depends(_webhook_state)]
 BlobStoreDep = Annotated[BlobStore, Depends(_blob_store)]
 FairShareDep = Annotated[FairShare, Depends(_fair_share)]
 
@@ -202,14 +216,15 @@ CallerDep = Annotated[str | None, Depends(require_api_key)]
 async def _submission(settings: SettingsDep, caller: CallerDep) -> Submission:
     batcher = get_batcher() if settings.batch_max_images else None
     return Submission(
-        settings,
-        get_job_store(),
-        get_blob_store(),
-        get_celery(),
-        get_fair_share(),
-        get_quotas(),
-        caller,
-        batcher,
+        settings=settings,
+        store=get_job_store(),
+        claims=get_submission_claims(),
+        blobs=get_blob_store(),
+        celery=get_celery(),
+        fair=get_fair_share(),
+        quotas=get_quotas(),
+        caller=caller,
+        batcher=batcher,
     )
 
 

@@ -21,8 +21,10 @@ from collections.abc import Awaitable, Callable
 import redis
 import redis.asyncio as aioredis
 
+from core import job_keys
 from core.config import get_settings
-from core.jobs import CLOSED_CHANNEL, TERMINAL, ItemResult, Job, JobStatus, JobStore
+from core.job_keys import CLOSED_CHANNEL
+from core.jobs import TERMINAL, ItemResult, Job, JobStatus, JobStore
 from core.redis_owner import client_options
 
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ class Completions:
                 future.set_result(closed)
 
     async def _ended(self, job_id: str) -> bool:
-        raw = await self.redis.hget(JobStore.key(job_id), "status")
+        raw = await self.redis.hget(job_keys.job(job_id), "status")
         return isinstance(raw, bytes) and JobStatus(raw.decode()) in TERMINAL
 
     async def read(self, job_id: str, limit: int) -> tuple[Job | None, list[ItemResult | None]]:

@@ -7,8 +7,11 @@ import redis
 
 from core.blobs import BlobStore, make_blob_store
 from core.config import get_settings
+from core.idempotency import SubmissionClaims
 from core.jobs import JobStore
 from core.redis_owner import client_options
+from core.sweep_state import SweepState
+from core.webhook_state import WebhookState
 
 if TYPE_CHECKING:
     from core.batching import Batcher
@@ -29,6 +32,21 @@ def get_redis() -> redis.Redis:
 @lru_cache
 def get_job_store() -> JobStore:
     return JobStore(get_redis(), get_settings().job_ttl_seconds)
+
+
+@lru_cache
+def get_submission_claims() -> SubmissionClaims:
+    return SubmissionClaims(get_redis())
+
+
+@lru_cache
+def get_webhook_state() -> WebhookState:
+    return WebhookState(get_redis())
+
+
+@lru_cache
+def get_sweep_state() -> SweepState:
+    return SweepState(get_redis(), get_settings().job_ttl_seconds)
 
 
 @lru_cache
@@ -74,6 +92,9 @@ def reset_clients() -> None:
     cached_clients = (
         get_redis,
         get_job_store,
+        get_submission_claims,
+        get_webhook_state,
+        get_sweep_state,
         get_blob_store,
         get_celery,
         get_fair_share,

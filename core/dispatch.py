@@ -43,7 +43,7 @@ import redis
 from celery import Celery
 from redis.client import Pipeline
 
-from core import fleet
+from core import fleet, scripts
 from core.config import Settings
 from core.queue import BULK, Chunk, lane_for, send_chunks
 
@@ -55,77 +55,6 @@ INFLIGHT = PREFIX + "inflight"  # the bulk lane's window
 INFLIGHT_INTERACTIVE = PREFIX + "inflight:interactive"
 SLACK = 2  # chunks queued beyond one per pool process: the next one is there when a process frees
 
-# KEYS: tenants ring, inflight. ARGV: budget, now, ttl, prefix, then an optional finished chunk id
-# (`<job>:<index>`) to take off first. Returns {chunk json, ...} for the caller to send.
-_REFILL = """
-local tenants, inflight = KEYS[1], KEYS[2]
-local budget, now, ttl, prefix = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-if ARGV[5] then
-  if redis.call('ZREM', inflight, ARGV[5]) == 1 then
-    local sep = string.find(ARGV[5], ':', 1, true)
-    local job, index = string.sub(ARGV[5], 1, sep - 1), string.sub(ARGV[5], sep + 1)
-    redis.call('HDEL', prefix .. 'chunks:' .. job, index)
-  end
-end
-local out = {}
-local steps = 0
-while redis.call('ZCARD', inflight) < budget and steps < 10000 do
-  steps = steps + 1
-  local tenant = redis.call('LMOVE', tenants, tenants, 'LEFT', 'RIGHT')
-  if not tenant then break end
-  local ring = prefix .. 'tenant:' .. tenant
-  local job = redis.call('LMOVE', ring, ring, 'LEFT', 'RIGHT')
-  if job then
-    local queue = prefix .. 'queue:' .. job
-    local index = redis.call('LPOP', queue)
-    if redis.call('LLEN', queue) == 0 then redis.call('LREM', ring, 0, job) end
-    if index then
-      local chunk = redis.call('HGET', prefix .. 'chunks:' .. job, index)
-      if chunk then
-        redis.call('ZADD', inflight, now, job .. ':' .. index)
-        redis.call('EXPIRE', inflight, ttl)
-        table.insert(out, chunk)
-      end
-    end
-  end
-  if redis.call('LLEN', ring) == 0 then redis.call('LREM', tenants, 0, tenant) end
-end
-return out
-"""
-
-# KEYS: inflight. ARGV: sent before (stale), now, prefix. Claims the stale chunks (their time
-# becomes now, so another sweeper does not send them too) and returns their JSON.
-_STALE = """
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)) do
-  local sep = string.find(id, ':', 1, true)
-  local job, index = string.sub(id, 1, sep - 1), string.sub(id, sep + 1)
-  local chunk = redis.call('HGET', ARGV[3] .. 'chunks:' .. job, index)
-  if chunk then
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    table.insert(out, chunk)
-  else
-    redis.call('ZREM', KEYS[1], id)  -- its job expired or was cancelled
-  end
-end
-return out
-"""
-
-
-# KEYS: an in-flight set. ARGV: chunk id (`<job>:<index>`), prefix. A finished chunk forgotten.
-_DONE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
-  local sep = string.find(ARGV[1], ':', 1, true)
-  redis.call('HDEL', ARGV[2] .. 'chunks:' .. string.sub(ARGV[1], 1, sep - 1), string.sub(ARGV[1], sep + 1))
-end
-"""
-
-# KEYS: tenants ring. ARGV: tenant, ttl. The tenant joins the ring's end unless it is in it already.
-_JOIN = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('RPUSH', KEYS[1], ARGV[1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-"""
-
 
 class FairShare:
     """The bulk lane's waiting chunks and its window (state in Redis, shared by every process)."""
@@ -135,10 +64,10 @@ class FairShare:
         self.settings = settings
         self.ttl = settings.job_ttl_seconds
         self.stale_after = 2.0 * settings.visibility_timeout
-        self._refill = client.register_script(_REFILL)
-        self._stale = client.register_script(_STALE)
-        self._join = client.register_script(_JOIN)
-        self._done = client.register_script(_DONE)
+        self._refill = scripts.register(client, "dispatch_refill")
+        self._stale = scripts.register(client, "dispatch_stale")
+        self._join = scripts.register(client, "dispatch_join")
+        self._done = scripts.register(client, "dispatch_done")
         self._budget, self._budget_until = 1 + SLACK, 0.0
 
     def budget(self) -> int:

@@ -28,6 +28,8 @@ from typing import Any
 
 import redis
 
+from core import scripts
+
 WORKER_PREFIX = "digitq:worker:"
 WORKERS_INDEX = "digitq:workers"
 CURRENT_KEY = "digitq:model:current"
@@ -106,11 +108,6 @@ class ReloadResult:
 
 
 POLL_SECONDS = 0.2
-# Delete the candidate only if it is still this reload's (it may have expired and been re-taken).
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 @dataclass
@@ -155,7 +152,7 @@ class PendingReload:
         return ReloadResult(self.version, text(previous), workers(client))
 
     def release(self, client: redis.Redis) -> None:
-        client.eval(_RELEASE, 1, CANDIDATE_KEY, self.request)
+        scripts.register(client, "fleet_release")(keys=[CANDIDATE_KEY], args=[self.request])
 
 
 def start_reload(client: redis.Redis, version: str, timeout: float = 120.0) -> PendingReload:

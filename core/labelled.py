@@ -21,23 +21,11 @@ from dataclasses import asdict, dataclass
 
 import redis
 
+from core import scripts
 from core.blobs import BlobStore
 
 INDEX = "digitq:labelled"  # {record name: key id}, at most MAX_LABELLED_ITEMS fields
 OPEN_KEY_ID = "open"  # the key id of labels given without API keys
-
-# KEYS: index hash. ARGV: limit, key id, then record names. Adds the names (a name already there
-# costs nothing) unless that would take the store over `limit`: then nothing, and -(room left).
-_ADMIT = """
-local new = 0
-for i = 3, #ARGV do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then new = new + 1 end
-end
-local count = redis.call('HLEN', KEYS[1])
-if count + new > tonumber(ARGV[1]) then return -(tonumber(ARGV[1]) - count) - 1 end
-for i = 3, #ARGV do redis.call('HSET', KEYS[1], ARGV[i], ARGV[2]) end
-return new
-"""
 
 
 class StoreFull(Exception):
@@ -85,7 +73,7 @@ def record_name(key_id: str, job_id: str, index: int) -> str:
 class LabelledStore:
     def __init__(self, blobs: BlobStore, client: redis.Redis, limit: int) -> None:
         self.blobs, self.redis, self.limit = blobs, client, limit
-        self._admit = client.register_script(_ADMIT)
+        self._admit = scripts.register(client, "labelled_admit")
 
     def put(self, records: list[Record]) -> None:
         """Store every record (replacing earlier ones of the same items), or none: StoreFull."""

@@ -5,38 +5,17 @@ A batch is written by one script: every label of a request, or none (the API val
 all first), the hash's TTL set to the job's and the counts added to /metrics in the same step.
 """
 
+import json
 from collections.abc import Mapping, Sequence
 
 import redis
 
-from core.jobs import PREFIX
+from core import job_keys, scripts
 from core.metrics import KEY as METRICS_KEY
-
-SUFFIX = ":labels"
-
-# KEYS: job hash, labels hash, metrics hash. ARGV: (index, digit or '') pairs; '' clears.
-# -1 when the job is gone (nothing written), else {set, cleared}.
-_SET = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local set, cleared = 0, 0
-for i = 1, #ARGV, 2 do
-  if ARGV[i + 1] == '' then
-    cleared = cleared + redis.call('HDEL', KEYS[2], ARGV[i])
-  else
-    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
-    set = set + 1
-  end
-end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-if set > 0 then redis.call('HINCRBY', KEYS[3], 'labels_set', set) end
-if cleared > 0 then redis.call('HINCRBY', KEYS[3], 'labels_cleared', cleared) end
-return {set, cleared}
-"""
 
 
 def key(job_id: str) -> str:
-    return PREFIX + job_id + SUFFIX
+    return job_keys.labels(job_id)
 
 
 class JobGone(Exception):
@@ -48,11 +27,11 @@ def set_labels(client: redis.Redis, job_id: str, labels: Mapping[int, int | None
     args: list[str | int] = []
     for index, digit in labels.items():
         args += [index, "" if digit is None else digit]
-    keys = [PREFIX + job_id, key(job_id), METRICS_KEY]
-    reply = client.register_script(_SET)(keys=keys, args=args)
-    if reply == -1:
+    keys = [job_keys.job(job_id), key(job_id), METRICS_KEY]
+    reply = json.loads(scripts.register(client, "labels_set")(keys=keys, args=args))
+    if reply.get("gone"):
         raise JobGone(job_id)
-    return int(reply[0]), int(reply[1])
+    return int(reply["set"]), int(reply["cleared"])
 
 
 def get_labels(client: redis.Redis, job_id: str, indices: Sequence[int]) -> list[int | None]:

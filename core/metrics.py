@@ -78,24 +78,13 @@ def _observe(pipe: "redis.client.Pipeline", name: str, seconds: float, count: in
 
 
 # The same observations in Lua, for the script that stores a chunk's results (core/jobs.py
-# _RECORD), so that a chunk's results and its figures cost one round trip. `observe` names the
-# fields `_observe` does; the buckets are the constants above, written into the script.
-OBSERVE_LUA = (
-    "local BUCKETS = {"
+# `record`), so that a chunk's results and its figures cost one round trip: core/lua/lib/observe.lua
+# names the fields `_observe` does; these buckets are written into it by the loader (core/scripts.py).
+LUA_VALUES = {
+    "METRIC_BUCKETS": "{"
     + ", ".join(f"{name} = {{{', '.join(repr(str(b)) for b in bounds)}}}" for name, bounds in BUCKETS.items())
-    + "}\n"
-    + """
-local function observe(metrics, name, seconds, count)
-  local label = '+Inf'
-  for _, bound in ipairs(BUCKETS[name]) do  -- bisect_left: the first bound >= seconds
-    if seconds <= tonumber(bound) then label = bound; break end
-  end
-  redis.call('HINCRBY', metrics, name .. ':bucket:' .. label, count)
-  redis.call('HINCRBY', metrics, name .. ':count', count)
-  redis.call('HINCRBYFLOAT', metrics, name .. ':sum', seconds * count)
-end
-"""
-)
+    + "}"
+}
 
 
 def job_submitted(pipe: "redis.client.Pipeline", items: int) -> None:

@@ -37,13 +37,14 @@ api/gate.py calls it with no images before the body is read (may this key submit
 submission with its images once they are counted.
 """
 
+import json
 import math
 import time
 from dataclasses import dataclass
 
 import redis
 
-from core import fleet
+from core import fleet, scripts
 from core.config import Settings
 from core.queue import BULK
 
@@ -61,64 +62,6 @@ QUEUED_RETRY_AFTER = 30  # seconds: work drains at a rate we do not promise; loo
 DEFAULT_IMAGES_PER_SECOND_PER_PROCESS = 250.0
 MIN_IMAGES_PER_SECOND = 10.0  # no worker alive: still a rate, not a division by zero
 MEASURED_AFTER = 100  # images processed before the measured speed replaces the default
-
-# KEYS: the tenant's bucket, the waiting tenants, its queued count, images outstanding per lane.
-# ARGV: now, tenant, queued key prefix, fleet images/s, burst images, images (0: a check before the
-# upload is read, nothing taken), queued limit, queued ttl, bucket ttl, the job's lane.
-# {'ok'}; {'rate', seconds to wait} (nothing written); {'queued', count} (nothing reserved).
-_ADMIT = """
-local now, tenant, prefix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-local rate, burst, images = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local others = 0
-for _, other in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if other ~= tenant then
-    if tonumber(redis.call('GET', prefix .. other) or '0') > 0 then
-      others = others + 1
-    else
-      redis.call('ZREM', KEYS[2], other)  -- nothing waiting: not competing
-    end
-  end
-end
-local share = rate / (others + 1)
-local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens, at = tonumber(bucket[1] or burst), tonumber(bucket[2] or now)
-tokens = math.min(burst, tokens + math.max(0, now - at) * share)
-local need = math.min(math.max(images, 1), burst)  -- a check (0 images): room for one
-if others > 0 and tokens < need then return {'rate', tostring((need - tokens) / share)} end
-if images > 0 then
-  local queued = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if queued + images > tonumber(ARGV[7]) then return {'queued', queued} end
-  redis.call('INCRBY', KEYS[3], images)
-  redis.call('EXPIRE', KEYS[3], ARGV[8])
-  redis.call('HINCRBY', KEYS[4], ARGV[10], images)
-  redis.call('EXPIRE', KEYS[4], ARGV[8])
-  redis.call('ZADD', KEYS[2], now, tenant)
-  redis.call('EXPIRE', KEYS[2], ARGV[8])
-  tokens = tokens - images
-  if others == 0 and tokens < 0 then tokens = 0 end  -- alone: no debt to pay once others come
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[9])
-return {'ok'}
-"""
-
-# KEYS: the counter. ARGV: its window. One more refusal; the window starts with the first one.
-_REFUSED = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 or redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return count
-"""
-
-# KEYS: the tenant's queued count, the outstanding hash. ARGV: images to give back, the lane.
-# Never below zero, never without a TTL (a DECRBY of a count that expired meanwhile would create a
-# negative count that never expires, and grant extra quota).
-_RELEASE = """
-local left = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[1])
-if left > 0 then redis.call('SET', KEYS[1], left, 'KEEPTTL') else redis.call('DEL', KEYS[1]) end
-local lane = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') - tonumber(ARGV[1])
-if lane > 0 then redis.call('HSET', KEYS[2], ARGV[2], lane) else redis.call('HDEL', KEYS[2], ARGV[2]) end
-return left
-"""
 
 
 def tenant_of(caller: str | None) -> str:
@@ -143,9 +86,9 @@ class Quotas:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self._admit = client.register_script(_ADMIT)
-        self._refused = client.register_script(_REFUSED)
-        self._release = client.register_script(_RELEASE)
+        self._admit = scripts.register(client, "quotas_admit")
+        self._refused = scripts.register(client, "quotas_refused")
+        self._release = scripts.register(client, "quotas_release")
         self._capacity, self._capacity_until = MIN_IMAGES_PER_SECOND, 0.0
 
     def capacity(self) -> float:
@@ -180,8 +123,8 @@ class Quotas:
             repr(time.time()), tenant, QUEUED_PREFIX, rate, burst, images, limit,
             self.settings.job_ttl_seconds, BUCKET_TTL, lane,
         ]  # fmt: skip
-        reply = self._admit(keys=keys, args=args)
-        verdict, found = (reply[0].decode() if isinstance(reply[0], bytes) else reply[0]), reply[1:]
+        reply = json.loads(self._admit(keys=keys, args=args))
+        verdict = reply["verdict"]
         if verdict == "rate":
             raise QuotaExceeded(
                 "submission_rate",
@@ -189,15 +132,15 @@ class Quotas:
                 f"other API keys have work waiting and this key has used its share of the service "
                 f"({rate:.0f} images/s shared, SUBMISSION_IMAGES_PER_SECOND); retry after Retry-After "
                 "seconds",
-                max(1, math.ceil(float(found[0]))),
+                max(1, math.ceil(float(reply["retry_after"]))),
             )
         if verdict == "queued":
             raise QuotaExceeded(
                 "queued_images",
                 "MAX_QUEUED_IMAGES_PER_KEY",
                 f"{images} more images would exceed the {limit} images this API key may have queued "
-                f"(MAX_QUEUED_IMAGES_PER_KEY; {int(found[0])} are not finished yet): wait until some jobs "
-                "finish",
+                f"(MAX_QUEUED_IMAGES_PER_KEY; {int(reply['queued'])} are not finished yet): wait until "
+                "some jobs finish",
                 QUEUED_RETRY_AFTER,
             )
 

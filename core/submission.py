@@ -21,6 +21,7 @@ from core.batching import Batcher
 from core.blobs import BlobStore, upload_key
 from core.config import Settings
 from core.dispatch import FairShare, dispatch
+from core.idempotency import SubmissionClaims
 from core.jobs import JobStore, new_job_id
 from core.queue import BULK, ONE_TRIP_MAX_PIXELS, Chunk, lane_for
 from core.quotas import QuotaExceeded, Quotas, tenant_of
@@ -37,6 +38,7 @@ class Submission:
 
     settings: Settings
     store: JobStore
+    claims: SubmissionClaims  # Idempotency-Keys
     blobs: BlobStore
     celery: Celery
     fair: FairShare
@@ -81,7 +83,7 @@ def _create_job(
     claim = None
     if idempotency_key:
         claim = idempotency_claim(sub.caller, idempotency_key)
-        earlier = sub.store.claim_submission(claim, job_id)
+        earlier = sub.claims.claim(claim, job_id)
         if earlier:
             return earlier, True
     reserved = False
@@ -114,7 +116,7 @@ def _create_job(
         if reserved:
             sub.quotas.release(tenant, len(items), lane)
         if claim:
-            sub.store.release_submission(claim)
+            sub.claims.release(claim)
         raise
     # The job exists and holds its reservation from here on, whatever happens to the publish.
     with logs.bound(job_id=job_id):

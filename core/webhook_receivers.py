@@ -15,28 +15,11 @@ import time
 
 import redis
 
+from core import scripts
 from core.config import Settings
 from core.webhooks import lease_seconds
 
 PREFIX = "digitq:webhook:receiver:"
-
-# KEYS: the receiver's set. ARGV: now, slot end, event id, cap, set TTL in ms.
-_TAKE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if not redis.call('ZSCORE', KEYS[1], ARGV[3]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then
-  return 0
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
-"""
-
-# KEYS: the receiver's set. ARGV: slot end, event id, set TTL in ms. Only a slot still held.
-_RENEW = """
-if redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2]) == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-"""
 
 
 def receiver_key(host: str, port: int) -> str:
@@ -50,8 +33,8 @@ class ReceiverSlots:
         self.redis = client
         self.cap = settings.webhook_max_per_receiver
         self.lease = lease_seconds(settings)
-        self._take = client.register_script(_TAKE)
-        self._renew = client.register_script(_RENEW)
+        self._take = scripts.register(client, "webhook_receivers_take")
+        self._renew = scripts.register(client, "webhook_receivers_renew")
 
     def take(self, key: str, event_id: str) -> bool:
         """A slot for this event's attempt, or False when the receiver is at its cap."""

@@ -25,17 +25,11 @@ from functools import cached_property
 import redis
 from standardwebhooks import Webhook
 
+from core import scripts
 from core.config import Settings
 from core.webhooks import new_secret, signer
 
 PREFIX = "digitq:webhook:secret:"
-
-# KEYS: the owner's hash. ARGV: new secret, the old one's end of grace.
-_ROTATE = """
-local old = redis.call('HGET', KEYS[1], 'current')
-if old then redis.call('HSET', KEYS[1], 'previous', old, 'previous_until', ARGV[2]) end
-redis.call('HSET', KEYS[1], 'current', ARGV[1])
-"""
 
 
 class NoSecret(RuntimeError):
@@ -62,7 +56,7 @@ class SigningSecrets:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self._rotate = client.register_script(_ROTATE)
+        self._rotate = scripts.register(client, "webhook_secrets_rotate")
 
     @cached_property
     def _open_signer(self) -> Webhook | None:

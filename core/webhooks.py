@@ -31,8 +31,10 @@ from collections.abc import Iterable
 import redis
 from standardwebhooks import Webhook
 
+from core import scripts
 from core.config import Settings, get_settings
-from core.jobs import TERMINAL, JobStatus, JobStore
+from core.jobs import TERMINAL, JobStatus
+from core.webhook_state import WebhookState
 
 log = logging.getLogger(__name__)
 
@@ -96,52 +98,6 @@ def lease_seconds(settings: Settings) -> float:
     return 2 * settings.webhook_timeout_seconds + 5
 
 
-# KEYS: event hash, due set. ARGV: event id, job id, type, now, event ttl, due-set ttl.
-_ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'job', ARGV[2], 'type', ARGV[3], 'created', ARGV[4], 'attempts', 0)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return 1
-"""
-
-# KEYS: due set. ARGV: now, lease end, how many. Due events, pushed to the lease's end at once.
-_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-return ids
-"""
-
-# KEYS: event hash, due set. ARGV: event id, body ('': unchanged), next attempt at ('': none), due-set
-# ttl. Only an event that still exists is written (an expired one would come back without a TTL).
-_UPDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'body', ARGV[2]) end
-if ARGV[3] ~= '' then
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-end
-return 1
-"""
-
-
-# KEYS: due set. ARGV: new lease end, then (id, lease end it holds) pairs. An event is renewed only
-# while it still holds the lease it was given: once settled (removed or rescheduled), never.
-_RENEW = """
-local renewed = {}
-for i = 2, #ARGV, 2 do
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
-  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
-    table.insert(renewed, ARGV[i])
-  end
-end
-return renewed
-"""
-
-
 def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
@@ -152,10 +108,10 @@ class Outbox:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.redis = client
         self.settings = settings
-        self._enqueue = client.register_script(_ENQUEUE)
-        self._claim = client.register_script(_CLAIM)
-        self._renew = client.register_script(_RENEW)
-        self._update = client.register_script(_UPDATE)
+        self._enqueue = scripts.register(client, "webhooks_enqueue")
+        self._claim = scripts.register(client, "webhooks_claim")
+        self._renew = scripts.register(client, "webhooks_renew")
+        self._update = scripts.register(client, "webhooks_update")
 
     def enqueue(self, event_id: str, job_id: str, kind: str, now: float | None = None) -> bool:
         """Queue an event once (an id already queued is not queued again)."""
@@ -196,21 +152,21 @@ class Outbox:
         self._update(keys=[MSG_PREFIX + event_id, DUE], args=args)
 
 
-def notify(store: JobStore, job_id: str, progressed: bool = False) -> None:
+def notify(state: WebhookState, job_id: str, progressed: bool = False) -> None:
     """Queue the events a job asked for, after it may have started, progressed or closed.
 
     Called from the chunk task and the cancel route; never raises (a webhook problem must not
     fail a chunk), but logs.
     """
     try:
-        _notify(store, job_id, progressed, get_settings())
+        _notify(state, job_id, progressed, get_settings())
     except Exception:
         log.warning("could not queue the webhook event of job %s", job_id, exc_info=True)
 
 
-def _notify(store: JobStore, job_id: str, progressed: bool, settings: Settings) -> None:
-    client = store.redis
-    status, url, events, gone = store.webhook_trigger(job_id)
+def _notify(state: WebhookState, job_id: str, progressed: bool, settings: Settings) -> None:
+    client = state.redis
+    status, url, events, gone = state.trigger(job_id)
     if not url or gone or not status:
         return
     wanted = set(events.split(","))

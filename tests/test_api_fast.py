@@ -30,12 +30,14 @@ def test_an_idempotency_claim_whose_attempt_died_frees_itself(
 ) -> None:
     """The attempt that claimed a key died before creating its job: the claim is short-lived (a
     retry gets 409 for minutes, not a week); once the job exists, the key lasts as long as it."""
-    from core.jobs import CLAIM_SECONDS, IDEMPOTENCY_PREFIX, JobStore, new_job_id
+    from core.idempotency import CLAIM_SECONDS, SubmissionClaims
+    from core.job_keys import IDEMPOTENCY_PREFIX
+    from core.jobs import new_job_id
     from core.submission import idempotency_claim
 
-    store = JobStore(redis_client, 7 * 24 * 3600)
+    claims = SubmissionClaims(redis_client)
     dead = IDEMPOTENCY_PREFIX + idempotency_claim(None, "died")
-    assert store.claim_submission(idempotency_claim(None, "died"), new_job_id()) is None
+    assert claims.claim(idempotency_claim(None, "died"), new_job_id()) is None
     assert 0 < redis_client.ttl(dead) <= CLAIM_SECONDS < 3600
     files = [("files", ("a.png", png(digits[0][0])))]
     assert app_client.post("/jobs", files=files, headers={"Idempotency-Key": "died"}).status_code == 409
@@ -51,15 +53,17 @@ def test_an_idempotency_claim_whose_attempt_died_frees_itself(
 def test_open_jobs_are_indexed_for_the_sweep_until_they_close(
     app_client: TestClient, redis_client, digits
 ) -> None:
-    from core.jobs import ACTIVE, ItemResult, JobStore
+    from core.job_keys import ACTIVE
+    from core.jobs import ItemResult, JobStore
+    from core.sweep_state import SweepState
 
     files = [("files", ("a.png", png(digits[0][0])))]
     first, second = (app_client.post("/jobs", files=files).json()["id"] for _ in range(2))
-    store = JobStore(redis_client, 7 * 24 * 3600)
-    assert [job_id for job_id, _ in store.active()] == [first, second]
+    store, sweep = JobStore(redis_client, 7 * 24 * 3600), SweepState(redis_client, 7 * 24 * 3600)
+    assert [job_id for job_id, _ in sweep.active()] == [first, second]
     assert 0 < redis_client.ttl(ACTIVE) <= 7 * 24 * 3600
     # What the sweep re-lists: nothing for a small upload, which travels in its task messages.
     assert redis_client.hget(f"digitq:job:{first}", "parts") == b"0"
     store.record(first, [ItemResult(0, 3, 0.9)])  # its last item: closed
     assert app_client.delete(f"/jobs/{second}").json()["status"] == "cancelled"
-    assert store.active() == []
+    assert sweep.active() == []

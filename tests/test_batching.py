@@ -163,7 +163,7 @@ def test_a_redelivered_batch_runs_each_chunk_as_an_ordinary_one(stack: Stack, di
     """A batch that comes back (as kombu restores it after a death: here a consumer gone without
     acknowledging it) starts each chunk through the start script: each job gets its result once,
     and each chunk's uncounted first start is counted, so the poison limit holds per job."""
-    from core.jobs import DELIVERIES_SUFFIX, PREFIX
+    from core.job_keys import DELIVERIES_SUFFIX, PREFIX
 
     client = redis.Redis.from_url(stack.redis_url or "")
     settings = stack.settings.model_copy(update={"redis_url": stack.redis_url})

@@ -4,7 +4,8 @@ whether the job has a webhook, so a chunk's start is one round trip (worker/task
 import redis
 
 from core import fleet
-from core.jobs import PREFIX, ItemResult, JobStatus, JobStore, new_job_id
+from core.job_keys import PREFIX
+from core.jobs import ItemResult, JobStatus, JobStore, new_job_id
 
 
 def test_a_start_with_work_is_counted_per_delivery_and_expires_with_the_job(

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
-from core.jobs import CLOSED_CHANNEL
+from core.job_keys import CLOSED_CHANNEL
 from tests.helpers import png, wait_until
 
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from core.config import Settings
-from core.jobs import PREFIX
+from core.job_keys import PREFIX
 from devstack.cluster import Cluster
 from devstack.embedded_redis import free_port
 from tests.helpers import all_results, make_zip, png, wait_for_job, wait_until

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from core import listing
 from core.connections import get_job_store
-from core.jobs import PREFIX, ItemResult
+from core.job_keys import PREFIX
+from core.jobs import ItemResult
 from tests.helpers import make_zip, png
 
 

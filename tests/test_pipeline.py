@@ -246,13 +246,14 @@ def test_a_retry_while_the_first_attempt_is_still_storing_is_409(
 ) -> None:
     import redis
 
-    from core.jobs import JobStore, new_job_id
+    from core.idempotency import SubmissionClaims
+    from core.jobs import new_job_id
     from core.submission import idempotency_claim
 
     key = f"slow-{time.time_ns()}"
-    store = JobStore(redis.Redis.from_url(stack.redis_url or ""), 60)
+    claims = SubmissionClaims(redis.Redis.from_url(stack.redis_url or ""))
     # The first attempt has claimed the key and is still storing its upload: no job yet.
-    assert store.claim_submission(idempotency_claim(None, key), new_job_id()) is None
+    assert claims.claim(idempotency_claim(None, key), new_job_id()) is None
     response = api.post(
         "/jobs", files=[("files", ("a.png", png(holdout[0][0])))], headers={"Idempotency-Key": key}
     )

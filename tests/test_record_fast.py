@@ -8,7 +8,8 @@ import pytest
 import redis
 
 from core import fleet, metrics
-from core.jobs import ANSWER_MAX_ITEMS, CLOSED_CHANNEL, ItemResult, JobStatus, JobStore, new_job_id
+from core.job_keys import CLOSED_CHANNEL
+from core.jobs import ANSWER_MAX_ITEMS, ItemResult, JobStatus, JobStore, new_job_id
 
 
 @pytest.fixture

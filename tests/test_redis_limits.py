@@ -16,7 +16,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from core.config import get_settings
-from core.connections import get_job_store, get_quotas, get_redis
+from core.connections import get_job_store, get_quotas, get_redis, get_sweep_state
 from core.quotas import queued_key
 from core.redis_owner import listener_uids
 from core.webhooks import DUE, MSG_PREFIX, Outbox
@@ -76,15 +76,15 @@ def test_every_request_client_has_a_socket_timeout(make_client: Callable[..., Te
 def test_writes_to_a_vanished_job_create_no_key(
     make_client: Callable[..., TestClient], redis_client: redis.Redis
 ) -> None:
-    """JobStore.fail and mark_swept on a job that expired mid-sweep recreated its hash without a
+    """JobStore.fail and SweepState.mark_swept on a job that expired mid-sweep recreated its hash without a
     TTL nor status: GET and listings then answered 500."""
     make_client()
-    store = get_job_store()
+    store, sweep = get_job_store(), get_sweep_state()
     store.fail("0" * 32, "lost")
-    assert store.mark_swept("1" * 32) == 0
+    assert sweep.mark_swept("1" * 32) == 0
     assert redis_client.keys("digitq:job:*") == []
     store.create("2" * 32, ["a.png"])
-    assert store.mark_swept("2" * 32) == 1 and store.mark_swept("2" * 32) == 2
+    assert sweep.mark_swept("2" * 32) == 1 and sweep.mark_swept("2" * 32) == 2
     store.fail("2" * 32, "lost")
     assert store.get("2" * 32).error == "lost"  # type: ignore[union-attr]
     assert redis_client.ttl("digitq:job:" + "2" * 32) > 0

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from core import fleet
-from core.jobs import PREFIX
+from core.job_keys import PREFIX
 from devstack.stack import Stack
 from tests.helpers import (
     all_results,
@@ -114,7 +114,8 @@ def test_a_redelivered_one_trip_chunk_starts_as_any_other_and_counts_both_starts
     message it restores after a death: here a consumer that goes away without acknowledging it),
     it goes through the start script, which counts that first start too: the poison limit holds
     at the same number of deaths."""
-    from core.jobs import DELIVERIES_SUFFIX, JobStore, new_job_id
+    from core.job_keys import DELIVERIES_SUFFIX
+    from core.jobs import JobStore, new_job_id
     from core.queue import INTERACTIVE, Chunk, make_celery, send_chunks
     from core.uploads import Item, chunks
 

@@ -21,7 +21,8 @@ from PIL import Image
 from core import kept_uploads
 from core.blobs import LocalBlobStore
 from core.feedback import export
-from core.jobs import PREFIX, ItemResult, JobStore
+from core.job_keys import PREFIX
+from core.jobs import ItemResult, JobStore
 from core.labels import key as labels_key
 from tests.helpers import make_zip, png, wait_until
 from worker.housekeeping import sweep_uploads

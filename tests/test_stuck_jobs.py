@@ -13,7 +13,8 @@ import redis
 
 from core.blobs import make_blob_store, upload_key
 from core.dispatch import FairShare, resend
-from core.jobs import PREFIX, JobStore, new_job_id
+from core.job_keys import PREFIX
+from core.jobs import JobStore, new_job_id
 from core.queue import BULK, Chunk, ChunkItem, make_celery
 from core.uploads import chunks, part_items
 from devstack.stack import Stack

@@ -12,8 +12,10 @@ import redis
 from core.blobs import LocalBlobStore, upload_key
 from core.config import Settings
 from core.dispatch import FairShare, resend
-from core.jobs import PREFIX, ItemResult, JobStore, new_job_id
+from core.job_keys import PREFIX
+from core.jobs import ItemResult, JobStore, new_job_id
 from core.queue import LANES, Chunk, ChunkItem, make_celery
+from core.sweep_state import SweepState
 from core.uploads import part_items
 from tests.helpers import make_zip, png
 from worker.stuck_jobs import LOCK, MAX_SWEEPS, StuckJobs
@@ -121,7 +123,7 @@ def test_after_max_sweeps_the_lost_items_fail_the_job_saying_why(sweep: Sweep) -
     job = sweep.store.get(job_id)
     assert job is not None and job.status == "failed" and job.done == 10 and job.failed == 9
     assert f"re-queued {MAX_SWEEPS} times" in (job.error or "")
-    assert sweep.queued() == [] and sweep.store.active() == []
+    assert sweep.queued() == [] and SweepState(sweep.client, 3600).active() == []
 
 
 def test_a_lost_small_upload_sent_inline_fails_its_items_at_once(sweep: Sweep) -> None:

@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.options import MAX_WAIT_SECONDS, parse_prefer_wait
-from core.jobs import CLOSED_CHANNEL, ItemResult, JobStore
+from core.job_keys import CLOSED_CHANNEL
+from core.jobs import ItemResult, JobStore
 from core.queue import INLINE_UPLOAD_BYTES, LANES
 from tests.helpers import make_zip, png, wait_until
 

@@ -32,7 +32,9 @@ from core.dispatch import FairShare, resend
 from core.jobs import TERMINAL, ItemResult, JobStore
 from core.queue import lane_for
 from core.quotas import tenant_of
+from core.sweep_state import SweepState
 from core.uploads import EntryBudget, Item, job_chunks, part_items
+from core.webhook_state import WebhookState
 from core.webhooks import notify
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class StuckJobs:
     ) -> None:
         self.store, self.blobs, self.celery, self.settings = store, blobs, celery, settings
         self.fair = fair or FairShare(store.redis, settings)
+        self.state = SweepState(store.redis, store.ttl)
+        self.hooks = WebhookState(store.redis)
 
     def sweep(self, hostname: str = "") -> list[str]:
         """Resolve the stuck jobs (when this process holds the period's lock); returns their ids."""
@@ -75,15 +79,15 @@ class StuckJobs:
             return []  # another worker sweeps this period
         now = time.time()
         stalled: dict[str, tuple[int, int, list[int]]] = {}
-        for job_id, _created in self.store.active():
+        for job_id, _created in self.state.active():
             job = self.store.get(job_id)
             if job is None or job.status in TERMINAL:
-                self.store.forget_active(job_id)  # expired, or closed by an older version
+                self.state.forget_active(job_id)  # expired, or closed by an older version
                 continue
-            alive_at, sweeps, parts = self.store.sweep_state(job_id)
+            alive_at, sweeps, parts = self.state.state(job_id)
             if now - alive_at < self.settings.stuck_job_seconds:
                 continue
-            missing = self.store.missing_all(job_id, job.total)
+            missing = self.state.missing_all(job_id, job.total)
             if missing:
                 stalled[job_id] = (sweeps, parts, missing)
         resolved = []
@@ -107,7 +111,7 @@ class StuckJobs:
         job = self.store.get(job_id)
         if job is None or not items or len(items) != job.total:
             return self._fail(job_id, lost, "its upload is no longer available")
-        self.store.mark_swept(job_id)
+        self.state.mark_swept(job_id)
         tenant, lane = tenant_of(job.owner), lane_for(job.total, self.settings)
         todo = job_chunks(job_id, items, tenant, lane, self.settings, only=set(lost))
         # Straight to the job's lane (tracked): lost items are few and rare, no window needed.
@@ -122,7 +126,7 @@ class StuckJobs:
             job_id, [ItemResult(i, error=LOST.format(why=why)) for i in lost], tenant
         )
         # Its items' figures and, when it closed the job, the job's were counted by the record script.
-        notify(self.store, job_id)
+        notify(self.hooks, job_id)
         if recorded.closed_job:
             kept_uploads.release(self.blobs, self.store.redis, job_id, self.settings.upload_keep_seconds)
         log.warning("job %s was stuck: failed %d lost item(s): %s", job_id, len(lost), why)

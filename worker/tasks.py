@@ -11,7 +11,7 @@ from celery.exceptions import Reject, Retry
 
 from core import dispatch, kept_uploads, logs
 from core.config import get_settings
-from core.connections import get_blob_store, get_fair_share, get_job_store
+from core.connections import get_blob_store, get_fair_share, get_job_store, get_webhook_state
 from core.jobs import ItemResult, JobStatus, JobStore, Recorded
 from core.queue import PROCESS_BATCH, PROCESS_CHUNK, Chunk, ChunkItem, chunk_time_limits
 from core.reading import PartReader, close_deleted_zips
@@ -193,7 +193,9 @@ def _process(
         version = models.follow(start.fleet_version)
         start = store.start_chunk(job_id, indices, version, delivery, False, uncounted)
     if start.status is None or start.status not in (JobStatus.queued, JobStatus.running):
-        notify(store, job_id)  # webhooks: a redelivery of the chunk that closed the job, then died
+        notify(
+            get_webhook_state(), job_id
+        )  # webhooks: a redelivery of the chunk that closed the job, then died
         return  # expired, cancelled or already closed: nothing to do
     todo = set(start.todo)
     items = [i for i in chunk.items if i.index in todo]
@@ -209,7 +211,7 @@ def _process(
         return
     version = start.model_version or models.current_version()
     if start.has_webhook:  # else no event to queue: skip reading the job's webhook fields
-        notify(store, job_id)  # webhooks: job.running
+        notify(get_webhook_state(), job_id)  # webhooks: job.running
     results = _work(self, store, chunk, items, version, deadline)
     if results is not None:
         _store(store, chunk, results, started, start.has_webhook)
@@ -274,7 +276,7 @@ def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: fl
     _keep_inline(chunk)  # before its results: a job is not seen ended before its images are there
     recorded = store.record(chunk.job_id, results, chunk.tenant, time.monotonic() - started)
     if webhook:  # webhooks (set at job creation only): progress, or the terminal event
-        notify(store, chunk.job_id, progressed=recorded.added > 0)
+        notify(get_webhook_state(), chunk.job_id, progressed=recorded.added > 0)
     _finish(store, chunk, recorded, started)
 
 

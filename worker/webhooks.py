@@ -29,6 +29,7 @@ from core.jobs import JobStore
 from core.webhook_addresses import UnsafeURL, parse
 from core.webhook_receivers import ReceiverSlots, receiver_key
 from core.webhook_secrets import NoSecret, SigningSecrets
+from core.webhook_state import WebhookState
 from core.webhooks import TERMINAL_EVENTS, Outbox, lease_seconds, payload
 from worker import webhook_http
 
@@ -61,6 +62,7 @@ class Sender:
         self.outbox = Outbox(store.redis, settings)
         self.secrets = SigningSecrets(store.redis, settings)
         self.slots = ReceiverSlots(store.redis, settings)
+        self.hooks = WebhookState(store.redis)  # the delivery state shown on the job
         self._holding: dict[str, str] = {}  # event id: its receiver's slot key, while it is sent
         self._lock = threading.Lock()
 
@@ -149,14 +151,14 @@ class Sender:
         if not error:
             self._count("delivered")
             self.outbox.finish(event_id)
-            self.store.record_webhook_attempt(job_id, status, "", None, delivered=terminal, gone=False)
+            self.hooks.record_attempt(job_id, status, "", None, delivered=terminal, gone=False)
             log.info("webhook %s delivered (%s)", event_id, status)
             return
         if status == 410:
             self._count("gone")
             self.outbox.finish(event_id)
             error = "410 Gone: the receiver wants no more events of this job"
-            self.store.record_webhook_attempt(job_id, status, error, None, delivered=False, gone=True)
+            self.hooks.record_attempt(job_id, status, error, None, delivered=False, gone=True)
             log.info("webhook %s: receiver answered 410, no more events for job %s", event_id, job_id)
             return
         attempt = int(event.get("attempts", 0)) + 1
@@ -166,7 +168,7 @@ class Sender:
             self.outbox.finish(event_id)
             if terminal:
                 error = f"{error}; gave up after {attempt} attempts"
-            self.store.record_webhook_attempt(job_id, status, error, None, delivered=False, gone=False)
+            self.hooks.record_attempt(job_id, status, error, None, delivered=False, gone=False)
             log.warning("webhook %s not delivered, no more attempts: %s", event_id, error)
             return
         delay = delays[attempt - 1] * random.uniform(0.8, 1.2)  # jitter: receivers recovering together
@@ -175,7 +177,7 @@ class Sender:
         when = time.time() + delay
         self._count("retried")
         self.outbox.retry_at(event_id, when)
-        self.store.record_webhook_attempt(job_id, status, error, when, delivered=False, gone=False)
+        self.hooks.record_attempt(job_id, status, error, when, delivered=False, gone=False)
         log.info("webhook %s failed (%s), attempt %d; next in %.0fs", event_id, error, attempt, delay)
 
 

@@ -12,13 +12,14 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import BlobStoreDep, CallerDep, FairShareDep, JobStoreDep, SubmissionDep
+from api.deps import BlobStoreDep, CallerDep, FairShareDep, JobStoreDep, SubmissionDep, WebhookStateDep
 from api.options import MAX_WAIT_SECONDS, parse_metadata, parse_prefer_wait, parse_webhook
 from api.problems import ProblemError, over_quota
 from api.schemas import ItemOut, ItemStatus, JobList, JobOut, JobWithResults, Problem, ResultsPage
 from api.waiting import get_completions
 from core import listing, metrics, submission, webhooks
-from core.jobs import CLAIM_SECONDS, TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id
+from core.idempotency import CLAIM_SECONDS
+from core.jobs import TERMINAL, ItemResult, Job, JobStatus, JobStore, is_job_id
 from core.labels import get_labels
 from core.quotas import QuotaExceeded, tenant_of
 from core.submission import Submission
@@ -271,14 +272,19 @@ async def get_job(
 
 @router.delete("/{job_id}", response_model=JobOut, responses={k: PROBLEMS[k] for k in (401, 403, 404)})
 def cancel_job(
-    job_id: str, store: JobStoreDep, blobs: BlobStoreDep, fair: FairShareDep, caller: CallerDep
+    job_id: str,
+    store: JobStoreDep,
+    hooks: WebhookStateDep,
+    blobs: BlobStoreDep,
+    fair: FairShareDep,
+    caller: CallerDep,
 ) -> JobOut:
     """Stop a queued or running job; results already written stay readable."""
     job_or_404(store, job_id, caller)
     if store.cancel(job_id, tenant_of(caller)):  # a job that already finished keeps its status
         fair.forget(job_id)  # its chunks still waiting for the bulk window are never sent
         blobs.delete_prefix(job_id)
-        webhooks.notify(store, job_id)  # job.cancelled
+        webhooks.notify(hooks, job_id)  # job.cancelled
         job = job_or_404(store, job_id, caller)
         metrics.job_finished(store.redis, (job.finished_at or 0) - job.created_at)
         return JobOut.of(job)

@@ -30,7 +30,7 @@ from api.problems import STORE_UNAVAILABLE, ProblemError, is_out_of_memory, over
 from core import metrics
 from core.config import get_settings
 from core.connections import get_quotas
-from core.quotas import QuotaExceeded, tenant_of
+from core.quotas import tenant_of
 
 log = logging.getLogger(__name__)
 UPLOAD_ROUTES = frozenset({"/jobs", "/predict", "/predict_batch"})
@@ -38,16 +38,12 @@ NOT_REFUSALS = frozenset({409, 429})  # a submission still being created; a refu
 
 
 def _admit(who: str, tenant: str | None) -> ProblemError | None:
-    """Blocking (Redis): the refusal budget of `who`, then (`tenant`) the submission rate. This
-    runs outside FastAPI's exception handlers: Redis down, slow or full is answered here (503)."""
+    """Blocking (Redis, one round trip): the refusal budget of `who`, then (`tenant`) the
+    submission rate. This runs outside FastAPI's exception handlers: Redis down, slow or full is
+    answered here (503)."""
     quotas = get_quotas()
     try:
-        exceeded = quotas.refusals_exceeded(who)
-        if exceeded is None and tenant is not None:
-            try:
-                quotas.admit(tenant)
-            except QuotaExceeded as exc:
-                exceeded = exc
+        exceeded = quotas.may_upload(who, tenant)
         if exceeded is None:
             return None
         metrics.refused(quotas.redis, exceeded.reason)

@@ -33,16 +33,19 @@ is open: then everybody shares one tenant's quotas.
   429 before its body is read (api/gate.py), so repeating a refused request costs almost nothing.
 
 `admit` checks both quotas in one script: the rate first, then the images are reserved, or none.
-api/gate.py calls it with no images before the body is read (may this key submit now?), the
-submission with its images once they are counted.
+api/gate.py calls it with no images before the body is read (may this key submit now?), in the
+same round trip as the refusal count (`may_upload`); the submission with its images once they
+are counted.
 """
 
 import json
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from core import fleet, scripts
 from core.config import Settings
@@ -113,29 +116,50 @@ class Quotas:
     def admit(self, tenant: str, images: int = 0, lane: str = BULK) -> None:
         """One round trip: the submission's images taken from the tenant's bucket (refused only
         while others wait, see above), then reserved as queued, all or none; QuotaExceeded when
-        over either. `images` 0: only whether the tenant may submit now (before the upload is read).
+        over either. `images` 0: only whether the tenant may submit now (`may_upload`).
         The images count as outstanding in `lane`."""
+        if exceeded := self._admitted(self._call_admit(self.redis, tenant, images, lane), images):
+            raise exceeded
+
+    def may_upload(self, who: str, tenant: str | None) -> QuotaExceeded | None:
+        """Before an upload's body is read (api/gate.py), in one round trip: whether `who` (a
+        tenant, or `addr:<client address>`) is over its refused uploads, and whether `tenant`
+        (None: no valid key) may submit now. Nothing is taken."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.get(REFUSED_PREFIX + who)
+        pipe.ttl(REFUSED_PREFIX + who)
+        if tenant is not None:
+            self._call_admit(pipe, tenant, 0, BULK)
+        count, ttl, *admitted = pipe.execute()
+        return self._refusals_exceeded(count, ttl) or (self._admitted(admitted[0], 0) if admitted else None)
+
+    def _call_admit(self, client: redis.Redis | Pipeline, tenant: str, images: int, lane: str) -> Any:
+        """The admission script called on `client` (a pipeline queues it: its reply comes later)."""
         rate = self.capacity()
         burst = max(1.0, rate * self.settings.submission_burst_seconds)
-        limit = self.settings.max_queued_images_per_key
         keys = [BUCKET_PREFIX + tenant, WAITING, queued_key(tenant), OUTSTANDING]
         args: list[str | int | float] = [
-            repr(time.time()), tenant, QUEUED_PREFIX, rate, burst, images, limit,
-            self.settings.job_ttl_seconds, BUCKET_TTL, lane,
+            repr(time.time()), tenant, QUEUED_PREFIX, rate, burst, images,
+            self.settings.max_queued_images_per_key, self.settings.job_ttl_seconds, BUCKET_TTL, lane,
         ]  # fmt: skip
-        reply = json.loads(self._admit(keys=keys, args=args))
+        return self._admit(keys=keys, args=args, client=client)
+
+    def _admitted(self, raw: bytes | str, images: int) -> QuotaExceeded | None:
+        """The admission script's verdict (its JSON reply): None when admitted."""
+        reply = json.loads(raw)
         verdict = reply["verdict"]
         if verdict == "rate":
-            raise QuotaExceeded(
+            return QuotaExceeded(
                 "submission_rate",
                 "SUBMISSION_IMAGES_PER_SECOND",
                 f"other API keys have work waiting and this key has used its share of the service "
-                f"({rate:.0f} images/s shared, SUBMISSION_IMAGES_PER_SECOND); retry after Retry-After "
-                "seconds",
+                f"({self.capacity():.0f} images/s shared, SUBMISSION_IMAGES_PER_SECOND); retry after "
+                "Retry-After seconds",
                 max(1, math.ceil(float(reply["retry_after"]))),
             )
         if verdict == "queued":
-            raise QuotaExceeded(
+            limit = self.settings.max_queued_images_per_key
+            return QuotaExceeded(
                 "queued_images",
                 "MAX_QUEUED_IMAGES_PER_KEY",
                 f"{images} more images would exceed the {limit} images this API key may have queued "
@@ -143,6 +167,7 @@ class Quotas:
                 "some jobs finish",
                 QUEUED_RETRY_AFTER,
             )
+        return None
 
     def release(self, tenant: str, images: int, lane: str = BULK) -> None:
         """Give back a reservation whose job could not be created."""
@@ -152,12 +177,8 @@ class Quotas:
         """Count one refused upload of `who` (a tenant, or `addr:<client address>`)."""
         self._refused(keys=[REFUSED_PREFIX + who], args=[REFUSED_WINDOW_SECONDS])
 
-    def refusals_exceeded(self, who: str) -> QuotaExceeded | None:
-        """Whether `who` had more refused uploads this minute than REFUSED_REQUESTS_PER_MINUTE."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(REFUSED_PREFIX + who)
-        pipe.ttl(REFUSED_PREFIX + who)
-        count, ttl = pipe.execute()
+    def _refusals_exceeded(self, count: bytes | None, ttl: int) -> QuotaExceeded | None:
+        """Whether a refusal counter (its value and TTL) is past REFUSED_REQUESTS_PER_MINUTE."""
         limit = self.settings.refused_requests_per_minute
         if int(count or 0) < limit:
             return None

@@ -114,11 +114,13 @@ async def predict(
     """
     if file is None:
         raise ProblemError(400, "No file", "send one image as a multipart part named 'file'")
-    items = await run_in_threadpool(_single_image, file, sub.settings.max_image_bytes)
-    create = partial(create_job, sub, [file], items, idempotency_key=idempotency_key)
-    job_id, model_version, (result,) = await _answer(
-        create, 1, sub.caller, sub.settings.predict_timeout_seconds
-    )
+
+    def create(job_id: str) -> tuple[str, bool]:  # one thread-pool hop for the sniff and the job
+        items = _single_image(file, sub.settings.max_image_bytes)
+        return create_job(sub, [file], items, idempotency_key=idempotency_key, job_id=job_id)
+
+    timeout = sub.settings.predict_timeout_seconds
+    job_id, model_version, (result,) = await _answer(create, 1, sub.caller, timeout)
     if result is None:  # cannot happen for a job that ended other than cancelled; never a 500
         raise ProblemError(503, "Service unavailable", f"job {job_id} ended without a result; retry")
     if result.error or result.digit is None or result.confidence is None:

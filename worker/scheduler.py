@@ -95,8 +95,8 @@ def duties(member: "FleetMember", webhooks: "Deliverer", celery: Celery, setting
         Duty(
             "upload-sweep",
             60.0,
-            "local upload copies only cost disk: once a minute lists this machine's uploads "
-            "without ever competing with the work",
+            "local upload copies only cost disk, and a kept upload's deletion may be a minute late: "
+            "listing this machine's uploads once a minute is cheap",
             _sweep_uploads,
         ),
         Duty(

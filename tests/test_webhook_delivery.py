@@ -22,12 +22,15 @@ from fastapi.testclient import TestClient
 
 from core.config import get_settings
 from core.connections import get_job_store
+from core.queue import get_celery
 from core.webhook_receivers import ReceiverSlots, receiver_key
 from core.webhooks import DUE, Outbox, lease_seconds
 from devstack.embedded_redis import free_port
 from tests.helpers import png, wait_until
 from tests.webhook_receiver import HUGE_BYTES, Receiver
 from worker import webhook_http
+from worker.models import FleetMember
+from worker.scheduler import Scheduler, duties
 from worker.webhooks import Deliverer, Sender
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -56,6 +59,13 @@ def cancelled_event(client: TestClient, image: bytes, url: str) -> tuple[str, st
     job_id = response.json()["id"]
     client.delete(f"/jobs/{job_id}")
     return job_id, f"{job_id}.cancelled"
+
+
+def webhook_duties(deliverer: Deliverer) -> Scheduler:
+    """The worker's webhook duties (claims, lease renewals: worker/scheduler.py), alone."""
+    settings = get_settings()
+    table = duties(FleetMember("test-worker", settings), deliverer, get_celery(), settings)
+    return Scheduler([duty for duty in table if duty.name.startswith("webhook-")])
 
 
 def webhook_state(client: TestClient, job_id: str) -> dict:
@@ -100,10 +110,11 @@ def test_a_slow_receiver_does_not_hold_every_sender(make_client, one_png: bytes)
     slow, healthy = Receiver(SECRET), Receiver(SECRET)
     slow.trickle["/slow"] = 20
     deliverer = Deliverer(get_job_store(), get_settings())
+    scheduler = webhook_duties(deliverer)
     try:
         for _ in range(8):
             cancelled_event(client, one_png, slow.url + "/slow")
-        deliverer.start()
+        scheduler.start()
         wait_until(lambda: len(slow.to("/slow")) >= 2, 10, what="the slow receiver's first calls")
         job_id, _ = cancelled_event(client, one_png, healthy.url + "/ok")
         [call] = wait_until(lambda: healthy.to("/ok"), 10, what="the healthy receiver's event")
@@ -113,6 +124,7 @@ def test_a_slow_receiver_does_not_hold_every_sender(make_client, one_png: bytes)
     finally:
         slow.close()  # ends the trickles
         healthy.close()
+        scheduler.stop()
         deliverer.stop(wait=True)
 
 
@@ -123,12 +135,14 @@ def test_a_slow_attempt_is_never_sent_twice_at_once(make_client, receiver: Recei
     receiver.trickle["/slow"] = 20
     job_id, event_id = cancelled_event(client, one_png, receiver.url + "/slow")
     deliverer = Deliverer(get_job_store(), get_settings())
+    scheduler = webhook_duties(deliverer)
     try:
-        deliverer.start()
+        scheduler.start()
         ended = lambda: [c for c in receiver.to("/slow") if c["ended"]]  # noqa: E731
         wait_until(lambda: len(ended()) >= 2, 40, what="two attempts")
     finally:
         receiver.close()
+        scheduler.stop()
         deliverer.stop(wait=True)
     assert receiver.peak["/slow"] == 1
     assert {c["id"] for c in receiver.to("/slow")} == {event_id}

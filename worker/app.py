@@ -1,8 +1,8 @@
 """The Celery worker application: `celery -A worker.app worker`.
 
 Signals wire in the operations side: logging (ours, not Celery's), Sentry, the model loaded in
-the main process before the pool forks (worker_init), and the main process' threads
-(worker_ready): the heartbeat/reload watcher, webhook deliveries, the bulk lane's sweeper.
+the main process before the pool forks (worker_init), and the main process' background duties
+(worker_ready, worker/scheduler.py): heartbeat, reloads, webhook deliveries, sweeps.
 Each task binds its own log context and records its own metrics (worker/tasks.py).
 """
 
@@ -30,9 +30,9 @@ app = get_celery()
 app.conf.include = ["worker.tasks"]
 log = logging.getLogger(__name__)
 sentry.init(get_settings(), "worker")  # before the fork: the pool processes inherit it
-_watcher: Any = None
+_member: Any = None
 _webhooks: Any = None
-_sweeper: Any = None
+_scheduler: Any = None
 
 
 @setup_logging.connect
@@ -69,41 +69,27 @@ def _flush_and_exit(code: int, exc: BaseException) -> None:
 
 
 @worker_ready.connect
-def start_watcher(sender: Any = None, **_: Any) -> None:
-    global _watcher
-    from worker import models
-
-    _watcher = models.Watcher(sender.hostname, get_settings())
-    _watcher.tick()  # /ready sees this worker at once
-    _watcher.start()
-    start_webhooks()
-    start_sweeper()
-
-
-def start_webhooks() -> None:
-    """Webhook events are sent by a thread of each worker's main process (worker/webhooks.py)."""
-    global _webhooks
+def start_duties(sender: Any = None, **_: Any) -> None:
+    """The main process' background duties (worker/scheduler.py), once the pool is up."""
+    global _member, _webhooks, _scheduler
     from core.connections import get_job_store
+    from worker.models import FleetMember
+    from worker.scheduler import Scheduler, duties
     from worker.webhooks import Deliverer
 
-    _webhooks = Deliverer(get_job_store(), get_settings())
-    _webhooks.start()
-
-
-def start_sweeper() -> None:
-    global _sweeper
-    from core.connections import get_fair_share
-    from worker.sweeper import Sweeper
-
-    _sweeper = Sweeper(app, get_fair_share())
-    _sweeper.start()
+    settings = get_settings()
+    _member = FleetMember(sender.hostname, settings)
+    _member.beat()  # before the signal returns: /ready sees this worker at once
+    _webhooks = Deliverer(get_job_store(), settings)
+    _scheduler = Scheduler(duties(_member, _webhooks, app, settings))
+    _scheduler.start()
 
 
 @worker_shutdown.connect
-def stop_watcher(**_: Any) -> None:
-    if _watcher is not None:
-        _watcher.stop()
+def stop_duties(**_: Any) -> None:
+    if _scheduler is not None:
+        _scheduler.stop()
     if _webhooks is not None:
-        _webhooks.stop()
-    if _sweeper is not None:
-        _sweeper.stop()
+        _webhooks.stop()  # the events being sent come due again after their lease
+    if _member is not None:
+        _member.leave()

@@ -4,7 +4,8 @@ The worker that stores a job's last result deletes its upload, or notes it as ke
 UPLOAD_KEEP_SECONDS (core/kept_uploads.py: deleted here once due), and a cancel deletes it.
 Copies can still outlive a job: S3 parts cached on the other worker machines, a part a worker
 downloaded while the job was being cancelled, and the upload of a job that expired
-(JOB_TTL_SECONDS) before it finished. Each worker's main process sweeps its machine now and then.
+(JOB_TTL_SECONDS) before it finished. Each worker's main process sweeps its machine now and then
+(the `upload-sweep` duty, worker/scheduler.py).
 """
 
 import logging
@@ -15,7 +16,6 @@ from core.jobs import TERMINAL, JobStore
 
 log = logging.getLogger(__name__)
 
-SWEEP_EVERY_SECONDS = 60.0
 # An unknown job may be one the API is submitting right now: it stores the upload first,
 # then creates the job. Only copies untouched for this long are orphans.
 ORPHAN_AFTER_SECONDS = 3600.0

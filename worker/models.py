@@ -10,12 +10,12 @@ with backoff, logged on every attempt; a model that fails its checksum, or that 
 for, is refused and the worker exits with code 3 (restarting cannot fix a corrupt or untrusted
 artifact; an operator must push again or point MODEL_URI elsewhere).
 
-Reload (see core/fleet.py): the main process' watcher thread prepares a candidate version
-(download + verify + test load) and reports it in its heartbeat; once `digitq:model:current`
-moves, each pool process switches before its next chunk (its start script reads the key: `follow`),
-loading the version from the local cache. A job's version is pinned by its first chunk, and
-`get(version)` loads an older pinned version on demand (cache, else S3), so a job never mixes
-versions even while workers switch.
+Reload (see core/fleet.py): the main process' `reload` duty (worker/scheduler.py) prepares a
+candidate version (download + verify + test load) and its heartbeat reports how it went; once
+`digitq:model:current` moves, each pool process switches before its next chunk (its start script
+reads the key: `follow`), loading the version from the local cache. A job's version is pinned by
+its first chunk, and `get(version)` loads an older pinned version on demand (cache, else S3), so a
+job never mixes versions even while workers switch.
 """
 
 import contextlib
@@ -33,8 +33,6 @@ from core.config import Settings
 from ml import DigitModel, ModelIntegrityError
 from ml.registry import ModelSource, RegistryUnavailable, open_model_uri
 from ml.trust import ModelTrust
-from worker.housekeeping import SWEEP_EVERY_SECONDS, sweep_uploads
-from worker.stuck_jobs import StuckJobs, sweep_every
 
 log = logging.getLogger(__name__)
 
@@ -149,46 +147,21 @@ def serving() -> str | None:
     return _current
 
 
-class Watcher:
-    """The worker main process' thread: heartbeat, reload candidates, sweeping upload copies and
-    stuck jobs."""
+class FleetMember:
+    """This worker in the fleet (core/fleet.py): its heartbeat and its answers to reload requests.
+    The main process runs both as duties (worker/scheduler.py)."""
 
     def __init__(self, hostname: str, settings: Settings) -> None:
         self.hostname = hostname
         self.settings = settings
         self.started_at = time.time()
-        self.candidate: dict = {}
+        self.candidate: dict = {}  # the last reload request handled, as the heartbeat reports it
         self._handled: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="digitq-watcher", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        with contextlib.suppress(redis.exceptions.RedisError):
-            fleet.forget(_redis(), self.hostname)
-
-    def _prepare(self, request: dict) -> None:
-        version = request["version"]
-        try:
-            _load(version)  # download if needed, verify the sha256, unpickle; then let it go
-            self.candidate = {**request, "ok": True}
-            log.info("reload candidate %s downloaded and verified", version)
-        except Exception as exc:
-            self.candidate = {**request, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            log.error("reload candidate %s refused: %s", version, exc)
-
-    def tick(self) -> None:
+    def beat(self) -> None:
+        """Say this worker is alive, which model it serves and how its reload candidate went."""
         global _current
         client = _redis()
-        request = fleet.candidate(client)
-        if request and request.get("id") != self._handled:
-            self._handled = request["id"]
-            self.candidate = {**request, "ok": False}
-            threading.Thread(target=self._prepare, args=(request,), daemon=True).start()
         desired = fleet.current_version(client)
         if desired and desired != _current and _source and _source.is_local(desired):
             log.info("fleet model is now %s (was %s)", desired, _current)
@@ -206,35 +179,24 @@ class Watcher:
             },
         )
 
-    def _sweep(self) -> None:
-        from core.connections import get_blob_store, get_job_store
+    def check_reload(self) -> None:
+        """Prepare a new reload request's version: download, verify, test load (slow: a duty
+        runs in its own thread, and the heartbeat reports `ok: false` until it is done)."""
+        request = fleet.candidate(_redis())
+        if not request or request.get("id") == self._handled:
+            return
+        self._handled = request["id"]
+        self.candidate = {**request, "ok": False}
+        version = request["version"]
+        try:
+            _load(version)  # download if needed, verify the sha256, unpickle; then let it go
+            self.candidate = {**request, "ok": True}
+            log.info("reload candidate %s downloaded and verified", version)
+        except Exception as exc:
+            self.candidate = {**request, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            log.error("reload candidate %s refused: %s", version, exc)
 
-        sweep_uploads(get_blob_store(), get_job_store())
-
-    def _sweep_jobs(self) -> None:
-        from core.connections import get_blob_store, get_fair_share, get_job_store
-        from core.queue import get_celery
-
-        store, blobs, fair = get_job_store(), get_blob_store(), get_fair_share()
-        StuckJobs(store, blobs, get_celery(), self.settings, fair).sweep(self.hostname)
-
-    def _run(self) -> None:
-        next_sweep = next_jobs_sweep = 0.0  # at start too: a restarted worker cleans up after its crash
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception as exc:  # Redis down: the heartbeat expires and /ready says so
-                log.warning("heartbeat failed: %s", exc)
-            if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
-                try:
-                    self._sweep()
-                except Exception as exc:
-                    log.warning("upload sweep failed: %s", exc)
-            if time.monotonic() >= next_jobs_sweep:
-                next_jobs_sweep = time.monotonic() + sweep_every(self.settings)
-                try:
-                    self._sweep_jobs()
-                except Exception as exc:
-                    log.warning("stuck-job sweep failed: %s", exc, exc_info=True)
-            self._stop.wait(min(fleet.HEARTBEAT_SECONDS, sweep_every(self.settings)))
+    def leave(self) -> None:
+        """Drop the heartbeat at shutdown: /ready stops counting this worker at once."""
+        with contextlib.suppress(redis.exceptions.RedisError):
+            fleet.forget(_redis(), self.hostname)

@@ -16,7 +16,7 @@ through the normal send path; results are written per item with HSETNX, so an it
 up twice is still stored once. After MAX_SWEEPS re-queues, or when the upload is gone, the
 missing items get an error result saying why and the job ends `failed`.
 
-Every worker main process runs the sweep (worker/models.py's watcher thread); a short Redis lock
+Every worker main process runs the sweep (the `stuck-job-sweep` duty, worker/scheduler.py); a short Redis lock
 lets one of them do it per period. The record of chunks is read only when a job looks stuck.
 """
 

@@ -1,10 +1,11 @@
-"""The worker side of webhooks: a thread in each worker's main process sends the due events.
+"""The worker side of webhooks: each worker's main process sends the due events.
 
-It claims due events (with a lease, renewed while their attempts run: see core/webhooks.py) and
-posts each from a small thread pool. An attempt ends by WEBHOOK_TIMEOUT_SECONDS by the clock and
-reads a few KiB of the answer (worker/webhook_http.py); at most WEBHOOK_MAX_PER_RECEIVER attempts
-per receiver run at once across the nodes (core/webhook_receivers.py), so a slow receiver holds a
-few senders, never all. Each event is signed with its job owner's secret (core/webhook_secrets.py).
+A duty (worker/scheduler.py) claims due events (with a lease, renewed by another while their
+attempts run: see core/webhooks.py) and posts each from a small thread pool. An attempt ends by
+WEBHOOK_TIMEOUT_SECONDS by the clock and reads a few KiB of the answer (worker/webhook_http.py); at
+most WEBHOOK_MAX_PER_RECEIVER attempts per receiver run at once across the nodes
+(core/webhook_receivers.py), so a slow receiver holds a few senders, never all. Each event is
+signed with its job owner's secret (core/webhook_secrets.py).
 Outcomes:
 - 2xx: delivered; a terminal event marks the job's webhook `delivered`.
 - 410 Gone: the receiver wants no more; this and every later event of the job are dropped.
@@ -36,7 +37,6 @@ from worker import webhook_http
 log = logging.getLogger(__name__)
 
 SENDERS = 4  # concurrent deliveries per worker node
-POLL_SECONDS = 0.5
 MAX_RETRY_AFTER = 24 * 3600.0
 BUSY_SECONDS = 1.0  # an event whose receiver is at its cap is due again after this (x 0.5-1.5)
 
@@ -182,27 +182,21 @@ class Sender:
 
 
 class Deliverer:
-    """The worker main process' thread that sends due webhook events, and renews the leases of
-    those being sent (every third of a lease), so none is claimed again while its attempt runs."""
+    """Sends due webhook events from a small pool of senders, and renews the leases of those being
+    sent, so none is claimed again while its attempt runs. Its `claim` and `renew` are duties of
+    the worker main process (worker/scheduler.py)."""
 
     def __init__(self, store: JobStore, settings: Settings) -> None:
         self.sender = Sender(store, settings)
         self.lease = lease_seconds(settings)
         self._leases: dict[str, float] = {}  # event id: the lease end it holds, while it is sent
         self._lock = threading.Lock()
-        self._renewed = time.monotonic()
-        self._stop = threading.Event()
+        # A pool, not a duty: sends run concurrently, each up to WEBHOOK_TIMEOUT_SECONDS.
         self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="digitq-webhook")
         self._free = threading.Semaphore(SENDERS)
-        self._thread = threading.Thread(target=self._run, name="digitq-webhooks", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self, wait: bool = False) -> None:
-        """Stop claiming; `wait` for the attempts in flight to end (else they come due again)."""
-        self._stop.set()
-        self._thread.join(timeout=5)
+        """Send no more; `wait` for the attempts in flight to end (else they come due again)."""
         self._pool.shutdown(wait=wait, cancel_futures=True)  # unsent claims come due again
 
     def _send(self, event_id: str) -> None:
@@ -215,25 +209,20 @@ class Deliverer:
                 self._leases.pop(event_id, None)
             self._free.release()
 
-    def _renew(self) -> None:
-        if time.monotonic() - self._renewed < self.lease / 3:
-            return
-        self._renewed = time.monotonic()
+    def renew(self) -> None:
+        """Extend the leases (and receiver slots) of the events being sent."""
         with self._lock:
             leases = dict(self._leases)
         until = time.time() + self.lease
-        try:
-            renewed = self.sender.outbox.renew(leases, until)
-            self.sender.renew_slots()
-        except Exception as exc:  # Redis down: nothing can be claimed meanwhile either
-            log.warning("could not renew webhook leases: %s", exc)
-            return
+        renewed = self.sender.outbox.renew(leases, until)
+        self.sender.renew_slots()
         with self._lock:
             for event_id in renewed:
                 if event_id in self._leases:  # not settled meanwhile
                     self._leases[event_id] = until
 
-    def _claim(self) -> int:
+    def claim(self) -> int:
+        """Claim as many due events as there are free senders and hand them over; returns how many."""
         free = 0
         while self._free.acquire(blocking=False):
             free += 1
@@ -241,18 +230,11 @@ class Deliverer:
         now = time.time()
         try:
             claimed = self.sender.outbox.claim(free, now) if free else []
-        except Exception as exc:  # Redis down: the events wait in Redis
-            log.warning("webhook sweep failed: %s", exc)
-        for _ in range(free - len(claimed)):
-            self._free.release()
+        finally:  # Redis down: the events wait in Redis, the senders stay free
+            for _ in range(free - len(claimed)):
+                self._free.release()
         with self._lock:
             self._leases.update((event_id, now + self.lease) for event_id in claimed)
         for event_id in claimed:
             self._pool.submit(self._send, event_id)
         return len(claimed)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._renew()
-            claimed = self._claim()
-            self._stop.wait(0.05 if claimed else POLL_SECONDS)

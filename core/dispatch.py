@@ -45,7 +45,7 @@ from redis.client import Pipeline
 
 from core import fleet, scripts
 from core.config import Settings
-from core.queue import BULK, Chunk, lane_for, send_chunks
+from core.queue import BULK, Chunk, InFlight, lane_for, send_chunks
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,13 @@ class FairShare:
     def done(self, chunk: Chunk) -> None:
         """An interactive chunk finished: no longer in flight (a bulk one: `refill(chunk)`)."""
         self._done(keys=[inflight_of(chunk)], args=[chunk.id, PREFIX])
+
+    @staticmethod
+    def in_flight(chunk: Chunk) -> InFlight | None:
+        """An interactive chunk's in-flight entry, for the script that records its results to
+        forget (core/jobs.py `record`: `done` in the same round trip); None for a bulk chunk,
+        whose finish also refills the window (`finished`)."""
+        return None if chunk.lane == BULK else InFlight(inflight_of(chunk), chunk.id, PREFIX)
 
     def stale(self) -> list[Chunk]:
         """In-flight chunks not finished long after they were sent (lost sends, lost messages):

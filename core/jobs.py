@@ -32,10 +32,11 @@ from redis.asyncio.client import Pipeline as AsyncPipeline
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
-from core import fleet, job_keys, listing, quotas, scripts
+from core import fleet, job_keys, kept_uploads, listing, quotas, scripts
 from core.job_keys import ACTIVE, CLOSED_CHANNEL
 from core.metrics import KEY as METRICS_KEY
 from core.metrics import LUA_VALUES as METRICS_LUA_VALUES
+from core.queue import InFlight
 
 # A job of at most this many images closed by one call that stored all its results (a /predict, a
 # small /predict_batch) is published with them: `<job id> {"model_version": ..., "results": [...]}`
@@ -164,7 +165,11 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._record = scripts.register(
-            client, "jobs_record", ANSWER_MAX_ITEMS=ANSWER_MAX_ITEMS, **METRICS_LUA_VALUES
+            client,
+            "jobs_record",
+            ANSWER_MAX_ITEMS=ANSWER_MAX_ITEMS,
+            KEPT_EXTRA_SECONDS=kept_uploads.KEPT_EXTRA_SECONDS,
+            **METRICS_LUA_VALUES,
         )
         self._start_chunk = scripts.register(client, "jobs_start_chunk")
         self._finish = scripts.register(client, "jobs_finish")
@@ -328,12 +333,17 @@ class JobStore:
         seconds: float | None = None,
         start: tuple[float, str] | None = None,
         follow: bool = False,
+        forget: InFlight | None = None,
+        keep_seconds: int = 0,
     ) -> Recorded:
         """Store the results that are not stored yet, closing the job with its last item, and
         give the tenant's queued-images quota back its finished items; the items' figures are
         counted (core/metrics.py), and `seconds`: the chunk's work time, observed.
         `start`: (started at, model version) of a one-trip chunk, which starts here; `follow`:
-        only if the fleet serves that version, else nothing is written (`moved`)."""
+        only if the fleet serves that version, else nothing is written (`moved`).
+        In the same round trip, unless `moved`: `forget`, the chunk taken off its in-flight set
+        (core/dispatch.py); `keep_seconds`, the job's upload kept that long from its close
+        (core/kept_uploads.py)."""
         now = time.time()
         triples: list[Any] = []
         for r in results:
@@ -343,8 +353,13 @@ class JobStore:
             options.update(seconds=seconds, items=len(triples) // 3)
         if start is not None:
             options.update(start=start[0], model=start[1], follow=follow)
+        if forget is not None:
+            options.update(forget=forget.chunk_id, prefix=forget.prefix)
+        if keep_seconds > 0:
+            options.update(keep=keep_seconds)
         keys = [job_keys.job(job_id), job_keys.results(job_id), quotas.queued_key(tenant), quotas.OUTSTANDING]
         keys += [ACTIVE, CLOSED_CHANNEL, METRICS_KEY, fleet.CURRENT_KEY]
+        keys += [forget.key if forget else "", kept_uploads.KEPT]
         reply = json.loads(self._record(keys=keys, args=[repr(now), job_id, json.dumps(options), *triples]))
         if reply.get("gone"):
             return Recorded(0, 0, False)  # the job expired meanwhile

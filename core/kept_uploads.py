@@ -18,17 +18,20 @@ import redis
 from core.blobs import BlobStore, upload_key
 
 KEPT = "digitq:uploads:kept"
+# The set outlives its newest entry by this much: a sweep that runs late still finds it.
+KEPT_EXTRA_SECONDS = 3600
 SWEEP_BATCH = 500  # due uploads deleted per sweep at most (each may be an S3 listing)
 
 
 def release(blobs: BlobStore, client: redis.Redis, job_id: str, keep_seconds: int) -> None:
-    """The job ended: delete its upload now, or once `keep_seconds` have passed."""
+    """The job ended: delete its upload now, or once `keep_seconds` have passed (the worker's
+    record script notes it so itself when it closes the job: core/jobs.py `record`)."""
     if keep_seconds <= 0:
         blobs.delete_prefix(job_id)
         return
     pipe = client.pipeline(transaction=False)
     pipe.zadd(KEPT, {job_id: time.time() + keep_seconds})
-    pipe.expire(KEPT, keep_seconds + 3600)
+    pipe.expire(KEPT, keep_seconds + KEPT_EXTRA_SECONDS)
     pipe.execute()
 
 

@@ -119,6 +119,15 @@ INLINE_UPLOAD_BYTES = 64 * 1024
 ONE_TRIP_MAX_PIXELS = 1_000_000
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A chunk's entry in its in-flight set (core/dispatch.py `FairShare.in_flight`)."""
+
+    key: str  # the set
+    chunk_id: str  # `<job>:<first index>`
+    prefix: str  # the fair-share keys' prefix (its job's chunks hash is `<prefix>chunks:<job>`)
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkItem:
     """One image of a chunk: its index in the job, upload part, zip member, error known upfront."""

@@ -13,12 +13,16 @@ from typing import Any
 import pytest
 import redis
 
-from core import job_keys, jobs, metrics, scripts
+from core import job_keys, jobs, kept_uploads, metrics, scripts
 
 LUA_FILES = sorted(scripts.LUA_DIR.glob("*.lua"))
 # The scripts with `${NAME}` placeholders, and the values their callers fill them with.
 VALUES: dict[str, dict[str, object]] = {
-    "jobs_record": {"ANSWER_MAX_ITEMS": jobs.ANSWER_MAX_ITEMS, **metrics.LUA_VALUES},
+    "jobs_record": {
+        "ANSWER_MAX_ITEMS": jobs.ANSWER_MAX_ITEMS,
+        "KEPT_EXTRA_SECONDS": kept_uploads.KEPT_EXTRA_SECONDS,
+        **metrics.LUA_VALUES,
+    },
 }
 NOW = 1_700_000_000.0
 
@@ -97,11 +101,13 @@ def _job(r: redis.Redis, job_id: str = "j1", total: int = 2, **fields: Any) -> s
 
 QUEUED, OUTSTANDING = "digitq:quota:queued:t", "digitq:quota:outstanding"
 FLEET = "digitq:model:current"
+INFLIGHT_INTERACTIVE = "digitq:fair:inflight:interactive"
 
 
 def _record(r: redis.Redis, triples: list[Any], job_id: str = "j1", **options: Any) -> Any:
     keys = [job_keys.job(job_id), job_keys.results(job_id), QUEUED, OUTSTANDING]
-    keys += [job_keys.ACTIVE, job_keys.CLOSED_CHANNEL, metrics.KEY, FLEET]
+    keys += [job_keys.ACTIVE, job_keys.CLOSED_CHANNEL, metrics.KEY, FLEET, INFLIGHT_INTERACTIVE]
+    keys.append(kept_uploads.KEPT)
     return run_json(r, "jobs_record", keys, [repr(NOW), job_id, json.dumps(options), *triples])
 
 
@@ -172,6 +178,33 @@ def test_a_one_trip_record_of_a_cancelled_job_writes_nothing(r: redis.Redis) -> 
     reply = _record(r, [0, "[1,0.9,false,null]", 0], start=NOW, model="v1")
     assert (reply["added"], reply["closed"], reply["status"]) == (0, False, "cancelled")
     assert not r.exists(job_keys.results("j1")) and r.hget(key, "model_version") is None
+
+
+def test_record_forgets_its_chunk_in_flight_unless_the_fleet_moved(r: redis.Redis) -> None:
+    _job(r, total=1)
+    r.set(FLEET, "v2")
+    r.hset("digitq:fair:chunks:j1", mapping={"0": "c0"})
+    r.zadd(INFLIGHT_INTERACTIVE, {"j1:0": NOW})
+    forget = {"forget": "j1:0", "prefix": "digitq:fair:"}
+    moved = _record(r, [0, "[1,0.9,false,null]", 0], start=NOW, model="v1", follow=True, **forget)
+    assert moved == {"moved": "v2"} and r.zcard(INFLIGHT_INTERACTIVE) == 1  # recorded later: still carried
+    assert _record(r, [0, "[1,0.9,false,null]", 0], start=NOW, model="v2", follow=True, **forget)["closed"]
+    assert r.zcard(INFLIGHT_INTERACTIVE) == 0 and not r.exists("digitq:fair:chunks:j1")
+
+
+def test_record_of_a_gone_job_still_forgets_its_chunk(r: redis.Redis) -> None:
+    r.zadd(INFLIGHT_INTERACTIVE, {"gone:0": NOW})
+    reply = _record(r, [0, "[1,0.9,false,null]", 0], job_id="gone", forget="gone:0", prefix="digitq:fair:")
+    assert reply == {"gone": True} and r.zcard(INFLIGHT_INTERACTIVE) == 0
+
+
+def test_record_keeps_the_upload_from_the_close_only(r: redis.Redis) -> None:
+    _job(r, total=2)
+    _record(r, [0, "[1,0.9,false,null]", 0], keep=60)
+    assert not r.exists(kept_uploads.KEPT)  # not closed yet
+    _record(r, [1, "[1,0.9,false,null]", 0], keep=60)
+    assert r.zscore(kept_uploads.KEPT, "j1") == NOW + 60
+    assert 60 < r.ttl(kept_uploads.KEPT) <= 60 + kept_uploads.KEPT_EXTRA_SECONDS
 
 
 def _start(r: redis.Redis, indices: list[int], version: str = "v1", delivery: str = "0:0", **kw: Any) -> Any:

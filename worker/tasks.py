@@ -12,8 +12,9 @@ from celery.exceptions import Reject, Retry
 from core import dispatch, kept_uploads, logs
 from core.config import get_settings
 from core.connections import get_blob_store, get_fair_share, get_job_store, get_webhook_state
+from core.dispatch import FairShare
 from core.jobs import ItemResult, JobStatus, JobStore, Recorded
-from core.queue import PROCESS_BATCH, PROCESS_CHUNK, Chunk, ChunkItem, chunk_time_limits
+from core.queue import BULK, PROCESS_BATCH, PROCESS_CHUNK, Chunk, ChunkItem, chunk_time_limits
 from core.reading import PartReader, close_deleted_zips
 from core.webhooks import notify
 from ml.model import DigitModel, Prepared
@@ -147,10 +148,11 @@ def _run(
     logs.clear()
     logs.bind(job_id=chunk.job_id, chunk=chunk.label)
     try:
-        _process(self, chunk, started, deadline, ready)
         # Done, or nothing left to do: the chunk's slot in the bulk window goes to the next chunk
-        # (before this chunk is acknowledged, so the next one is queued before this process is free).
-        dispatch.finished(self.app, get_fair_share(), chunk)
+        # (before this chunk is acknowledged, so the next one is queued before this process is
+        # free); an interactive chunk whose results were recorded was forgotten with them.
+        if not _process(self, chunk, started, deadline, ready):
+            dispatch.finished(self.app, get_fair_share(), chunk)
     except (Retry, Reject):
         raise  # a retry already queued; a chunk out of time requeued (counted as a start)
     except Exception as exc:
@@ -175,12 +177,12 @@ def _run(
 
 def _process(
     self: Task, chunk: Chunk, started: float, deadline: float, ready: tuple[str, list[ItemResult]] | None
-) -> None:
+) -> bool:
+    """The chunk's work; whether it was forgotten in flight with its results (`_store`)."""
     store = get_job_store()
     first_try = not self.request.retries
     if chunk.one_trip and _first_delivery(self):
-        _one_trip(self, store, chunk, started, deadline, ready)
-        return
+        return _one_trip(self, store, chunk, started, deadline, ready)
     job_id = chunk.job_id
     # Counted per retry: a retry after an exception is a new message with retries of its own
     # (max_retries bounds those); deaths and deadlines requeue the same message.
@@ -196,25 +198,24 @@ def _process(
         notify(
             get_webhook_state(), job_id
         )  # webhooks: a redelivery of the chunk that closed the job, then died
-        return  # expired, cancelled or already closed: nothing to do
+        return False  # expired, cancelled or already closed: nothing to do
     todo = set(start.todo)
     items = [i for i in chunk.items if i.index in todo]
     if not items:
-        return  # a redelivered chunk whose results were all written
+        return False  # a redelivered chunk whose results were all written
     # A chunk that kills its pool process (OOM) or runs out of time comes back; it must not do so
     # forever, taking a process with it each time (poison message): its items fail instead.
     deliveries = start.deliveries
     if deliveries > get_settings().max_chunk_deliveries:
         log.error("chunk of job %s started %d times without finishing: failing its items", job_id, deliveries)
         error = POISON_ERROR.format(n=deliveries - 1)
-        _store(store, chunk, [ItemResult(i.index, error=error) for i in items], started, start.has_webhook)
-        return
+        poisoned = [ItemResult(i.index, error=error) for i in items]
+        return _store(store, chunk, poisoned, started, start.has_webhook)
     version = start.model_version or models.current_version()
     if start.has_webhook:  # else no event to queue: skip reading the job's webhook fields
         notify(get_webhook_state(), job_id)  # webhooks: job.running
     results = _work(self, store, chunk, items, version, deadline)
-    if results is not None:
-        _store(store, chunk, results, started, start.has_webhook)
+    return results is not None and _store(store, chunk, results, started, start.has_webhook)
 
 
 def _one_trip(
@@ -224,11 +225,11 @@ def _one_trip(
     started: float,
     deadline: float,
     ready: tuple[str, list[ItemResult]] | None = None,
-) -> None:
+) -> bool:
     """A one-trip chunk's first delivery (core/queue.py): the work first (`ready`: done with its
-    batch's), then one script starts the job, stores the results and closes it. Should the fleet
-    have moved to another model version meanwhile (a reload), nothing is stored: the work is done
-    again with that version."""
+    batch's), then one script starts the job, stores the results, closes it and forgets the
+    chunk in flight. Should the fleet have moved to another model version meanwhile (a reload),
+    nothing is stored: the work is done again with that version. Whether it was forgotten."""
     started_at, follow = time.time(), True
     while True:
         version = models.current_version()
@@ -238,15 +239,16 @@ def _one_trip(
             results = _work(self, store, chunk, list(chunk.items), version, deadline)
         ready = None
         if results is None:
-            return
-        recorded = store.record(
-            chunk.job_id, results, chunk.tenant, time.monotonic() - started, (started_at, version), follow
-        )
+            return False
+        seconds, start = time.monotonic() - started, (started_at, version)
+        closing = _closing(chunk)
+        recorded = store.record(chunk.job_id, results, chunk.tenant, seconds, start, follow, **closing)
         if not recorded.moved:
             break
         follow = models.follow(recorded.moved) != version  # switched: check again; else stay
     _keep_inline(chunk)  # after the answer was published: off /predict's path
     _finish(store, chunk, recorded, started)
+    return True
 
 
 def _work(
@@ -272,12 +274,22 @@ def _work(
         return [ItemResult(i.index, error=INTERNAL_ERROR) for i in items]
 
 
-def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float, webhook: bool) -> None:
+def _store(store: JobStore, chunk: Chunk, results: list[ItemResult], started: float, webhook: bool) -> bool:
+    """Record a chunk's results (see `_closing`); whether it was forgotten in flight with them."""
     _keep_inline(chunk)  # before its results: a job is not seen ended before its images are there
-    recorded = store.record(chunk.job_id, results, chunk.tenant, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    recorded = store.record(chunk.job_id, results, chunk.tenant, seconds, **_closing(chunk))
     if webhook:  # webhooks (set at job creation only): progress, or the terminal event
         notify(get_webhook_state(), chunk.job_id, progressed=recorded.added > 0)
     _finish(store, chunk, recorded, started)
+    return chunk.lane != BULK
+
+
+def _closing(chunk: Chunk) -> dict[str, Any]:
+    """What the record script does beside storing, to save round trips: an interactive chunk
+    forgotten in flight (core/dispatch.py; a bulk one refills the window after), and the upload
+    kept for UPLOAD_KEEP_SECONDS when the job closes (core/kept_uploads.py)."""
+    return {"forget": FairShare.in_flight(chunk), "keep_seconds": get_settings().upload_keep_seconds}
 
 
 def _keep_inline(chunk: Chunk) -> None:
@@ -287,8 +299,8 @@ def _keep_inline(chunk: Chunk) -> None:
 
 
 def _finish(store: JobStore, chunk: Chunk, recorded: Recorded, started: float) -> None:
-    keep = get_settings().upload_keep_seconds
-    if recorded.closed_job and (chunk.parts is None or keep > 0):
-        # Every item has its result: the upload goes now, or after the keep time (its images).
-        kept_uploads.release(get_blob_store(), store.redis, chunk.job_id, keep)
+    if recorded.closed_job and chunk.parts is None and get_settings().upload_keep_seconds <= 0:
+        # Every item has its result and none is kept: the upload goes now (kept, the record
+        # script noted when it goes: `_closing`).
+        kept_uploads.release(get_blob_store(), store.redis, chunk.job_id, 0)
     _log(recorded, time.monotonic() - started)

@@ -3,12 +3,16 @@
 --
 -- KEYS: job hash, results hash, the tenant's queued-images count and the images outstanding per
 --   lane (core/quotas.py), active index, closed channel (core/job_keys.py), metrics hash
---   (core/metrics.py), the fleet's model version (core/fleet.py).
+--   (core/metrics.py), the fleet's model version (core/fleet.py), the chunk's in-flight set
+--   (core/dispatch.py), the kept uploads (core/kept_uploads.py).
 -- ARGV: now, job id, options (JSON), then (index, result JSON, failed 0/1) triples in item order.
 --   Options: `seconds` and `items`, the chunk's work (observed here, with its results); `start`
 --   (a time) and `model`: a one-trip chunk (core/queue.py) starts here, after its work: the job
 --   marked running (if still queued) with the version pinned; with `follow`, only if the fleet
 --   serves that version (else nothing is written, and the caller works again on the fleet's).
+--   `forget` (a chunk id) and `prefix`: the chunk is done, off its in-flight set (what
+--   core/dispatch.py FairShare.done would do, in this round trip); `keep`: seconds the upload is
+--   kept once the job closes (core/kept_uploads.py `release`, in this round trip).
 -- Returns JSON: {gone = true} (the job expired); {moved = the fleet's version} (following, and
 --   the fleet serves another: nothing written); else {added, failed, closed (this call closed
 --   the job), status (after this call), created_at}.
@@ -18,19 +22,23 @@
 -- #include observe.lua
 -- #include job_close.lua
 -- #include give_back.lua
+-- #include inflight.lua
 
 local job_key, results_key, queued_key, outstanding_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local active_key, closed_channel, metrics_key, fleet_key = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local inflight_key, kept_key = KEYS[9], KEYS[10]
 local now, job_id, opts = ARGV[1], ARGV[2], cjson.decode(ARGV[3])
 local FIRST_RESULT = 4  -- ARGV: the first triple's index
 local ANSWER_MAX_ITEMS = ${ANSWER_MAX_ITEMS}
 
-if redis.call('EXISTS', job_key) == 0 then return cjson.encode({gone = true}) end
-local status = redis.call('HGET', job_key, 'status')
 if opts.follow then
   local fleet = redis.call('GET', fleet_key)
   if fleet and fleet ~= opts.model then return cjson.encode({moved = fleet}) end
 end
+-- From here the chunk is done (whatever is left to store): no longer in flight.
+if opts.forget then forget_inflight(inflight_key, opts.forget, opts.prefix) end
+if redis.call('EXISTS', job_key) == 0 then return cjson.encode({gone = true}) end
+local status = redis.call('HGET', job_key, 'status')
 local created = redis.call('HGET', job_key, 'created_at')
 local function answer(added, failed, closed)
   return cjson.encode({added = added, failed = failed, closed = closed, status = status, created_at = created})
@@ -87,6 +95,10 @@ if done >= total and is_open(status) then
   if redis.call('HEXISTS', job_key, 'error') == 1 then status = 'failed' end
   close_job(job_key, job_id, status, now, active_key, closed_channel, metrics_key, answer_message(total))
   observe(metrics_key, 'job_seconds', math.max(0, tonumber(now) - tonumber(created)), 1)
+  if opts.keep then
+    redis.call('ZADD', kept_key, tonumber(now) + opts.keep, job_id)
+    redis.call('EXPIRE', kept_key, opts.keep + ${KEPT_EXTRA_SECONDS})
+  end
   closed = true
 end
 return answer(added, failed, closed)

@@ -34,7 +34,7 @@ and `render_process` (`GET /metrics/process`) holds what is per process, scraped
 """
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import redis
 from prometheus_client import (
@@ -124,6 +124,9 @@ def webhook_attempt(client: redis.Redis, outcome: str) -> None:
     client.hincrby(KEY, f"webhook_deliveries:{outcome}", 1)
 
 
+JOB_ENDS = ("succeeded", "failed", "cancelled")
+
+
 class RedisCollector(Collector):
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -136,12 +139,17 @@ class RedisCollector(Collector):
 
         yield CounterMetricFamily("digitq_jobs_submitted", "Jobs accepted by the API", num("jobs_submitted"))
         yield CounterMetricFamily("digitq_items_submitted", "Images in accepted jobs", num("items_submitted"))
-        finished = CounterMetricFamily(
-            "digitq_jobs_finished", "Jobs closed, by final status", labels=["status"]
+
+        def by(name: str, help: str, label: str, values: Iterable[str], field: str) -> CounterMetricFamily:
+            """A counter with one label: `field` names each value's hash field (`{}`: the value)."""
+            family = CounterMetricFamily(name, help, labels=[label])
+            for value in values:
+                family.add_metric([value], num(field.format(value)))
+            return family
+
+        yield by(
+            "digitq_jobs_finished", "Jobs closed, by final status", "status", JOB_ENDS, "jobs_finished:{}"
         )
-        for status in ("succeeded", "failed", "cancelled"):
-            finished.add_metric([status], num(f"jobs_finished:{status}"))
-        yield finished
         yield CounterMetricFamily(
             "digitq_jobs_succeeded", "Jobs that succeeded", num("jobs_finished:succeeded")
         )
@@ -150,24 +158,18 @@ class RedisCollector(Collector):
             "digitq_items_processed", "Item results stored (digits and errors)", num("items_processed")
         )
         yield CounterMetricFamily("digitq_items_failed", "Item results that are errors", num("items_failed"))
-        labels = CounterMetricFamily(
-            "digitq_labels", "Item labels written by people, by action", labels=["action"]
-        )
-        for action in ("set", "cleared"):
-            labels.add_metric([action], num(f"labels_{action}"))
-        yield labels
-        webhooks = CounterMetricFamily(
-            "digitq_webhook_deliveries", "Webhook delivery attempts, by outcome", labels=["outcome"]
-        )
-        for outcome in WEBHOOK_OUTCOMES:
-            webhooks.add_metric([outcome], num(f"webhook_deliveries:{outcome}"))
-        yield webhooks
-        responses = CounterMetricFamily(
-            "digitq_http_responses", "API responses, by status class", labels=["status_class"]
-        )
-        for status_class in STATUS_CLASSES:
-            responses.add_metric([status_class], num(f"http_responses:{status_class}"))
-        yield responses
+        yield by(
+            "digitq_labels", "Item labels written by people, by action", "action", ("set", "cleared"),
+            "labels_{}",
+        )  # fmt: skip
+        yield by(
+            "digitq_webhook_deliveries", "Webhook delivery attempts, by outcome", "outcome",
+            WEBHOOK_OUTCOMES, "webhook_deliveries:{}",
+        )  # fmt: skip
+        yield by(
+            "digitq_http_responses", "API responses, by status class", "status_class",
+            STATUS_CLASSES, "http_responses:{}",
+        )  # fmt: skip
         for name, buckets in BUCKETS.items():
             cumulative, out = 0.0, []
             for bound in (*buckets, "+Inf"):
@@ -176,12 +178,10 @@ class RedisCollector(Collector):
             yield HistogramMetricFamily(
                 f"digitq_{name}", HELP[name], buckets=out, sum_value=num(f"{name}:sum")
             )
-        refusals = CounterMetricFamily(
-            "digitq_submissions_refused", "Submissions refused by a quota, by reason", labels=["reason"]
-        )
-        for reason in REFUSALS:
-            refusals.add_metric([reason], num(f"refusals:{reason}"))
-        yield refusals
+        yield by(
+            "digitq_submissions_refused", "Submissions refused by a quota, by reason", "reason",
+            REFUSALS, "refusals:{}",
+        )  # fmt: skip
         depth = GaugeMetricFamily(
             "digitq_queue_depth", "Chunks waiting in the broker, by lane", labels=["lane"]
         )

@@ -82,10 +82,6 @@ class Client:
                 return call.parse(outcome)
             time.sleep(delay)
 
-    def _request(self, method: str, url: str, **options: Any) -> httpx.Response:
-        """Any request, with the retries and errors of every call (`params`, `json`, `headers`)."""
-        return self._call(Call(method, url, lambda response: response, **options))
-
     def _pages(self, pages: Pages[T]) -> Iterator[T]:
         page: Call[calls.Page[T]] | None = pages.first
         while page is not None:

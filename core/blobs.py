@@ -88,8 +88,17 @@ class LocalBlobStore:
                     yield path.relative_to(self.root).as_posix()
 
     def _private_parent(self, path: Path) -> None:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """`path`'s folder, owner-only like every folder up to the root. One mkdir in the usual
+        case (a worker stores every /predict image for review: this runs per image)."""
+        try:
+            os.mkdir(path.parent, 0o700)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # the root or a folder between is missing too
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for folder in reversed(path.parent.relative_to(self.root).parents[:-1]):
+                (self.root / folder).mkdir(mode=0o700, exist_ok=True)
+            path.parent.mkdir(mode=0o700, exist_ok=True)
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)

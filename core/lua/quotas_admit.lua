@@ -27,8 +27,12 @@ for _, other in ipairs(redis.call('ZRANGE', waiting_key, 0, -1)) do
   end
 end
 local share = rate / (others + 1)
-local bucket = redis.call('HMGET', bucket_key, 'tokens', 'at')
+local bucket = redis.call('HMGET', bucket_key, 'tokens', 'at', 'burst')
 local tokens, at = tonumber(bucket[1] or burst), tonumber(bucket[2] or now)
+-- The fleet's rate (so the burst) moves with the workers' heartbeats and measured speed: the
+-- bucket keeps its fill in proportion, so a full bucket stays full when the burst grows.
+local filled_at_burst = tonumber(bucket[3] or burst)
+if filled_at_burst > 0 and filled_at_burst ~= burst then tokens = tokens * burst / filled_at_burst end
 tokens = math.min(burst, tokens + math.max(0, now - at) * share)
 local need = math.min(math.max(images, 1), burst)  -- a check (0 images): room for one
 if others > 0 and tokens < need then
@@ -46,6 +50,6 @@ if images > 0 then
   tokens = tokens - images
   if others == 0 and tokens < 0 then tokens = 0 end  -- alone: no debt to pay once others come
 end
-redis.call('HSET', bucket_key, 'tokens', tostring(tokens), 'at', now_text)
+redis.call('HSET', bucket_key, 'tokens', tostring(tokens), 'at', now_text, 'burst', tostring(burst))
 redis.call('EXPIRE', bucket_key, bucket_ttl)
 return cjson.encode({verdict = 'ok'})

@@ -6,8 +6,9 @@ in the MULTI/EXEC that created the job, core/dispatch.py) and returns; the batch
 the first waiting chunk and whatever else has arrived meanwhile, up to BATCH_MAX_IMAGES images,
 and publishes them as one `digitq.process_batch` task (Celery's `send_task`). While other
 submissions of the process are on their way (between reading their upload and handing over their
-chunk), it waits up to WINDOW_SECONDS for them; alone, a chunk goes out at once. Under load the
-chunks that arrive while one publish is in flight go together in the next (group commit). The
+chunk), it waits up to WINDOW_SECONDS for them. Alone (nothing waiting, no publish in flight), a
+chunk is published at once by the request's own thread. Under load the chunks that arrive while
+one publish is in flight go together in the next (group commit). The
 worker classifies every image of the batch in one call of the model and then records each job on
 its own (worker/tasks.py), so each job keeps its own state, results (per item, HSETNX: exactly
 once), poison count and published answer.
@@ -57,6 +58,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._pid = 0  # the process whose thread runs (a forked child starts its own)
         self._arriving = 0  # submissions of this process on their way to `submit` (see `arriving`)
+        self._publishing = 0  # publishes in flight (the thread's, or a lone submission's own)
         self._local = threading.local()
 
     @contextlib.contextmanager
@@ -78,11 +80,33 @@ class Batcher:
                 self._arriving -= 1
 
     def submit(self, chunk: Chunk) -> None:
-        """Hand over a tracked one-trip chunk; the batcher's thread publishes it soon after."""
+        """Hand over a tracked one-trip chunk; the batcher's thread publishes it soon after.
+        Alone (nothing waiting, no publish in flight, no other submission on its way), it is
+        published here at once: there is nothing to group it with, and handing it to another
+        thread cost a lone client ~0.3 ms of CPU and ~0.8 ms of latency (the thread's wake-up)."""
         self._arrived()  # before the put: the batch that takes it does not wait for it
+        if self.publish and self._claim_alone():
+            try:
+                send_batch(self.celery, [chunk])
+            finally:
+                self._published()
+            return
         self.put(chunk)
         if self.publish:
             self.start()
+
+    def _claim_alone(self) -> bool:
+        """Whether nothing else is on its way; if so, this caller publishes (counted as in flight:
+        submissions meanwhile go to the thread, and group there)."""
+        with self._lock:
+            if self._arriving > 0 or self._publishing > 0 or not self._queue.empty():
+                return False
+            self._publishing += 1
+            return True
+
+    def _published(self) -> None:
+        with self._lock:
+            self._publishing -= 1
 
     def put(self, chunk: Chunk) -> None:
         self._queue.put(chunk)
@@ -98,11 +122,13 @@ class Batcher:
     def take(self, block: bool = True) -> list[Chunk]:
         """The first waiting chunk (waiting for one when `block`), then whatever else is waiting,
         or arrives within `window` while other submissions are on their way, until the batch
-        holds max_images images or more."""
+        holds max_images images or more. A batch taken is a publish in flight until `_published`."""
         try:
             batch = [self._queue.get(block=block)]
         except queue.Empty:
             return []
+        with self._lock:  # a publish in flight from here (`_published` ends it): not alone
+            self._publishing += 1
         images, until = len(batch[0].items), time.monotonic() + self.window
         while images < self.max_images:
             try:
@@ -130,3 +156,5 @@ class Batcher:
                     len(batch),
                     exc_info=True,
                 )
+            finally:
+                self._published()

